@@ -1,0 +1,128 @@
+"""apply(changes, kernel): carry out a diff in its order, with an undo journal.
+
+It never decides what to change: that is plan and diff. It only knows how: the temporary
+main-table route for kernels that check a gateway through the main table, tolerance of
+objects already gone on removal, and rolling back what this run did when a step fails.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol, Sequence
+
+from domunet.diff import Change
+from domunet.errors import ApplyError, GatewayRefused, KernelError, ObjectExists, ObjectMissing
+from domunet.model import PROTO_TEMP, TABLE_MAIN, Route, Rule, host_network
+
+log = logging.getLogger(__name__)
+
+STRATEGY_AUTO = "auto"
+STRATEGY_TEMPORARY = "temporary-main-route"
+
+
+class Netlink(Protocol):
+    """The four writes apply needs; domunet.kernel.Kernel, or a fake in unit tests."""
+
+    def add_route(self, route: Route) -> None: ...
+    def remove_route(self, route: Route) -> None: ...
+    def add_rule(self, rule: Rule) -> None: ...
+    def remove_rule(self, rule: Rule) -> None: ...
+
+
+def temporary_route(route: Route) -> Route:
+    """Main-table host route to the gateway, through the same NIC with the same source."""
+    assert route.gateway is not None
+    return Route(TABLE_MAIN, host_network(route.gateway), route.dev, src=route.src,
+                 metric=route.metric, proto=PROTO_TEMP)
+
+
+def add_gateway_route(kernel: Netlink, route: Route, strategy: str = STRATEGY_AUTO) -> None:
+    """Add a route with a gateway; where the kernel refuses it, retry with a temporary main route.
+
+    The temporary route is removed in every case, also when the retry fails.
+    """
+    if strategy != STRATEGY_TEMPORARY or route.table == TABLE_MAIN:
+        try:
+            kernel.add_route(route)
+            return
+        except GatewayRefused as error:
+            if route.table == TABLE_MAIN:
+                raise
+            log.info("%s: kernel refused gateway %s (%s); retrying with a temporary main-table route",
+                     route.dev, route.gateway, error)
+    temporary = temporary_route(route)
+    added = False
+    try:
+        try:
+            kernel.add_route(temporary)
+            added = True
+            log.debug("%s: added temporary route %s", route.dev, temporary.describe())
+        except ObjectExists:
+            log.debug("%s: main table already routes %s, no temporary route needed", route.dev, route.gateway)
+        kernel.add_route(route)
+    finally:
+        if added:
+            try:
+                kernel.remove_route(temporary)
+                log.debug("%s: removed temporary route %s", route.dev, temporary.describe())
+            except KernelError as error:
+                log.error("%s: could not remove temporary route %s (%s); the next run removes it",
+                          route.dev, temporary.describe(), error)
+
+
+def _do(kernel: Netlink, change: Change, strategy: str) -> bool:
+    """Carry out one change; False when there was nothing to do (already gone)."""
+    obj = change.obj
+    if change.action == "add":
+        if isinstance(obj, Rule):
+            kernel.add_rule(obj)
+        elif obj.gateway is not None:
+            add_gateway_route(kernel, obj, strategy)
+        else:
+            kernel.add_route(obj)
+        return True
+    try:
+        if isinstance(obj, Rule):
+            kernel.remove_rule(obj)
+        else:
+            kernel.remove_route(obj)
+    except ObjectMissing:
+        log.debug("already gone: %s", change.describe())
+        return False
+    return True
+
+
+def _inverse(change: Change) -> Change:
+    return Change("remove" if change.action == "add" else "add", change.obj)
+
+
+def apply(changes: Sequence[Change], kernel: Netlink, strategy: str = STRATEGY_AUTO) -> list[Change]:
+    """Apply changes in order; on failure undo this run's changes in reverse and raise ApplyError."""
+    journal: list[Change] = []
+    for change in changes:
+        try:
+            if _do(kernel, change, strategy):
+                journal.append(change)
+                log.info("%s", change.describe())
+        except KernelError as error:
+            undone = rollback(journal, kernel, strategy)
+            hint = ""
+            if isinstance(error, ObjectExists):
+                hint = " (an object domunet did not make is in the way, or another domunet run was busy)"
+            raise ApplyError(
+                f"{error}{hint}; rolled back {undone} of {len(journal)} change(s) made by this run"
+            ) from None
+    return journal
+
+
+def rollback(journal: Sequence[Change], kernel: Netlink, strategy: str = STRATEGY_AUTO) -> int:
+    """Undo changes newest first; keep going past failures and report them."""
+    undone = 0
+    for change in reversed(journal):
+        undo = _inverse(change)
+        try:
+            _do(kernel, undo, strategy)
+            undone += 1
+        except KernelError as error:
+            log.error("rollback: could not %s: %s", undo.describe(), error)
+    return undone

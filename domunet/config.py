@@ -1,0 +1,233 @@
+"""The config file: configobj syntax, validated against a spec into a typed, frozen Config.
+
+Every error names the file, the section and the key, and nothing is half-read: the
+caller gets a complete Config or a ConfigError before anything touches the kernel.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import configobj
+import validate
+
+from domunet.errors import ConfigError
+from domunet.model import IPAddress, IPNetwork
+
+DEFAULT_PATH = "/etc/domunet.conf"
+DEFAULT_RT_TABLES_FILE = "/etc/iproute2/rt_tables.d/domunet.conf"
+#: Tables from table_base on; one slot per managed interface (see plan.allocate_tables).
+TABLE_SLOTS = 1000
+STRATEGIES = ("auto", "temporary-main-route")
+
+_IFNAME = re.compile(r"^[^\s/:'\"]{1,15}$")
+_IFNAME_GLOB = re.compile(r"^[^\s/:'\"]{1,64}$")
+
+SPEC = """
+table_base = integer(min=256, max=4294960000, default=1000)
+priority_base = integer(min=1, max=30000, default=10000)
+gateway_strategy = option('auto', 'temporary-main-route', default='auto')
+main_prefixes = ip_prefix_list(default=list())
+ignore = ifname_glob_list(default=list('lo'))
+default6_interface = ifname(default=None)
+rt_tables_file = string(default='/etc/iproute2/rt_tables.d/domunet.conf')
+[interfaces]
+[[__many__]]
+manage = option('auto', 'yes', 'no', default='auto')
+gateway = ipv4(default=None)
+gateway6 = ipv6(default=None)
+table = integer(min=256, max=4294967295, default=None)
+""".splitlines()
+
+
+@dataclass(frozen=True)
+class InterfaceConfig:
+    """Settings for one interface; `manage`: auto (domunet decides), yes (always), no (never)."""
+
+    name: str
+    manage: str = "auto"
+    gateway: ipaddress.IPv4Address | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+    table: int | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str = DEFAULT_PATH
+    table_base: int = 1000
+    priority_base: int = 10000
+    gateway_strategy: str = "auto"
+    main_prefixes: tuple[IPNetwork, ...] = ()
+    ignore: tuple[str, ...] = ("lo",)
+    default6_interface: str | None = None
+    rt_tables_file: str = DEFAULT_RT_TABLES_FILE
+    interfaces: Mapping[str, InterfaceConfig] = field(default_factory=lambda: MappingProxyType({}))
+
+    def for_interface(self, name: str) -> InterfaceConfig:
+        return self.interfaces.get(name) or InterfaceConfig(name)
+
+
+class _Invalid(validate.ValidateError):
+    """A value that fails a check; its text is the whole message."""
+
+
+def _check_none(value: Any) -> bool:
+    return value is None or value == "None"
+
+
+def _ip(value: Any, version: int) -> IPAddress | None:
+    if _check_none(value):
+        return None
+    if not isinstance(value, str):
+        raise validate.VdtTypeError(value)
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        raise _Invalid(f"{value!r} is not an IPv{version} address") from None
+    if address.version != version:
+        raise _Invalid(f"{value!r} is not an IPv{version} address")
+    if address.is_multicast or address.is_unspecified or address.is_loopback:
+        raise _Invalid(f"{value!r} cannot be a gateway")
+    return address
+
+
+def _ifname(value: Any, pattern: re.Pattern[str] = _IFNAME) -> str | None:
+    if _check_none(value):
+        return None
+    if not isinstance(value, str) or not pattern.match(value) or value in (".", ".."):
+        raise _Invalid(f"{value!r} is not an interface name")
+    return value
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [value] if value.strip() else []
+    if not isinstance(value, list):
+        raise validate.VdtTypeError(value)
+    return value
+
+
+def _prefix_list(value: Any) -> list[IPNetwork]:
+    prefixes = []
+    for item in _as_list(value):
+        try:
+            prefixes.append(ipaddress.ip_network(str(item).strip(), strict=True))
+        except ValueError:
+            raise _Invalid(f"{item!r} is not an IP prefix such as 172.16.0.0/12") from None
+    return prefixes
+
+
+def _ifname_glob_list(value: Any) -> list[str]:
+    return [_ifname(item, _IFNAME_GLOB) for item in _as_list(value)]  # type: ignore[misc]
+
+
+_VALIDATOR = validate.Validator(
+    {
+        "ipv4": lambda value: _ip(value, 4),
+        "ipv6": lambda value: _ip(value, 6),
+        "ifname": _ifname,
+        "ip_prefix_list": _prefix_list,
+        "ifname_glob_list": _ifname_glob_list,
+    }
+)
+
+
+def _where(sections: list[str], key: str | None) -> str:
+    names = [f"[{'[' * depth}{name}{']' * depth}]" for depth, name in enumerate(sections)]
+    return " ".join(names + ([f"key '{key}'"] if key else []))
+
+
+def load(path: str | None = None) -> Config:
+    """Read and validate the config file; a missing *default* file means all defaults."""
+    explicit = path is not None
+    path = path or DEFAULT_PATH
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(1 << 20 + 1)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(path, "", "no such file") from None
+        raw = b""
+    except OSError as error:
+        raise ConfigError(path, "", f"cannot read: {error.strerror}") from None
+    return parse(raw, path)
+
+
+def parse(raw: bytes, path: str = DEFAULT_PATH) -> Config:
+    """Validate config text; pure, so the unit tests and the fuzzer call it directly."""
+    if len(raw) > 1 << 20:
+        raise ConfigError(path, "", "file is larger than 1 MiB")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(path, "", f"not valid UTF-8 (byte {error.start})") from None
+    if "\x00" in text:
+        raise ConfigError(path, "", "contains a NUL byte")
+    try:
+        parsed = configobj.ConfigObj(
+            text.splitlines(), configspec=SPEC, interpolation=False, list_values=True,
+            raise_errors=True, file_error=False, default_encoding="utf-8",
+        )
+    except configobj.ConfigObjError as error:
+        line = getattr(error, "line_number", None)
+        where = f"line {line}" if line else ""
+        message = str(error).split(" at line")[0].rstrip(".")
+        raise ConfigError(path, where, message) from None
+    result = parsed.validate(_VALIDATOR, preserve_errors=True)
+    if result is not True:
+        for sections, key, error in configobj.flatten_errors(parsed, result):
+            message = str(error) if isinstance(error, Exception) else "missing section"
+            raise ConfigError(path, _where(sections, key), message)
+    for sections, name in configobj.get_extra_values(parsed):
+        kind = "section" if isinstance(_lookup(parsed, sections).get(name), dict) else "key"
+        raise ConfigError(path, _where(list(sections), name), f"unknown {kind}")
+    return _typed(parsed, path)
+
+
+def _lookup(section: Any, names: tuple[str, ...]) -> Any:
+    for name in names:
+        section = section[name]
+    return section
+
+
+def _typed(parsed: configobj.ConfigObj, path: str) -> Config:
+    interfaces = {}
+    for name, values in parsed["interfaces"].items():
+        where = _where(["interfaces", name], None)
+        try:
+            _ifname(name)
+        except _Invalid as error:
+            raise ConfigError(path, where, str(error)) from None
+        table = values["table"]
+        base = parsed["table_base"]
+        if table is not None and not base <= table < base + TABLE_SLOTS:
+            raise ConfigError(
+                path, _where(["interfaces", name], "table"),
+                f"{table} is outside domunet's tables {base}..{base + TABLE_SLOTS - 1} (see table_base)",
+            )
+        interfaces[name] = InterfaceConfig(
+            name=name, manage=values["manage"], gateway=values["gateway"],
+            gateway6=values["gateway6"], table=table,
+        )
+    tables = [i.table for i in interfaces.values() if i.table is not None]
+    duplicate = next((t for t in tables if tables.count(t) > 1), None)
+    if duplicate is not None:
+        raise ConfigError(path, "[interfaces]", f"table {duplicate} is given to more than one interface")
+    if parsed["table_base"] + TABLE_SLOTS > 4294967295:
+        raise ConfigError(path, _where([], "table_base"), "leaves no room for 1000 tables")
+    return Config(
+        path=path,
+        table_base=parsed["table_base"],
+        priority_base=parsed["priority_base"],
+        gateway_strategy=parsed["gateway_strategy"],
+        main_prefixes=tuple(parsed["main_prefixes"]),
+        ignore=tuple(parsed["ignore"]),
+        default6_interface=parsed["default6_interface"],
+        rt_tables_file=os.path.normpath(parsed["rt_tables_file"]) if parsed["rt_tables_file"] else "",
+        interfaces=MappingProxyType(interfaces),
+    )

@@ -1,0 +1,88 @@
+"""What the kernel says: interfaces, their addresses, the main table's defaults, what domunet owns.
+
+netifaces lists the addresses; pyroute2 (through domunet.kernel) gives links, routes and rules.
+The result is plain data handed to the planner, which never calls back in here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import netifaces
+
+from domunet.kernel import Kernel
+from domunet.model import PROTO, PROTO_TEMP, TABLE_MAIN, Interface, IPInterface, Route, State
+
+log = logging.getLogger(__name__)
+
+_NODENAME = re.compile(r"^device/vif/(\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the planner needs to know about this host."""
+
+    interfaces: tuple[Interface, ...]
+    #: Default routes in the main table that domunet did not make (the admin's, DHCP's, RA's).
+    main_defaults: tuple[Route, ...] = ()
+
+    def interface(self, name: str) -> Interface | None:
+        return next((i for i in self.interfaces if i.name == name), None)
+
+
+def xen_devid(name: str, sysfs: Path = Path("/sys/class/net")) -> int | None:
+    """The Xen vif device id from netfront's sysfs node (device/vif/N); None when not a vif."""
+    try:
+        nodename = (sysfs / name / "device" / "nodename").read_text().strip()
+    except OSError:
+        return None
+    match = _NODENAME.match(nodename)
+    return int(match.group(1)) if match else None
+
+
+def parse_netifaces(entries: dict[int, list[dict[str, str]]]) -> tuple[IPInterface, ...]:
+    """netifaces' address dicts -> ipaddress interfaces (IPv6 '%scope' and '/len' handled)."""
+    addresses: list[IPInterface] = []
+    for family in (netifaces.AF_INET, netifaces.AF_INET6):
+        for entry in entries.get(family, []):
+            address = entry.get("addr", "").split("%")[0]
+            netmask = entry.get("netmask", "")
+            if not address or not netmask:
+                continue
+            prefix = netmask.split("/")[1] if "/" in netmask else netmask
+            try:
+                addresses.append(ipaddress.ip_interface(f"{address}/{prefix}"))
+            except ValueError:
+                log.debug("ignoring unparsable address %s/%s", address, netmask)
+    return tuple(addresses)
+
+
+def discover(kernel: Kernel) -> tuple[Facts, State]:
+    """Read interfaces, addresses and routes once; return the facts and what domunet owns."""
+    interfaces = []
+    for link in sorted(kernel.links(refresh=True).values(), key=lambda link: link.index):
+        try:
+            entries = netifaces.ifaddresses(link.name)
+        except ValueError:  # vanished between the link dump and now
+            log.info("%s: interface vanished during discovery", link.name)
+            continue
+        interfaces.append(Interface(
+            name=link.name, index=link.index, mac=link.mac, up=link.up,
+            addresses=parse_netifaces(entries), xen_devid=xen_devid(link.name),
+            loopback=link.loopback,
+        ))
+    routes = kernel.routes(4) + kernel.routes(6)
+    rules = kernel.rules(4) + kernel.rules(6)
+    ours = (PROTO, PROTO_TEMP)
+    main_defaults = tuple(
+        r for r in routes if r.table == TABLE_MAIN and r.dst.prefixlen == 0 and r.proto not in ours
+    )
+    owned = State(
+        routes=frozenset(r for r in routes if r.proto in ours),
+        rules=frozenset(r for r in rules if r.proto in ours),
+    )
+    return Facts(interfaces=tuple(interfaces), main_defaults=main_defaults), owned

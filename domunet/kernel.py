@@ -1,0 +1,225 @@
+"""The only module that talks netlink (pyroute2); 0.7 (Debian 12) vs 0.9 (PyPI) lives here.
+
+It maps one request to one kernel call, translates messages into domunet.model objects
+and NetlinkError into domunet.errors. It decides nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from domunet.errors import GatewayRefused, KernelError, ObjectExists, ObjectMissing
+from domunet.model import IPAddress, Route, Rule, default_network
+
+log = logging.getLogger(__name__)
+
+FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+RTN_UNICAST = 1
+FR_ACT_TO_TBL = 1
+SCOPE_UNIVERSE = 0
+SCOPE_LINK = 253
+IFF_UP = 0x1
+IFF_LOOPBACK = 0x8
+_GATEWAY_ERRNOS = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL)
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    name: str
+    mac: str
+    up: bool
+    loopback: bool
+
+
+def _listed(result: Any) -> list[Any]:
+    """0.7 returns tuples, 0.9 lists or generators: always give a list."""
+    return list(result) if result is not None else []
+
+
+def _attr(message: Any, name: str, default: Any = None) -> Any:
+    value = message.get_attr(name)
+    return default if value is None else value
+
+
+class Kernel:
+    """One netlink socket in the current network namespace."""
+
+    def __init__(self) -> None:
+        try:
+            self._ipr = IPRoute()
+        except (OSError, NetlinkError) as error:
+            raise KernelError(f"cannot open a netlink socket: {error}") from None
+        self._links: dict[str, Link] | None = None
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def __enter__(self) -> Kernel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- reads: a failure is an error, never an empty answer -------------------------------
+
+    def _dump(self, what: str, call: Any, **kwargs: Any) -> list[Any]:
+        try:
+            return _listed(call(**kwargs))
+        except NetlinkError as error:
+            raise KernelError(f"cannot read {what} from the kernel: {error}", error.code) from None
+
+    def links(self, refresh: bool = False) -> dict[str, Link]:
+        if self._links is None or refresh:
+            links = {}
+            for msg in self._dump("the interfaces", self._ipr.get_links):
+                name = _attr(msg, "IFLA_IFNAME")
+                flags = msg["flags"]
+                links[name] = Link(
+                    index=msg["index"], name=name, mac=_attr(msg, "IFLA_ADDRESS", ""),
+                    up=bool(flags & IFF_UP), loopback=bool(flags & IFF_LOOPBACK),
+                )
+            self._links = links
+        return self._links
+
+    def _index(self, name: str) -> int:
+        link = self.links().get(name)
+        if link is None:
+            raise ObjectMissing(f"interface {name} does not exist", errno.ENODEV)
+        return link.index
+
+    def _name(self, index: int | None) -> str:
+        if index is None:
+            return ""
+        for link in self.links().values():
+            if link.index == index:
+                return link.name
+        return f"if{index}"
+
+    def routes(self, version: int) -> list[Route]:
+        """All unicast routes of one family, in every table, as Route objects."""
+        routes = []
+        for msg in self._dump(f"the IPv{version} routes", self._ipr.get_routes, family=FAMILY[version]):
+            if msg["type"] != RTN_UNICAST or msg.get_attr("RTA_MULTIPATH") is not None:
+                continue
+            dst = msg.get_attr("RTA_DST")
+            gateway = msg.get_attr("RTA_GATEWAY")
+            src = msg.get_attr("RTA_PREFSRC")
+            routes.append(Route(
+                table=_attr(msg, "RTA_TABLE", msg["table"]),
+                dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}") if dst else default_network(version),
+                dev=self._name(msg.get_attr("RTA_OIF")),
+                gateway=ipaddress.ip_address(gateway) if gateway else None,
+                src=ipaddress.ip_address(src) if src else None,
+                metric=_attr(msg, "RTA_PRIORITY", 0),
+                proto=msg["proto"],
+            ))
+        return routes
+
+    def rules(self, version: int) -> list[Rule]:
+        """All rules of one family that send traffic to a table."""
+        rules = []
+        for msg in self._dump(f"the IPv{version} rules", self._ipr.get_rules, family=FAMILY[version]):
+            if msg["action"] != FR_ACT_TO_TBL:
+                continue
+            src = msg.get_attr("FRA_SRC")
+            dst = msg.get_attr("FRA_DST")
+            rules.append(Rule(
+                version=version,
+                priority=_attr(msg, "FRA_PRIORITY", 0),
+                table=_attr(msg, "FRA_TABLE", msg["table"]),
+                src=ipaddress.ip_network(f"{src}/{msg['src_len']}") if src else None,
+                dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}") if dst else None,
+                oif=msg.get_attr("FRA_OIFNAME"),
+                proto=_attr(msg, "FRA_PROTOCOL", 0),
+            ))
+        return rules
+
+    def route_get(self, dst: IPAddress, src: IPAddress | None = None) -> str:
+        """The kernel's own answer: which interface would a packet to dst (from src) leave by?"""
+        kwargs: dict[str, Any] = {"dst": str(dst), "family": FAMILY[dst.version]}
+        if src is not None:
+            kwargs["src"] = str(src)
+        try:
+            answer = _listed(self._ipr.route("get", **kwargs))
+        except NetlinkError as error:
+            return f"none ({error.args[-1] if error.args else error})"
+        return self._name(answer[0].get_attr("RTA_OIF")) if answer else "none"
+
+    # --- writes: one object, one request ---------------------------------------------------
+
+    def _request(self, call: Any, command: str, what: str, has_gateway: bool, **kwargs: Any) -> None:
+        try:
+            call(command, **kwargs)
+        except NetlinkError as error:
+            text = f"cannot {command} {what}: {error.args[-1] if error.args else error}"
+            if error.code == errno.EEXIST:
+                raise ObjectExists(text, error.code) from None
+            if error.code in (errno.ENOENT, errno.ESRCH) and command == "del":
+                raise ObjectMissing(text, error.code) from None
+            if has_gateway and command == "add" and error.code in _GATEWAY_ERRNOS:
+                raise GatewayRefused(text, error.code) from None
+            raise KernelError(text, error.code) from None
+
+    def _route_args(self, route: Route) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "family": FAMILY[route.version],
+            "table": route.table,
+            "dst": str(route.dst.network_address),
+            "dst_len": route.dst.prefixlen,
+            "oif": self._index(route.dev),
+            "proto": route.proto,
+            "type": "unicast",
+        }
+        if route.metric:
+            args["priority"] = route.metric
+        if route.gateway is not None:
+            args["gateway"] = str(route.gateway)
+        if route.src is not None:
+            args["prefsrc"] = str(route.src)
+        if route.version == 4:
+            args["scope"] = SCOPE_UNIVERSE if route.gateway else SCOPE_LINK
+        return args
+
+    def add_route(self, route: Route) -> None:
+        self._request(self._ipr.route, "add", f"route {route.describe()}", route.gateway is not None,
+                      **self._route_args(route))
+
+    def remove_route(self, route: Route) -> None:
+        try:
+            args = self._route_args(route)
+        except ObjectMissing:
+            raise ObjectMissing(f"route {route.describe()}: interface is gone, and so is the route") from None
+        args.pop("type")
+        args.pop("scope", None)
+        self._request(self._ipr.route, "del", f"route {route.describe()}", False, **args)
+
+    def _rule_args(self, rule: Rule) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "family": FAMILY[rule.version],
+            "priority": rule.priority,
+            "table": rule.table,
+            "action": "to_tbl",
+            "protocol": rule.proto,
+        }
+        if rule.src is not None:
+            args.update(src=str(rule.src.network_address), src_len=rule.src.prefixlen)
+        if rule.dst is not None:
+            args.update(dst=str(rule.dst.network_address), dst_len=rule.dst.prefixlen)
+        if rule.oif is not None:
+            args["oifname"] = rule.oif
+        return args
+
+    def add_rule(self, rule: Rule) -> None:
+        self._request(self._ipr.rule, "add", f"rule {rule.describe()}", False, **self._rule_args(rule))
+
+    def remove_rule(self, rule: Rule) -> None:
+        self._request(self._ipr.rule, "del", f"rule {rule.describe()}", False, **self._rule_args(rule))

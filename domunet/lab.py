@@ -1,0 +1,276 @@
+"""The lab: an outside host, a provider router, a dom0 and a guest, in network namespaces.
+
+It is the README's demo (`domunet lab`) and the integration tests' fixture. Every
+namespace gets a unique name and is deleted again, also on failure or Ctrl-C: nothing
+here touches the network of the machine it runs on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from domunet.names import rt_protos_text
+
+log = logging.getLogger(__name__)
+
+ROLES = ("out", "rtr", "dom0", "guest")
+OUTSIDE4 = "203.0.113.10"
+OUTSIDE6 = "2001:db8:ffff::10"
+DOM0_UPLINK4 = "192.168.0.100"
+DOM0_UPLINK6 = "2001:db8:4309:2388::2"
+ROUTER_LAN6 = "2001:db8:4309:2389::1"
+
+
+@dataclass(frozen=True)
+class GuestNic:
+    guest: str  # the guest's NIC
+    vif: str  # its other end in dom0
+    address: str
+    prefixlen: int
+
+    @property
+    def version(self) -> int:
+        return 6 if ":" in self.address else 4
+
+
+NICS = (
+    GuestNic("eth0", "vif1.0", "192.168.0.200", 24),
+    GuestNic("eth1", "vif1.1", "192.168.0.201", 24),
+    GuestNic("eth2", "vif1.2", "192.168.0.202", 24),
+    GuestNic("eth3", "vif1.3", "2001:db8:4309:2388::50", 64),
+)
+
+#: The guest's config: the one fact domunet cannot discover, dom0's /128 as eth3's gateway.
+GUEST_CONFIG = f"""\
+# domunet lab: the guest's /etc/domunet.conf
+[interfaces]
+[[eth3]]
+gateway6 = {DOM0_UPLINK6}
+"""
+
+_SYSCTL_DEFAULTS = (
+    "net/ipv6/conf/default/accept_dad=0",
+    "net/ipv6/conf/all/accept_dad=0",
+    "net/ipv6/conf/default/accept_ra=0",
+    "net/ipv4/conf/all/rp_filter=1",
+    "net/ipv4/conf/default/rp_filter=1",
+)
+
+
+class LabError(RuntimeError):
+    pass
+
+
+def _package_root() -> str:
+    return str(Path(__file__).resolve().parent.parent)
+
+
+class Lab:
+    """Build with create() (or `with Lab() as lab`), always destroy()."""
+
+    def __init__(self, tag: str | None = None) -> None:
+        tag = tag or uuid.uuid4().hex[:8]
+        self.ns = {role: f"dn-{tag}-{role}" for role in ROLES}
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"domunet-lab-{tag}-"))
+        self.etc = Path("/etc/netns") / self.ns["guest"]
+        self.created: list[str] = []
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def run(self, role: str, *command: str, check: bool = True, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command inside one namespace (`ip netns exec`, so /etc/netns applies)."""
+        argv = ["ip", "netns", "exec", self.ns[role], *command]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
+                                stdin=subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise LabError(f"{' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def batch(self, role: str, lines: Sequence[str]) -> None:
+        """Many `ip` commands in one process (the lab is built fast)."""
+        argv = ["ip", "-n", self.ns[role], "-batch", "-"]
+        result = subprocess.run(argv, input="\n".join(lines) + "\n", capture_output=True, text=True)
+        if result.returncode != 0:
+            raise LabError(f"ip -n {self.ns[role]} -batch failed: {result.stderr.strip()}")
+
+    def sysctl(self, role: str, settings: Sequence[str]) -> None:
+        """Write sysctls through /proc/sys inside the namespace (vif names contain dots)."""
+        script = "".join(f"echo {value} > /proc/sys/{key}\n" for key, value in
+                         (setting.split("=", 1) for setting in settings))
+        self.run(role, "sh", "-ec", script)
+
+    # --- life cycle ------------------------------------------------------------------------
+
+    def create(self) -> Lab:
+        try:
+            self._create()
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def _create(self) -> None:
+        for role in ROLES:
+            subprocess.run(["ip", "netns", "add", self.ns[role]], check=True, capture_output=True)
+            self.created.append(self.ns[role])
+            self.sysctl(role, _SYSCTL_DEFAULTS)
+        self._private_iproute2()
+        ns = self.ns
+        self.batch("out", [
+            "link set lo up",
+            f"link add eth0 type veth peer name wan netns {ns['rtr']}",
+            "addr add 203.0.113.10/24 dev eth0",
+            "addr add 2001:db8:ffff::10/64 dev eth0 nodad",
+            "link set eth0 up",
+            "route add default via 203.0.113.1",
+            "route add default via 2001:db8:ffff::1",
+        ])
+        self.batch("rtr", [
+            "link set lo up",
+            f"link add lan type veth peer name eth0 netns {ns['dom0']}",
+            "addr add 203.0.113.1/24 dev wan",
+            "addr add 2001:db8:ffff::1/64 dev wan nodad",
+            "addr add 192.168.0.1/24 dev lan",
+            f"addr add {ROUTER_LAN6}/59 dev lan nodad",
+            "link set wan up",
+            "link set lan up",
+        ])
+        self.sysctl("rtr", ["net/ipv4/ip_forward=1", "net/ipv6/conf/all/forwarding=1"])
+        dom0 = ["link set lo up"]
+        for nic in NICS:
+            dom0.append(f"link add {nic.vif} type veth peer name {nic.guest} netns {ns['guest']}")
+        dom0 += [
+            f"addr add {DOM0_UPLINK4}/24 dev eth0",
+            f"addr add {DOM0_UPLINK6}/64 dev eth0 nodad",
+            "link set eth0 up",
+            *(f"link set {nic.vif} up" for nic in NICS),
+            "route add default via 192.168.0.1",
+            f"route add {ROUTER_LAN6} dev eth0",
+            f"route add default via {ROUTER_LAN6} dev eth0",
+        ]
+        self.batch("dom0", dom0)
+        self.sysctl("dom0", ["net/ipv4/ip_forward=1", "net/ipv6/conf/all/forwarding=1"]
+                    + [f"net/ipv4/conf/{dev}/rp_filter=1" for dev in ("eth0", *(n.vif for n in NICS))])
+        guest = ["link set lo up"]
+        for nic in NICS:
+            flags = " nodad" if nic.version == 6 else ""
+            guest += [f"addr add {nic.address}/{nic.prefixlen} dev {nic.guest}{flags}",
+                      f"link set {nic.guest} up"]
+        guest.append("route add default via 192.168.0.1 dev eth0")
+        self.batch("guest", guest)
+        self.sysctl("guest", [f"net/ipv4/conf/{nic.guest}/rp_filter=1" for nic in NICS])
+        (self.workdir / "domunet.conf").write_text(GUEST_CONFIG)
+
+    def _private_iproute2(self) -> None:
+        """The guest's own /etc/iproute2 (bound by `ip netns exec`), with domunet's names."""
+        target = self.etc / "iproute2"
+        if Path("/etc/iproute2").is_dir():
+            shutil.copytree("/etc/iproute2", target, symlinks=True)
+        (target / "rt_protos.d").mkdir(parents=True, exist_ok=True)
+        (target / "rt_tables.d").mkdir(parents=True, exist_ok=True)
+        (target / "rt_protos.d" / "domunet.conf").write_text(rt_protos_text())
+        for stale in (target / "rt_tables.d").glob("domunet*"):
+            stale.unlink()
+
+    def route_dom0_statically(self) -> None:
+        """dom0 as admins configure it by hand today: /32 and /128 host routes, proxy ARP and NDP."""
+        lines = [f"addr add {DOM0_UPLINK4}/32 dev {nic.vif}" for nic in NICS if nic.version == 4]
+        lines += [f"addr add {DOM0_UPLINK6}/128 dev {nic.vif} nodad" for nic in NICS if nic.version == 6]
+        for nic in NICS:
+            if nic.version == 4:
+                lines.append(f"route add {nic.address}/32 dev {nic.vif} src {DOM0_UPLINK4}")
+            else:
+                lines.append(f"route add {nic.address}/128 dev {nic.vif}")
+                lines.append(f"neigh add proxy {nic.address} dev eth0")
+        self.batch("dom0", lines)
+        proxies = [f"net/ipv4/conf/{dev}/proxy_arp=1" for dev in ("eth0", *(n.vif for n in NICS))]
+        self.sysctl("dom0", proxies + ["net/ipv6/conf/eth0/proxy_ndp=1", "net/ipv6/conf/all/proxy_ndp=1"])
+
+    def destroy(self) -> None:
+        for name in reversed(self.created):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        self.created.clear()
+        shutil.rmtree(self.etc, ignore_errors=True)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Lab:
+        return self.create()
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    # --- what the tests and the demo look at -----------------------------------------------
+
+    def domunet(self, *args: str, config: str | None = None, check: bool = False,
+                python: str | None = None, role: str = "guest") -> subprocess.CompletedProcess[str]:
+        """Run domunet inside a namespace, as the guest's admin would."""
+        config = config or str(self.workdir / "domunet.conf")
+        env = dict(os.environ, PYTHONPATH=_package_root())
+        command = [python or sys.executable, "-m", "domunet", "--config", config, *args]
+        return self.run(role, *command, check=check, env=env)
+
+    def ping(self, address: str, tries: int = 3, wait: float = 2.0, role: str = "out") -> bool:
+        """Does address answer? Proxied neighbours answer late (proxy_delay), so allow tries."""
+        for _ in range(tries):
+            result = self.run(role, "ping", "-n", "-q", "-c", "1", "-W", str(wait), address, check=False)
+            if result.returncode == 0:
+                return True
+        return False
+
+    def answers(self, tries: int = 3) -> dict[str, bool]:
+        """Which guest addresses answer the outside host, probed in parallel."""
+        with ThreadPoolExecutor(len(NICS)) as pool:
+            results = pool.map(lambda nic: self.ping(nic.address, tries), NICS)
+            return {nic.address: ok for nic, ok in zip(NICS, results)}
+
+    def dump(self, role: str = "guest") -> str:
+        """The routing state the tests compare: rules and routes of every table, both families."""
+        parts = []
+        for family in ("-4", "-6"):
+            for what in (["rule", "show"], ["route", "show", "table", "all"]):
+                parts.append(self.run(role, "ip", family, *what).stdout)
+        return "".join(parts)
+
+
+def demo(out: object = sys.stdout) -> bool:
+    """`domunet lab`: build the scenario, show who answers before and after setup, clean up."""
+
+    def say(text: str = "") -> None:
+        print(text, file=out, flush=True)  # type: ignore[arg-type]
+
+    with Lab() as lab:
+        say(f"domunet lab: namespaces {', '.join(lab.ns.values())}")
+        lab.route_dom0_statically()
+        before = lab.answers(tries=1)
+        setup = lab.domunet("-v", "setup")
+        if setup.returncode != 0:
+            say(setup.stderr)
+            raise LabError(f"domunet setup failed in the guest (exit {setup.returncode})")
+        after = lab.answers()
+        say()
+        say(f"{'address':<26} {'NIC':<5} {'before setup':<13} after setup")
+        for nic in NICS:
+            say(f"{nic.address:<26} {nic.guest:<5} {_yes(before[nic.address]):<13} {_yes(after[nic.address])}")
+        say()
+        say("guest's rules after setup:")
+        say(lab.run("guest", "ip", "rule").stdout + lab.run("guest", "ip", "-6", "rule").stdout)
+        teardown = lab.domunet("teardown")
+        say(f"teardown: exit {teardown.returncode}; namespaces removed")
+    ok = all(after.values())
+    say("all four addresses answer: " + ("yes" if ok else "NO"))
+    return ok
+
+
+def _yes(value: bool) -> str:
+    return "answers" if value else "no answer"

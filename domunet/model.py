@@ -1,0 +1,134 @@
+"""The objects domunet reasons about: interfaces, routes, rules, and the owner marker.
+
+Everything here is frozen and hashable, so a desired or owned state is a set and a
+diff is set arithmetic. Addresses are `ipaddress` objects, normalised on construction,
+so what is planned and what is read back from the kernel compare equal.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
+
+#: Route protocol and rule protocol of everything domunet makes (rt_protos.d/domunet.conf).
+PROTO = 213
+#: Protocol of the temporary main-table routes; a crash can leave one, the next run removes it.
+PROTO_TEMP = 214
+PROTO_NAMES = {PROTO: "domunet", PROTO_TEMP: "domunet-temp"}
+
+TABLE_MAIN = 254
+#: IPv6 routes without an explicit metric get this one from the kernel.
+METRIC6 = 1024
+#: Link-local prefix every IPv6 table needs for neighbour discovery through the oif rule.
+LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/64")
+
+DEFAULT4 = ipaddress.IPv4Network("0.0.0.0/0")
+DEFAULT6 = ipaddress.IPv6Network("::/0")
+
+
+def default_network(version: int) -> IPNetwork:
+    return DEFAULT4 if version == 4 else DEFAULT6
+
+
+def host_network(address: IPAddress) -> IPNetwork:
+    return ipaddress.ip_network(address)
+
+
+@dataclass(frozen=True)
+class Interface:
+    """A network interface as discovered: the facts the planner needs, nothing more."""
+
+    name: str
+    index: int
+    mac: str
+    up: bool
+    addresses: tuple[IPInterface, ...] = ()
+    xen_devid: int | None = None
+    loopback: bool = False
+
+    def addresses_of(self, version: int) -> tuple[IPInterface, ...]:
+        """Usable addresses of one family (IPv6 link-local excluded: not routable)."""
+        return tuple(
+            a for a in self.addresses if a.version == version and not a.ip.is_link_local
+        )
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    """A unicast route; `dev` is an interface name, resolved to an index by the kernel layer."""
+
+    table: int
+    dst: IPNetwork
+    dev: str
+    gateway: IPAddress | None = None
+    src: IPAddress | None = None
+    metric: int = 0
+    proto: int = PROTO
+
+    @property
+    def version(self) -> int:
+        return self.dst.version
+
+    @property
+    def is_link(self) -> bool:
+        """A route without a gateway: it makes gateways reachable, so it goes in first."""
+        return self.gateway is None
+
+    def describe(self) -> str:
+        via = f" via {self.gateway}" if self.gateway else ""
+        src = f" src {self.src}" if self.src else ""
+        dst = "default" if self.dst.prefixlen == 0 else str(self.dst)
+        return f"{dst}{via} dev {self.dev} table {self.table}{src}"
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    """A policy routing rule that sends matching traffic to `table`."""
+
+    version: int
+    priority: int
+    table: int
+    src: IPNetwork | None = None
+    dst: IPNetwork | None = None
+    oif: str | None = None
+    proto: int = PROTO
+
+    def describe(self) -> str:
+        parts = [f"priority {self.priority}"]
+        parts.append(f"from {self.src}" if self.src else "from all")
+        if self.dst:
+            parts.append(f"to {self.dst}")
+        if self.oif:
+            parts.append(f"oif {self.oif}")
+        parts.append(f"lookup {'main' if self.table == TABLE_MAIN else self.table}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class ManagedInterface:
+    """What the planner decided for one interface; used by `status` and the names file."""
+
+    name: str
+    table: int
+    priority: int
+    gateway: IPAddress | None = None
+    gateway6: IPAddress | None = None
+    families: tuple[int, ...] = ()
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class State:
+    """A set of routes and rules: what domunet wants, or what it owns in the kernel."""
+
+    routes: frozenset[Route] = frozenset()
+    rules: frozenset[Rule] = frozenset()
+    managed: tuple[ManagedInterface, ...] = field(default=(), compare=False)
+
+    def tables(self) -> set[int]:
+        return {r.table for r in self.routes} | {r.table for r in self.rules}

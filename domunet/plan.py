@@ -1,0 +1,225 @@
+"""plan(config, facts) -> the desired routes and rules. Pure: no kernel, no files, no clock.
+
+Who is managed: every interface whose IPv4 subnet is shared with another interface (the
+primary included), every interface with an IPv6 gateway, and every interface the config
+says `manage = yes` or gives a gateway. Each gets a table of its own and one block of rule
+priorities, both derived from something stable (Xen vif device id, else MAC), never the ifindex.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import logging
+import zlib
+from collections import defaultdict
+from dataclasses import dataclass
+
+from domunet.config import TABLE_SLOTS, Config
+from domunet.discover import Facts
+from domunet.errors import ConfigError
+from domunet.model import (
+    LINK_LOCAL6, METRIC6, TABLE_MAIN, Interface, IPAddress, IPInterface, ManagedInterface, Route, Rule,
+    State, default_network, host_network,
+)
+
+log = logging.getLogger(__name__)
+
+#: Slots below this are for Xen vif device ids; MAC-derived slots use the rest.
+XEN_SLOTS = 256
+#: Rule priorities: priority_base holds the main-table exemptions, interfaces start here after it.
+FIRST_INTERFACE_PRIORITY = 10
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    interface: Interface
+    families: tuple[int, ...]
+    gateway: ipaddress.IPv4Address | None
+    gateway6: ipaddress.IPv6Address | None
+    reasons: tuple[str, ...]
+
+
+def preferred_slot(interface: Interface) -> int:
+    """Xen device id when the NIC is a vif; else a hash of the MAC (stable across renames)."""
+    if interface.xen_devid is not None and interface.xen_devid < XEN_SLOTS:
+        return interface.xen_devid
+    key = (interface.mac or interface.name).lower().encode()
+    return XEN_SLOTS + zlib.crc32(key) % (TABLE_SLOTS - XEN_SLOTS)
+
+
+def allocate_tables(config: Config, interfaces: list[Interface]) -> dict[str, int]:
+    """Table per interface: explicit config first, then preferred slots, collisions probed in MAC order."""
+    tables: dict[str, int] = {}
+    taken: set[int] = set()
+    for interface in interfaces:
+        explicit = config.for_interface(interface.name).table
+        if explicit is not None:
+            tables[interface.name] = explicit
+            taken.add(explicit)
+    rest = sorted(
+        (i for i in interfaces if i.name not in tables),
+        key=lambda i: (preferred_slot(i), i.mac, i.name),
+    )
+    for interface in rest:
+        slot = preferred_slot(interface)
+        table = config.table_base + slot
+        while table in taken:
+            slot = (slot + 1) % TABLE_SLOTS
+            table = config.table_base + slot
+        if slot != preferred_slot(interface):
+            log.warning("%s: table %d was taken, using %d", interface.name,
+                        config.table_base + preferred_slot(interface), table)
+        tables[interface.name] = table
+        taken.add(table)
+    return tables
+
+
+def _ignored(config: Config, interface: Interface) -> bool:
+    return interface.loopback or any(fnmatch.fnmatchcase(interface.name, p) for p in config.ignore)
+
+
+def _networks(addresses: tuple[IPInterface, ...]) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, IPAddress]]:
+    """Each distinct on-link prefix with the first address in it (host prefixes have no link route)."""
+    seen: dict[object, IPAddress] = {}
+    for address in addresses:
+        if address.network.prefixlen < address.max_prefixlen:
+            seen.setdefault(address.network, address.ip)
+    return list(seen.items())  # type: ignore[arg-type]
+
+
+def _main_gateway(facts: Facts, interface: Interface) -> ipaddress.IPv4Address | None:
+    """The main table's IPv4 default gateway, when it lies in one of this interface's subnets."""
+    networks = [a.network for a in interface.addresses_of(4)]
+    defaults = sorted(
+        (r for r in facts.main_defaults if r.version == 4 and r.gateway is not None),
+        key=lambda r: (r.dev != interface.name, r.metric),
+    )
+    for route in defaults:
+        if any(route.gateway in n for n in networks):
+            return route.gateway  # type: ignore[return-value]
+    return None
+
+
+def _check_gateway(config: Config, interface: Interface, key: str, gateway: IPAddress | None) -> None:
+    if gateway is not None and gateway in [a.ip for a in interface.addresses]:
+        raise ConfigError(config.path, f"[interfaces] [[{interface.name}]] key '{key}'",
+                          f"{gateway} is an address of {interface.name} itself, not a gateway")
+
+
+def _candidates(config: Config, facts: Facts) -> list[_Candidate]:
+    usable = []
+    for interface in facts.interfaces:
+        settings = config.for_interface(interface.name)
+        if _ignored(config, interface) or settings.manage == "no":
+            continue
+        if not interface.up:
+            log.info("%s: link is down, not managed", interface.name)
+            continue
+        usable.append(interface)
+    holders: dict[object, set[str]] = defaultdict(set)
+    for interface in usable:
+        for network, _ in _networks(interface.addresses_of(4)):
+            holders[network].add(interface.name)
+    candidates = []
+    for interface in usable:
+        settings = config.for_interface(interface.name)
+        families: list[int] = []
+        reasons: list[str] = []
+        gateway = gateway6 = None
+        if interface.addresses_of(4):
+            shared = sorted({
+                str(network) for network, _ in _networks(interface.addresses_of(4))
+                if len(holders[network]) > 1
+            })
+            if shared:
+                reasons.append(f"shares {', '.join(shared)}")
+            if settings.gateway:
+                reasons.append("gateway in config")
+            if settings.manage == "yes":
+                reasons.append("manage = yes")
+            if reasons:
+                families.append(4)
+                gateway = settings.gateway or _main_gateway(facts, interface)
+                _check_gateway(config, interface, "gateway", gateway)
+        if interface.addresses_of(6) and (settings.gateway6 or settings.manage == "yes"):
+            families.append(6)
+            gateway6 = settings.gateway6
+            _check_gateway(config, interface, "gateway6", gateway6)
+            reasons.append("IPv6 gateway in config" if gateway6 else "manage = yes (IPv6)")
+        if families:
+            candidates.append(_Candidate(interface, tuple(families), gateway, gateway6, tuple(reasons)))
+    return candidates
+
+
+def _family_routes(
+    interface: Interface, version: int, table: int, gateway: IPAddress | None,
+) -> list[Route]:
+    """Link routes with the right source, a host route to an off-link gateway, the default route."""
+    name = interface.name
+    metric = METRIC6 if version == 6 else 0
+    addresses = interface.addresses_of(version)
+    networks = _networks(addresses)
+    routes = [Route(table, network, name, src=src, metric=metric) for network, src in networks]
+    if version == 6:
+        routes.append(Route(table, LINK_LOCAL6, name, metric=metric))
+    if gateway is None:
+        return routes
+    on_link = [src for network, src in networks if gateway in network]
+    src = on_link[0] if on_link else addresses[0].ip
+    if not on_link:
+        routes.append(Route(table, host_network(gateway), name, src=src, metric=metric))
+    routes.append(Route(table, default_network(version), name, gateway=gateway, src=src, metric=metric))
+    return routes
+
+
+def _family_rules(interface: Interface, version: int, table: int, priority: int) -> list[Rule]:
+    rules = [
+        Rule(version, priority, table, src=host_network(a.ip)) for a in interface.addresses_of(version)
+    ]
+    rules.append(Rule(version, priority + 1, table, oif=interface.name))
+    return rules
+
+
+def _main_default6(config: Config, facts: Facts, candidates: list[_Candidate], tables: dict[str, int]) -> list[Route]:
+    """The guest's IPv6 default in main, via the dom0 /128, unless main already has one."""
+    carriers = sorted((c for c in candidates if c.gateway6), key=lambda c: tables[c.interface.name])
+    if not carriers or any(r.version == 6 for r in facts.main_defaults):
+        return []
+    chosen = next((c for c in carriers if c.interface.name == config.default6_interface), carriers[0])
+    gateway = chosen.gateway6
+    assert gateway is not None
+    name = chosen.interface.name
+    routes = []
+    if not any(gateway in a.network for a in chosen.interface.addresses_of(6)):
+        routes.append(Route(TABLE_MAIN, host_network(gateway), name, metric=METRIC6))
+    routes.append(Route(TABLE_MAIN, default_network(6), name, gateway=gateway, metric=METRIC6))
+    return routes
+
+
+def plan(config: Config, facts: Facts) -> State:
+    """The complete desired state for this host."""
+    candidates = _candidates(config, facts)
+    tables = allocate_tables(config, [c.interface for c in candidates])
+    routes: list[Route] = []
+    rules: list[Rule] = []
+    managed = []
+    for candidate in candidates:
+        interface = candidate.interface
+        table = tables[interface.name]
+        priority = config.priority_base + FIRST_INTERFACE_PRIORITY + 2 * (table - config.table_base)
+        for version in candidate.families:
+            gateway = candidate.gateway if version == 4 else candidate.gateway6
+            routes += _family_routes(interface, version, table, gateway)
+            rules += _family_rules(interface, version, table, priority)
+        managed.append(ManagedInterface(
+            name=interface.name, table=table, priority=priority, gateway=candidate.gateway,
+            gateway6=candidate.gateway6, families=candidate.families, reasons=candidate.reasons,
+        ))
+    routes += _main_default6(config, facts, candidates, tables)
+    versions = {version for c in candidates for version in c.families}
+    rules += [
+        Rule(prefix.version, config.priority_base, TABLE_MAIN, dst=prefix)
+        for prefix in config.main_prefixes if prefix.version in versions
+    ]
+    return State(routes=frozenset(routes), rules=frozenset(rules), managed=tuple(managed))

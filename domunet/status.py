@@ -1,0 +1,68 @@
+"""`domunet status`: per interface, what domunet decided, what it owns, and what the kernel does."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Callable
+
+from domunet.discover import Facts
+from domunet.model import IPAddress, State
+
+#: Destinations for "a reply from this address leaves through which NIC?" (documentation ranges,
+#: never sent to: the kernel only looks the route up).
+PROBES = {4: ipaddress.ip_address("192.0.2.1"), 6: ipaddress.ip_address("2001:db8::1")}
+
+
+def report(facts: Facts, desired: State, owned: State,
+           route_get: Callable[[IPAddress, IPAddress], str]) -> list[dict[str, Any]]:
+    managed = {m.name: m for m in desired.managed}
+    rows = []
+    for interface in facts.interfaces:
+        if interface.loopback:
+            continue
+        decision = managed.get(interface.name)
+        owned_tables = {r.table for r in owned.rules if r.oif == interface.name}
+        table = decision.table if decision else (min(owned_tables) if owned_tables else None)
+        rules = sorted(
+            (r for r in owned.rules if r.table == table or r.oif == interface.name),
+            key=lambda r: (r.version, r.priority, repr(r)),
+        )
+        addresses = [a for a in interface.addresses if not a.ip.is_link_local]
+        rows.append({
+            "interface": interface.name,
+            "up": interface.up,
+            "managed": decision is not None,
+            "why": list(decision.reasons) if decision else [],
+            "table": table,
+            "gateway": str(decision.gateway) if decision and decision.gateway else None,
+            "gateway6": str(decision.gateway6) if decision and decision.gateway6 else None,
+            "addresses": [str(a) for a in addresses],
+            "rules": [f"ip -{r.version} rule: {r.describe()}" for r in rules],
+            "replies_leave_by": {str(a.ip): route_get(PROBES[a.version], a.ip) for a in addresses},
+            "in_sync": {r for r in desired.rules if r.oif == interface.name} <= owned.rules,
+        })
+    return rows
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    lines = []
+    for row in rows:
+        head = f"{row['interface']}: " + ("managed" if row["managed"] else "not managed")
+        if row["managed"]:
+            head += f", table {row['table']}" + ("" if row["in_sync"] else " (NOT SET UP: run domunet setup)")
+        if not row["up"]:
+            head += ", link down"
+        lines.append(head)
+        if row["why"]:
+            lines.append(f"  why:        {'; '.join(row['why'])}")
+        for key in ("gateway", "gateway6"):
+            if row[key]:
+                lines.append(f"  {key + ':':<11} {row[key]}")
+        for address in row["addresses"]:
+            ip = address.split("/")[0]
+            leaves = row["replies_leave_by"].get(ip, "?")
+            mark = "" if leaves == row["interface"] else "  <- not its own NIC"
+            lines.append(f"  address:    {address:<28} replies leave by {leaves}{mark}")
+        for rule in row["rules"]:
+            lines.append(f"  {rule}")
+    return "\n".join(lines)
