@@ -184,8 +184,9 @@ def parse(raw: bytes, path: str = DEFAULT_PATH) -> Config:
             message = str(error) if isinstance(error, Exception) else "missing section"
             raise ConfigError(path, _where(sections, key), message)
     for sections, name in configobj.get_extra_values(parsed):
-        kind = "section" if isinstance(_lookup(parsed, sections).get(name), dict) else "key"
-        raise ConfigError(path, _where(list(sections), name), f"unknown {kind}")
+        if isinstance(_lookup(parsed, sections).get(name), dict):
+            raise ConfigError(path, _where([*sections, name], None), "unknown section")
+        raise ConfigError(path, _where(list(sections), name), "unknown key")
     return _typed(parsed, path)
 
 

@@ -198,8 +198,7 @@ class Kernel:
             args = self._route_args(route)
         except ObjectMissing:
             raise ObjectMissing(f"route {route.describe()}: interface is gone, and so is the route") from None
-        args.pop("type")
-        args.pop("scope", None)
+        args.pop("type")  # scope stays: IPv4 deletes match it, and link routes are scope link
         self._request(self._ipr.route, "del", f"route {route.describe()}", False, **args)
 
     def _rule_args(self, rule: Rule) -> dict[str, Any]:

@@ -197,6 +197,12 @@ class Lab:
         proxies = [f"net/ipv4/conf/{dev}/proxy_arp=1" for dev in ("eth0", *(n.vif for n in NICS))]
         self.sysctl("dom0", proxies + ["net/ipv6/conf/eth0/proxy_ndp=1", "net/ipv6/conf/all/proxy_ndp=1"])
 
+    def add_guest_nic(self, guest: str, vif: str, *addresses: str) -> None:
+        """One more vif pair, e.g. for a /32 address whose gateway lies outside it."""
+        self.batch("dom0", [f"link add {vif} type veth peer name {guest} netns {self.ns['guest']}",
+                            f"link set {vif} up"])
+        self.batch("guest", [*(f"addr add {a} dev {guest}" for a in addresses), f"link set {guest} up"])
+
     def destroy(self) -> None:
         for name in reversed(self.created):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True)

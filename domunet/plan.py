@@ -19,8 +19,18 @@ from domunet.config import TABLE_SLOTS, Config
 from domunet.discover import Facts
 from domunet.errors import ConfigError
 from domunet.model import (
-    LINK_LOCAL6, METRIC6, TABLE_MAIN, Interface, IPAddress, IPInterface, ManagedInterface, Route, Rule,
-    State, default_network, host_network,
+    LINK_LOCAL6,
+    METRIC6,
+    TABLE_MAIN,
+    Interface,
+    IPAddress,
+    IPInterface,
+    ManagedInterface,
+    Route,
+    Rule,
+    State,
+    default_network,
+    host_network,
 )
 
 log = logging.getLogger(__name__)
@@ -79,7 +89,7 @@ def _ignored(config: Config, interface: Interface) -> bool:
     return interface.loopback or any(fnmatch.fnmatchcase(interface.name, p) for p in config.ignore)
 
 
-def _networks(addresses: tuple[IPInterface, ...]) -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, IPAddress]]:
+def _networks(addresses: tuple[IPInterface, ...]) -> list[tuple[IPNetwork, IPAddress]]:
     """Each distinct on-link prefix with the first address in it (host prefixes have no link route)."""
     seen: dict[object, IPAddress] = {}
     for address in addresses:

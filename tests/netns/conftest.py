@@ -1,0 +1,41 @@
+"""Namespace tests: each builds its own lab (unique names) and always deletes it."""
+
+import os
+import shutil
+import sys
+
+import pytest
+
+from domunet.lab import Lab
+
+if os.geteuid() != 0 or shutil.which("ip") is None:
+    pytest.skip("namespace tests need root and iproute2", allow_module_level=True)
+
+
+@pytest.fixture
+def lab():
+    with Lab() as built:
+        yield built
+
+
+@pytest.fixture
+def routed_lab(lab):
+    """The scenario of the guest-side issue: dom0 routes and proxies each guest address."""
+    lab.route_dom0_statically()
+    return lab
+
+
+@pytest.fixture
+def domunet(lab):
+    """Run domunet in the guest with the interpreter running the tests (0.7.2 or 0.9.x)."""
+
+    def run(*args, config=None):
+        return lab.domunet(*args, config=config, python=sys.executable)
+
+    return run
+
+
+def write_config(lab, text):
+    path = lab.workdir / "custom.conf"
+    path.write_text(text)
+    return str(path)

@@ -1,0 +1,186 @@
+"""The guest side in the lab: real kernel, real pings through strict rp_filter."""
+
+import json
+import subprocess
+import time
+
+from domunet.lab import GUEST_CONFIG, NICS
+from tests.netns.conftest import write_config
+
+ALL = [nic.address for nic in NICS]
+
+
+def assert_ok(result):
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_every_address_answers_after_setup_and_not_before(routed_lab, domunet):
+    before = routed_lab.answers(tries=1)
+    assert before == {"192.168.0.200": True, "192.168.0.201": False, "192.168.0.202": False,
+                      "2001:db8:4309:2388::50": False}
+    assert_ok(domunet("setup"))
+    assert routed_lab.answers() == dict.fromkeys(ALL, True)
+
+
+def test_second_run_changes_nothing_and_teardown_restores_the_dump(routed_lab, domunet):
+    pristine = routed_lab.dump()
+    assert_ok(domunet("setup"))
+    configured = routed_lab.dump()
+    assert configured != pristine
+    assert_ok(domunet("setup"))
+    assert routed_lab.dump() == configured
+    planned = domunet("plan")
+    assert_ok(planned)
+    assert planned.stdout == ""
+    assert_ok(domunet("teardown"))
+    assert routed_lab.dump() == pristine
+    assert_ok(domunet("teardown"))
+    assert routed_lab.dump() == pristine
+
+
+def test_plan_prints_ip_commands_and_changes_nothing(routed_lab, domunet):
+    pristine = routed_lab.dump()
+    planned = domunet("plan")
+    assert_ok(planned)
+    lines = planned.stdout.splitlines()
+    assert "ip -6 route add default via 2001:db8:4309:2388::2 dev eth3 table main proto 213 metric 1024" in lines
+    assert any(line.startswith("ip -4 rule add") and "from 192.168.0.201/32" in line for line in lines)
+    assert routed_lab.dump() == pristine
+
+
+def test_status_reports_the_kernels_own_choice_of_nic(routed_lab, domunet):
+    report = domunet("status", "--json")
+    assert_ok(report)
+    before = {row["interface"]: row for row in json.loads(report.stdout)}
+    assert before["eth1"]["replies_leave_by"]["192.168.0.201"] == "eth0"
+    assert_ok(domunet("setup"))
+    rows = {row["interface"]: row for row in json.loads(domunet("status", "--json").stdout)}
+    for nic in NICS:
+        assert rows[nic.guest]["managed"]
+        assert rows[nic.guest]["replies_leave_by"][nic.address] == nic.guest
+    assert rows["eth3"]["gateway6"] == "2001:db8:4309:2388::2"
+    text = domunet("status")
+    assert_ok(text)
+    assert "not its own NIC" not in text.stdout
+
+
+def _monitor(lab):
+    return subprocess.Popen(["ip", "netns", "exec", lab.ns["guest"], "ip", "-4", "monitor", "route"],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def _stop(monitor):
+    time.sleep(0.3)
+    monitor.terminate()
+    return monitor.communicate(timeout=5)[0]
+
+
+def test_gateway_outside_a_slash32_through_the_temporary_main_route(lab, domunet):
+    """The older kernels' path, forced: it runs for real and main ends byte-identical."""
+    lab.add_guest_nic("eth4", "vif1.4", "10.9.9.9/32")
+    config = write_config(lab, "gateway_strategy = temporary-main-route\n"
+                               "[interfaces]\n[[eth4]]\ngateway = 10.9.9.1\n")
+    main_before = lab.run("guest", "ip", "route", "show", "table", "main").stdout
+    monitor = _monitor(lab)
+    time.sleep(0.2)
+    assert_ok(domunet("-vv", "setup", config=config))
+    events = _stop(monitor)
+    assert "10.9.9.1 dev eth4 proto domunet-temp" in events
+    assert "Deleted 10.9.9.1 dev eth4 proto domunet-temp" in events
+    assert lab.run("guest", "ip", "route", "show", "table", "main").stdout == main_before
+    table = lab.run("guest", "ip", "route", "show", "table", "all", "dev", "eth4").stdout
+    assert "default via 10.9.9.1" in table
+    assert "10.9.9.1 table domunet-eth4 proto domunet scope link src 10.9.9.9" in table
+    assert_ok(domunet("teardown", config=config))
+    assert "domunet" not in lab.run("guest", "ip", "route", "show", "table", "all", "dev", "eth4").stdout
+
+
+def test_gateway_outside_a_slash32_on_a_current_kernel_needs_no_temporary_route(lab, domunet):
+    lab.add_guest_nic("eth4", "vif1.4", "10.9.9.9/32")
+    config = write_config(lab, "[interfaces]\n[[eth4]]\ngateway = 10.9.9.1\n")
+    monitor = _monitor(lab)
+    time.sleep(0.2)
+    assert_ok(domunet("setup", config=config))
+    events = _stop(monitor)
+    assert "domunet-temp" not in events
+    assert "default via 10.9.9.1 dev eth4" in events
+
+
+def test_foreign_tables_rules_and_routes_survive_setup_and_teardown(routed_lab, domunet):
+    lab = routed_lab
+    lab.batch("guest", [
+        "rule add priority 100 to 10.66.0.0/16 lookup 500",
+        "rule add priority 10618 fwmark 0x1 lookup 500",
+        "route add 10.66.0.0/16 dev eth1 table 500",
+        "route add 10.55.0.0/16 dev eth2",
+        "route add 2001:db8:77::/48 dev eth3 table 500",
+    ])
+    config = write_config(lab, GUEST_CONFIG + "[[eth1]]\ntable = 1500\n")
+    lab.batch("guest", ["route add 10.44.0.0/16 dev eth1 table 1500"])
+    pristine = lab.dump()
+    assert_ok(domunet("setup", config=config))
+    dump = lab.dump()
+    for foreign in ("100:\tfrom all to 10.66.0.0/16 lookup 500", "10618:\tfrom all fwmark 0x1 lookup 500",
+                    "10.66.0.0/16 dev eth1 table 500", "10.55.0.0/16 dev eth2",
+                    "10.44.0.0/16 dev eth1 table domunet-eth1", "2001:db8:77::/48 dev eth3 table 500"):
+        assert foreign in dump
+    assert lab.answers() == dict.fromkeys(ALL, True)
+    assert_ok(domunet("teardown", config=config))
+    assert lab.dump() == pristine
+
+
+def test_failure_part_way_rolls_back_to_the_state_before(routed_lab, domunet):
+    """An admin's route sits where domunet's default for eth2 must go: exit 1, nothing changed."""
+    lab = routed_lab
+    config = write_config(lab, GUEST_CONFIG + "[[eth2]]\ntable = 1500\n")
+    lab.batch("guest", ["route add default via 192.168.0.1 dev eth2 table 1500"])
+    pristine = lab.dump()
+    result = domunet("setup", config=config)
+    assert result.returncode == 1
+    assert "rolled back" in result.stderr and "table 1500" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert lab.dump() == pristine
+
+
+def test_bad_config_exits_2_names_the_key_and_changes_nothing(routed_lab, domunet):
+    config = write_config(routed_lab, "[interfaces]\n[[eth3]]\ngateway6 = 2001:db8::zz\n")
+    pristine = routed_lab.dump()
+    result = domunet("setup", config=config)
+    assert result.returncode == 2
+    assert "key 'gateway6'" in result.stderr and config in result.stderr
+    assert "Traceback" not in result.stderr
+    assert routed_lab.dump() == pristine
+
+
+def test_unknown_interface_on_the_command_line_exits_2(routed_lab, domunet):
+    pristine = routed_lab.dump()
+    result = domunet("setup", "eth9")
+    assert result.returncode == 2 and "eth9" in result.stderr
+    assert routed_lab.dump() == pristine
+
+
+def test_main_prefixes_keep_other_stacks_on_the_main_table(routed_lab, domunet):
+    config = write_config(routed_lab, "main_prefixes = 172.16.0.0/12\n" + GUEST_CONFIG)
+    assert_ok(domunet("setup", config=config))
+    rules = routed_lab.run("guest", "ip", "rule").stdout
+    assert "10000:\tfrom all to 172.16.0.0/12 lookup main proto domunet" in rules
+    got = routed_lab.run("guest", "ip", "route", "get", "172.17.0.1", "from", "192.168.0.201").stdout
+    assert "dev eth0" in got  # main's first connected route, not eth1's table
+    assert_ok(domunet("teardown", config=config))
+    assert "172.16.0.0/12" not in routed_lab.run("guest", "ip", "rule").stdout
+
+
+def test_teardown_of_one_interface_leaves_the_others(routed_lab, domunet):
+    lab = routed_lab
+    assert_ok(domunet("setup"))
+    assert_ok(domunet("teardown", "eth1"))
+    rules = lab.run("guest", "ip", "rule").stdout
+    assert "eth1" not in rules and "192.168.0.201" not in rules
+    assert "oif eth0" in rules and "oif eth2" in rules
+    assert "domunet-eth1" not in lab.run("guest", "ip", "route", "show", "table", "all").stdout
+    answers = lab.answers(tries=2)
+    assert answers["192.168.0.200"] and answers["192.168.0.202"] and answers["2001:db8:4309:2388::50"]
+    assert not answers["192.168.0.201"]
+    assert_ok(domunet("setup", "eth1"))
+    assert lab.answers() == dict.fromkeys(ALL, True)

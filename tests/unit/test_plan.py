@@ -1,0 +1,128 @@
+import dataclasses
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from domunet import config
+from domunet.diff import Change
+from domunet.errors import ConfigError
+from domunet.model import PROTO, Route
+from domunet.plan import allocate_tables, plan, preferred_slot
+from domunet.render import ip_command
+from tests.unit.factories import lab_guest, nic
+
+DATA = Path(__file__).parent.parent / "data"
+LAB_CONFIG = config.parse(b"[interfaces]\n[[eth3]]\ngateway6 = 2001:db8:4309:2388::2\n")
+
+
+def ip(text):
+    return ipaddress.ip_address(text)
+
+
+def commands(state):
+    objects = sorted(state.routes, key=lambda o: (o.version, repr(o))) + sorted(
+        state.rules, key=lambda o: (o.version, repr(o)))
+    return "".join(ip_command(Change("add", o)) + "\n" for o in objects)
+
+
+def test_lab_guest_plan_matches_golden_file():
+    """The lab's guest: eth0..eth2 share a /24, eth3 has dom0's address as IPv6 gateway."""
+    assert commands(plan(LAB_CONFIG, lab_guest())) == (DATA / "lab_guest_plan.txt").read_text()
+
+
+def test_lab_guest_managed_interfaces_and_gateways():
+    managed = {m.name: m for m in plan(LAB_CONFIG, lab_guest()).managed}
+    assert sorted(managed) == ["eth0", "eth1", "eth2", "eth3"]
+    assert all(managed[n].gateway == ip("192.168.0.1") for n in ("eth0", "eth1", "eth2"))
+    assert managed["eth3"].gateway6 == ip("2001:db8:4309:2388::2")
+    assert managed["eth3"].families == (6,)
+    assert len({m.table for m in managed.values()}) == 4
+
+
+def test_single_nic_alone_in_its_subnet_is_left_alone():
+    facts = lab_guest(interfaces=(nic("eth0", 2, "192.168.0.200/24"), nic("eth1", 3, "10.0.0.5/24")))
+    assert plan(config.parse(b""), facts).managed == ()
+    assert plan(config.parse(b""), facts).rules == frozenset()
+
+
+def test_table_is_stable_across_ifindex_and_rename():
+    first = lab_guest()
+    renamed = lab_guest(interfaces=tuple(
+        dataclasses.replace(i, index=i.index + 40, name=i.name.replace("eth", "ens")) for i in first.interfaces
+    ))
+    tables = {m.name[-1]: m.table for m in plan(config.parse(b""), first).managed}
+    tables_renamed = {m.name[-1]: m.table for m in plan(config.parse(b""), renamed).managed}
+    assert tables == tables_renamed
+
+
+def test_xen_vif_device_id_gives_the_table():
+    facts = lab_guest(interfaces=(
+        nic("eth0", 2, "192.168.0.200/24", xen_devid=0), nic("eth1", 3, "192.168.0.201/24", xen_devid=1),
+    ))
+    tables = {m.name: (m.table, m.priority) for m in plan(config.parse(b""), facts).managed}
+    assert tables == {"eth0": (1000, 10010), "eth1": (1001, 10012)}
+
+
+def test_explicit_table_wins_and_collisions_are_probed():
+    a = nic("eth0", 2, "192.168.0.200/24", mac="02:aa:00:00:00:01")
+    b = nic("eth1", 3, "192.168.0.201/24", mac="02:aa:00:00:00:02")
+    slot = preferred_slot(a)
+    settings = config.parse(f"[interfaces]\n[[eth1]]\ntable = {1000 + slot}\n".encode())
+    tables = allocate_tables(settings, [a, b])
+    assert tables["eth1"] == 1000 + slot
+    assert tables["eth0"] != tables["eth1"]
+
+
+def test_off_link_gateway_gets_a_host_route_first():
+    """The /32 case: 10.9.9.9/32 with gateway 10.9.9.1 (also the dom0 /128 case for IPv6)."""
+    facts = lab_guest(interfaces=(nic("eth4", 7, "10.9.9.9/32"),), main_defaults=())
+    settings = config.parse(b"[interfaces]\n[[eth4]]\ngateway = 10.9.9.1\n")
+    routes = plan(settings, facts).routes
+    table = next(iter(routes)).table
+    assert routes == {
+        Route(table, ipaddress.ip_network("10.9.9.1/32"), "eth4", src=ip("10.9.9.9")),
+        Route(table, ipaddress.ip_network("0.0.0.0/0"), "eth4", gateway=ip("10.9.9.1"), src=ip("10.9.9.9")),
+    }
+
+
+def test_ipv6_slash128_guest_gets_dom0_host_route_in_main_and_table():
+    facts = lab_guest(interfaces=(nic("eth3", 5, "2001:db8:1::50/128"),), main_defaults=())
+    settings = config.parse(b"[interfaces]\n[[eth3]]\ngateway6 = 2001:db8:4309:2388::2\n")
+    main = sorted(r.describe() for r in plan(settings, facts).routes if r.table == 254)
+    assert main == ["2001:db8:4309:2388::2/128 dev eth3 table 254",
+                    "default via 2001:db8:4309:2388::2 dev eth3 table 254"]
+
+
+def test_existing_ipv6_default_in_main_is_respected():
+    foreign = Route(254, ipaddress.ip_network("::/0"), "eth3", gateway=ip("fe80::1"), metric=1024, proto=9)
+    facts = lab_guest(main_defaults=lab_guest().main_defaults + (foreign,))
+    assert not [r for r in plan(LAB_CONFIG, facts).routes if r.table == 254]
+
+
+def test_main_prefixes_become_lookup_main_rules_before_the_interfaces():
+    settings = config.parse(b"main_prefixes = 172.16.0.0/12, fd00::/8\n")
+    rules = plan(settings, lab_guest()).rules
+    main_rules = sorted((r.priority, str(r.dst)) for r in rules if r.table == 254)
+    assert main_rules == [(10000, "172.16.0.0/12")]  # no IPv6 interface is managed without gateway6
+    assert all(r.priority > 10000 for r in rules if r.table != 254)
+
+
+def test_ignored_down_and_unmanaged_interfaces_are_skipped():
+    facts = lab_guest(interfaces=(
+        nic("eth0", 2, "192.168.0.200/24"), nic("eth1", 3, "192.168.0.201/24", up=False),
+        nic("eth2", 4, "192.168.0.202/24"), nic("docker0", 5, "192.168.0.203/24"),
+    ))
+    settings = config.parse(b"ignore = docker*\n[interfaces]\n[[eth2]]\nmanage = no\n")
+    assert plan(settings, facts).managed == ()
+
+
+def test_every_object_carries_the_owner_marker():
+    state = plan(LAB_CONFIG, lab_guest())
+    assert {o.proto for o in state.routes | state.rules} == {PROTO}
+
+
+def test_gateway_equal_to_own_address_is_a_config_error():
+    settings = config.parse(b"[interfaces]\n[[eth1]]\ngateway = 192.168.0.201\n")
+    with pytest.raises(ConfigError, match=r"\[\[eth1\]\] key 'gateway'"):
+        plan(settings, lab_guest())
