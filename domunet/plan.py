@@ -25,6 +25,7 @@ from domunet.model import (
     Interface,
     IPAddress,
     IPInterface,
+    IPNetwork,
     ManagedInterface,
     Route,
     Rule,
