@@ -272,7 +272,8 @@ def demo(out: object = sys.stdout) -> bool:
         say("guest's rules after setup:")
         say(lab.run("guest", "ip", "rule").stdout + lab.run("guest", "ip", "-6", "rule").stdout)
         teardown = lab.domunet("teardown")
-        say(f"teardown: exit {teardown.returncode}; namespaces removed")
+        say(f"domunet teardown: exit {teardown.returncode}")
+    say("lab namespaces removed")
     ok = all(after.values())
     say("all four addresses answer: " + ("yes" if ok else "NO"))
     return ok
