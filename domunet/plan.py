@@ -166,18 +166,22 @@ def _candidates(config: Config, facts: Facts) -> list[_Candidate]:
 def _family_routes(
     interface: Interface, version: int, table: int, gateway: IPAddress | None,
 ) -> list[Route]:
-    """Link routes with the right source, a host route to an off-link gateway, the default route."""
+    """Link routes with the right source, a host route to an off-link gateway, the default route.
+
+    IPv6 routes carry no source: the kernel refuses a tentative address (still in DAD) as
+    one, and the `from` rules and RFC 6724 already pick the NIC's own address.
+    """
     name = interface.name
     metric = METRIC6 if version == 6 else 0
     addresses = interface.addresses_of(version)
-    networks = _networks(addresses)
+    networks = [(network, src if version == 4 else None) for network, src in _networks(addresses)]
     routes = [Route(table, network, name, src=src, metric=metric) for network, src in networks]
     if version == 6:
         routes.append(Route(table, LINK_LOCAL6, name, metric=metric))
     if gateway is None:
         return routes
     on_link = [src for network, src in networks if gateway in network]
-    src = on_link[0] if on_link else addresses[0].ip
+    src = on_link[0] if on_link else addresses[0].ip if version == 4 else None
     if not on_link:
         routes.append(Route(table, host_network(gateway), name, src=src, metric=metric))
     routes.append(Route(table, default_network(version), name, gateway=gateway, src=src, metric=metric))

@@ -184,3 +184,14 @@ def test_teardown_of_one_interface_leaves_the_others(routed_lab, domunet):
     assert not answers["192.168.0.201"]
     assert_ok(domunet("setup", "eth1"))
     assert lab.answers() == dict.fromkeys(ALL, True)
+
+
+def test_ipv6_address_still_in_dad_does_not_break_setup(lab, domunet):
+    """Hooks run right after ifup, while DAD may still hold the address as tentative."""
+    lab.batch("dom0", [f"link add vif1.4 type veth peer name eth4 netns {lab.ns['guest']}", "link set vif1.4 up"])
+    lab.sysctl("guest", ["net/ipv6/conf/eth4/accept_dad=1", "net/ipv6/conf/eth4/dad_transmits=5"])
+    lab.batch("guest", ["link set eth4 up", "addr add 2001:db8:99::5/64 dev eth4"])
+    assert "tentative" in lab.run("guest", "ip", "-6", "addr", "show", "dev", "eth4").stdout
+    config = write_config(lab, "[interfaces]\n[[eth4]]\ngateway6 = 2001:db8:99::1\n")
+    assert_ok(domunet("setup", config=config))
+    assert "default via 2001:db8:99::1 dev eth4" in lab.run("guest", "ip", "-6", "route", "show", "table", "all").stdout
