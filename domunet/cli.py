@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import logging.handlers
+import os
 import sys
 from typing import Sequence
 
 from domunet import __version__
 from domunet.errors import ApplyError, ConfigError, DomunetError, KernelError, UsageError
+from domunet.model import DEFAULT_STATE_DIR
 
 log = logging.getLogger("domunet")
 
@@ -41,19 +44,110 @@ def _parser() -> argparse.ArgumentParser:
     status = verbs.add_parser("status", help="show per interface what domunet does and what the kernel does")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     verbs.add_parser("lab", help="demo: build a Xen-like lab in network namespaces, run domunet, clean up")
+    dom0 = verbs.add_parser("dom0", help="dom0 side: route, proxy and guard a routed vif's guest addresses")
+    dom0.add_argument("--state-dir", default=os.environ.get("DOMUNET_STATE_DIR", DEFAULT_STATE_DIR),
+                      help="where records of what was done are kept (default %(default)s)")
+    actions = dom0.add_subparsers(dest="action", metavar="ACTION")
+    actions.required = True
+    online = actions.add_parser("online", help="set up a vif (as vif-domunet does, without xenstore)")
+    online.add_argument("--vif", required=True)
+    online.add_argument("--ip", required=True, help='guest addresses or prefixes, e.g. "192.0.2.5 2001:db8::5"')
+    online.add_argument("--uplink", help="dom0's uplink (default: the interface of dom0's default route)")
+    online.add_argument("--vifname", help="rename the vif to this")
+    offline = actions.add_parser("offline", help="undo what online did for a vif (also when it is gone)")
+    offline.add_argument("--vif", required=True)
+    actions.add_parser("reconcile", help="re-add proxy entries and filters (run from the uplink's up hook)")
+    hotplug = actions.add_parser("hotplug", help="the Xen hotplug entry point (hooks/xen/vif-domunet)")
+    hotplug.add_argument("command", help="online, offline, add or remove (as libxl calls it)")
+    hotplug.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="libxl's extra arguments")
     return parser
 
 
-def _setup_logging(verbose: int) -> None:
+def _setup_logging(verbose: int, hotplug: bool = False) -> None:
+    """stderr always; a hotplug run also logs to syslog (xl keeps stderr in xen-hotplug.log)."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("domunet: %(message)s"))
+    handlers: list[logging.Handler] = [handler]
+    if hotplug:
+        level = min(level, logging.INFO)
+        handler.setFormatter(logging.Formatter("vif-domunet: %(message)s"))
+        if os.path.exists("/dev/log"):
+            try:
+                syslog = logging.handlers.SysLogHandler("/dev/log")
+                syslog.setFormatter(logging.Formatter("vif-domunet: %(message)s"))
+                handlers.append(syslog)
+            except OSError:
+                pass
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = handlers
     root.setLevel(level)
 
 
+def _hotplug(args: argparse.Namespace) -> int:
+    """libxl's contract: hotplug-status connected, or hotplug-error + status error and exit 1."""
+    from domunet import xenstore
+    from domunet.dom0 import Dom0, hotplug_key, request_from_hotplug
+    from domunet.kernel import Kernel
+
+    env = dict(os.environ)
+    settings = dict(s.split("=", 1) for s in args.settings if "=" in s)
+    if args.command in ("add", "remove") or settings.get("type_if") == "tap":
+        log.info("%s %s: emulated (tap) NICs are not handled; nothing to do", args.command, env.get("vif"))
+        return EXIT_OK
+    path = env.get("XENBUS_PATH", "")
+    if args.command == "offline":
+        try:
+            with Kernel() as kernel:
+                Dom0(kernel, args.state_dir).offline(hotplug_key(env))
+        except DomunetError as error:
+            log.error("offline %s: %s", env.get("vif"), error)
+        return EXIT_OK
+    if args.command != "online":
+        raise UsageError(f"unknown hotplug command {args.command!r}")
+    try:
+        request = request_from_hotplug(env, xenstore.read)
+        with Kernel() as kernel:
+            Dom0(kernel, args.state_dir).online(request)
+        xenstore.write(f"{path}/hotplug-status", "connected")
+        return EXIT_OK
+    except DomunetError as error:
+        log.error("online %s: %s", env.get("vif"), error)
+        if path:
+            try:
+                xenstore.write(f"{path}/hotplug-error", str(error))
+                xenstore.write(f"{path}/hotplug-status", "error")
+            except DomunetError as failed:
+                log.error("cannot report the error in xenstore: %s", failed)
+        return EXIT_FAILED
+
+
+def _dom0(args: argparse.Namespace) -> int:
+    from domunet.dom0 import Dom0, VifRequest, check_ifname, parse_addresses
+    from domunet.kernel import Kernel
+
+    if args.action == "hotplug":
+        return _hotplug(args)
+    with Kernel() as kernel:
+        dom0 = Dom0(kernel, args.state_dir)
+        if args.action == "online":
+            vif = check_ifname(args.vif, "--vif")
+            request = VifRequest(
+                key=vif, vif=vif, guest=parse_addresses(args.ip, "--ip"),
+                uplink=check_ifname(args.uplink, "--uplink") if args.uplink else None,
+                rename=check_ifname(args.vifname, "--vifname") if args.vifname else None,
+            )
+            dom0.online(request)
+        elif args.action == "offline":
+            dom0.offline(check_ifname(args.vif, "--vif"))
+        else:
+            log.info("reconciled %d vif(s)", dom0.reconcile())
+    return EXIT_OK
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.verb == "dom0":
+        return _dom0(args)
     if args.verb == "lab":
         from domunet.lab import demo
 
@@ -100,7 +194,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    _setup_logging(args.verbose, hotplug=getattr(args, "action", None) == "hotplug")
     try:
         return _run(args)
     except (UsageError, ConfigError) as error:

@@ -28,6 +28,8 @@ SCOPE_UNIVERSE = 0
 SCOPE_LINK = 253
 IFF_UP = 0x1
 IFF_LOOPBACK = 0x8
+IFA_F_NODAD = 0x02
+NTF_PROXY = 0x08
 _GATEWAY_ERRNOS = (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EINVAL)
 
 
@@ -222,3 +224,64 @@ class Kernel:
 
     def remove_rule(self, rule: Rule) -> None:
         self._request(self._ipr.rule, "del", f"rule {rule.describe()}", False, **self._rule_args(rule))
+
+    # --- dom0: addresses, proxy neighbour entries, links -----------------------------------
+
+    def addresses(self, name: str) -> list[Any]:
+        """Addresses of one interface as ipaddress interfaces (with prefix length)."""
+        index = self._index(name)
+        found = []
+        for msg in self._dump(f"the addresses of {name}", self._ipr.get_addr, index=index):
+            if msg["index"] != index:  # 0.7 filters in the client, be explicit
+                continue
+            address = msg.get_attr("IFA_ADDRESS") if msg["family"] == socket.AF_INET6 else (
+                msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
+            if address:
+                found.append(ipaddress.ip_interface(f"{address}/{msg['prefixlen']}"))
+        return found
+
+    def add_address(self, name: str, address: Any) -> None:
+        kwargs: dict[str, Any] = {"index": self._index(name), "address": str(address.ip),
+                                  "prefixlen": address.network.prefixlen}
+        if address.version == 6:
+            kwargs["flags"] = IFA_F_NODAD
+        self._request(self._ipr.addr, "add", f"address {address} on {name}", False, **kwargs)
+
+    def remove_address(self, name: str, address: Any) -> None:
+        what = f"address {address} on {name}"
+        try:
+            index = self._index(name)
+            self._request(self._ipr.addr, "del", what, False, index=index, address=str(address.ip),
+                          prefixlen=address.network.prefixlen)
+        except KernelError as error:
+            if error.errno in (errno.EADDRNOTAVAIL, errno.ENODEV):
+                raise ObjectMissing(f"{what}: already gone", error.errno) from None
+            raise
+
+    def add_proxy(self, name: str, address: IPAddress) -> None:
+        """A proxy neighbour entry (`ip neigh add proxy`): answer NDP/ARP for address on name."""
+        self._request(self._ipr.neigh, "add", f"proxy entry {address} on {name}", False,
+                      dst=str(address), ifindex=self._index(name), flags=NTF_PROXY,
+                      family=FAMILY[address.version])
+
+    def remove_proxy(self, name: str, address: IPAddress) -> None:
+        self._request(self._ipr.neigh, "del", f"proxy entry {address} on {name}", False,
+                      dst=str(address), ifindex=self._index(name), flags=NTF_PROXY,
+                      family=FAMILY[address.version])
+
+    def set_link(self, name: str, up: bool | None = None, rename: str | None = None) -> None:
+        kwargs: dict[str, Any] = {"index": self._index(name)}
+        if up is not None:
+            kwargs["state"] = "up" if up else "down"
+        if rename:
+            kwargs["ifname"] = rename
+        self._request(self._ipr.link, "set", f"interface {name}", False, **kwargs)
+        if rename:
+            self._links = None
+
+    def default_route_interface(self, version: int = 4) -> str | None:
+        """The interface of the main table's default route (dom0's uplink when none is given)."""
+        for route in self.routes(version):
+            if route.table == 254 and route.dst.prefixlen == 0 and route.dev:
+                return route.dev
+        return None

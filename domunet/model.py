@@ -22,6 +22,8 @@ PROTO_TEMP = 214
 PROTO_NAMES = {PROTO: "domunet", PROTO_TEMP: "domunet-temp"}
 
 TABLE_MAIN = 254
+#: Records of what dom0's vif script did (under /run: gone at reboot, like the vifs).
+DEFAULT_STATE_DIR = "/run/domunet"
 #: IPv6 routes without an explicit metric get this one from the kernel.
 METRIC6 = 1024
 #: Link-local prefix every IPv6 table needs for neighbour discovery through the oif rule.

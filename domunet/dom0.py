@@ -1,0 +1,358 @@
+"""dom0: route, proxy and guard each guest address of a vif (the vif-domunet hotplug script).
+
+online:  validate everything first; then, in this order: a record under /run (so that a
+         crash still leaves something for offline to undo), the vif's rename, anti-spoofing
+         (before the vif is up), sysctls, dom0's addresses on the vif, link up, a host route
+         per guest address, proxy NDP entries on the uplink. A failure undoes it all.
+offline: undoes exactly what the record says, tolerating what is already gone (a destroyed
+         guest's vif), then drops the anti-spoofing entries (after the vif is down).
+Proxy entries are shared: one is removed only when no other vif's record still lists it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import logging
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from domunet import nft, sysctl
+from domunet.errors import DomunetError, KernelError, ObjectExists, ObjectMissing, UsageError
+from domunet.kernel import Kernel
+from domunet.model import DEFAULT_STATE_DIR, METRIC6, TABLE_MAIN, IPInterface, IPNetwork, Route
+
+log = logging.getLogger(__name__)
+
+MAX_ADDRESSES = 256
+_IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+_XENBUS_PATH = re.compile(r"^backend/vif/(\d{1,5})/(\d{1,5})$")
+
+
+def check_ifname(value: str | None, what: str) -> str:
+    if not value or not _IFNAME.match(value) or value in (".", ".."):
+        raise UsageError(f"{what}: {value!r} is not a valid interface name")
+    return value
+
+
+def check_xenbus_path(value: str) -> str:
+    if not _XENBUS_PATH.match(value):
+        raise UsageError(f"XENBUS_PATH: {value!r} is not backend/vif/DOMID/DEVID")
+    return value
+
+
+def parse_addresses(text: str | None, what: str) -> tuple[IPNetwork, ...]:
+    """Guest addresses or prefixes, space separated (libxl never validates them: we do)."""
+    if text is None or not text.strip():
+        raise UsageError(f"{what}: no guest address given; a routed vif needs its guest's addresses")
+    if len(text) > 16 * MAX_ADDRESSES:
+        raise UsageError(f"{what}: value is too long")
+    networks: list[IPNetwork] = []
+    for token in text.split():
+        try:
+            network = ipaddress.ip_network(token, strict=True)
+        except ValueError:
+            raise UsageError(f"{what}: {token!r} is not an IPv4/IPv6 address or prefix") from None
+        if network.is_multicast or network.is_loopback or network.is_link_local or network.is_unspecified \
+                or network.prefixlen == 0:
+            raise UsageError(f"{what}: {token!r} cannot be a guest address")
+        if network not in networks:
+            networks.append(network)
+    if len(networks) > MAX_ADDRESSES:
+        raise UsageError(f"{what}: more than {MAX_ADDRESSES} addresses")
+    return tuple(networks)
+
+
+@dataclass(frozen=True)
+class VifRequest:
+    """Validated input for one vif: from xenstore (hotplug) or the command line."""
+
+    key: str
+    vif: str
+    guest: tuple[IPNetwork, ...]
+    uplink: str | None = None
+    rename: str | None = None
+    xenbus_path: str | None = None
+
+
+@dataclass
+class VifRecord:
+    """What online did for one vif, kept under /run so that offline undoes exactly that."""
+
+    key: str
+    vif: str
+    uplink: str
+    guest: list[str]
+    dom0_addresses: list[str] = field(default_factory=list)
+    routes: list[list[str]] = field(default_factory=list)  # [destination, source]
+    proxies: list[str] = field(default_factory=list)
+    vif_sysctls: dict[str, str] = field(default_factory=dict)  # key -> value before online
+    original_name: str | None = None
+    xenbus_path: str | None = None
+
+    def networks(self) -> list[IPNetwork]:
+        return [ipaddress.ip_network(g) for g in self.guest]
+
+
+def plan_online(request: VifRequest, uplink: str, uplink_addresses: list[IPInterface], ipv6: bool) -> VifRecord:
+    """Pure: what online must do for this vif, given dom0's uplink addresses."""
+    vif = request.rename or request.vif
+    guest = list(request.guest)
+    if not ipv6 and any(n.version == 6 for n in guest):
+        log.warning("%s: IPv6 is disabled in dom0; skipping the IPv6 guest addresses", vif)
+        guest = [n for n in guest if n.version == 4]
+        if not guest:
+            raise UsageError(f"{vif}: only IPv6 guest addresses, and IPv6 is disabled in dom0")
+    record = VifRecord(key=request.key, vif=vif, uplink=uplink, guest=[str(n) for n in guest],
+                       original_name=request.vif if request.rename else None,
+                       xenbus_path=request.xenbus_path)
+    for version in (4, 6):
+        wanted = [n for n in guest if n.version == version]
+        if not wanted:
+            continue
+        own = [a for a in uplink_addresses if a.version == version and not a.ip.is_link_local]
+        if not own:
+            raise UsageError(f"uplink {uplink} has no IPv{version} address to route the guest's "
+                             f"{', '.join(map(str, wanted))} with")
+        record.dom0_addresses += [f"{a.ip}/{a.max_prefixlen}" for a in own]
+        record.routes += [[str(n), str(own[0].ip)] for n in wanted]
+        singles = [n for n in wanted if n.version == 6 and n.prefixlen == n.max_prefixlen]
+        record.proxies += [str(n.network_address) for n in singles]
+        for prefix in (n for n in wanted if n.version == 6 and n.prefixlen < n.max_prefixlen):
+            log.info("%s: prefix %s is routed, but gets no proxy NDP entries (only single addresses do)",
+                     vif, prefix)
+    return record
+
+
+def _route(vif: str, destination: str, source: str) -> Route:
+    network = ipaddress.ip_network(destination)
+    return Route(TABLE_MAIN, network, vif, src=ipaddress.ip_address(source),
+                 metric=METRIC6 if network.version == 6 else 0)
+
+
+class Dom0:
+    """Applies and undoes vif records; all state lives in the kernel and in state_dir."""
+
+    def __init__(self, kernel: Kernel, state_dir: str = DEFAULT_STATE_DIR) -> None:
+        self.kernel = kernel
+        self.dir = Path(state_dir) / "dom0"
+
+    # --- records ---------------------------------------------------------------------------
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hotplug scripts for several vifs run at once: serialise them."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def _path(self, key: str) -> Path:
+        return self.dir / f"vif-{key}.json"
+
+    def records(self) -> list[VifRecord]:
+        found = []
+        for path in sorted(self.dir.glob("vif-*.json")):
+            try:
+                found.append(VifRecord(**json.loads(path.read_text())))
+            except (OSError, ValueError, TypeError) as error:
+                log.error("ignoring unreadable record %s: %s", path, error)
+        return found
+
+    def _save(self, record: VifRecord) -> None:
+        temporary = self._path(record.key).with_suffix(".tmp")
+        temporary.write_text(json.dumps(asdict(record), indent=1))
+        os.replace(temporary, self._path(record.key))
+
+    def _guarded(self, records: list[VifRecord]) -> dict[str, list[IPNetwork]]:
+        return {r.vif: r.networks() for r in records}
+
+    # --- online ----------------------------------------------------------------------------
+
+    def online(self, request: VifRequest) -> VifRecord:
+        with self.locked():
+            links = self.kernel.links(refresh=True)
+            if request.vif not in links:
+                raise UsageError(f"vif {request.vif} does not exist")
+            if request.rename and request.rename != request.vif and request.rename in links:
+                raise UsageError(f"vifname {request.rename}: an interface of that name exists already")
+            uplink = request.uplink or self.kernel.default_route_interface(4) or self.kernel.default_route_interface(6)
+            if not uplink:
+                raise UsageError("no uplink: give gatewaydev/netdev, or give dom0 a default route")
+            if uplink not in links:
+                raise UsageError(f"uplink {uplink} does not exist")
+            ipv6 = sysctl.ipv6_enabled()
+            record = plan_online(request, uplink, self.kernel.addresses(uplink), ipv6)
+            others = [r for r in self.records() if r.key != record.key]
+            undo: list[Callable[[], None]] = []
+            try:
+                self._online(request, record, others, ipv6, undo)
+            except DomunetError:
+                for step in reversed(undo):
+                    try:
+                        step()
+                    except DomunetError as error:
+                        log.error("%s: undo failed: %s", record.vif, error)
+                raise
+            return record
+
+    def _online(self, request: VifRequest, record: VifRecord, others: list[VifRecord], ipv6: bool,
+                undo: list[Callable[[], None]]) -> None:
+        kernel, vif = self.kernel, record.vif
+        self._save(record)
+        undo.append(lambda: self._path(record.key).unlink(missing_ok=True))
+        if request.rename and request.rename != request.vif:
+            kernel.set_link(request.vif, up=False, rename=request.rename)
+            undo.append(lambda: kernel.set_link(vif, rename=request.vif))
+        nft.load(nft.ruleset(self._guarded(others + [record])))
+        undo.append(lambda: nft.load(nft.ruleset(self._guarded(others))))
+        self._set_sysctls(record, others, ipv6, undo)
+        added: list[str] = []
+        for text in record.dom0_addresses:
+            address = ipaddress.ip_interface(text)
+            try:
+                kernel.add_address(vif, address)
+            except ObjectExists:
+                continue  # already there: not ours to remove later
+            added.append(text)
+            undo.append(lambda a=address: kernel.remove_address(vif, a))
+        record.dom0_addresses = added
+        kernel.set_link(vif, up=True)
+        undo.append(lambda: kernel.set_link(vif, up=False))
+        for destination, source in record.routes:
+            route = _route(vif, destination, source)
+            kernel.add_route(route)
+            undo.append(lambda r=route: kernel.remove_route(r))
+        shared = {p for r in others for p in r.proxies}
+        for text in record.proxies:
+            kernel.add_proxy(record.uplink, ipaddress.ip_address(text))
+            if text not in shared:
+                undo.append(lambda t=text: kernel.remove_proxy(record.uplink, ipaddress.ip_address(t)))
+        self._save(record)
+        log.info("%s: online: %s routed via uplink %s", vif, " ".join(record.guest), record.uplink)
+
+    def _set_sysctls(self, record: VifRecord, others: list[VifRecord], ipv6: bool,
+                     undo: list[Callable[[], None]]) -> None:
+        """Global ones keep their values from before the first vif; restored after the last."""
+        uplink, vif = record.uplink, record.vif
+        wanted = {"net/ipv4/ip_forward": "1", f"net/ipv4/conf/{uplink}/proxy_arp": "1"}
+        if ipv6:
+            if sysctl.read(f"net/ipv6/conf/{uplink}/accept_ra") == "1":
+                wanted[f"net/ipv6/conf/{uplink}/accept_ra"] = "2"  # keep taking RAs while forwarding
+            wanted.update({
+                "net/ipv6/conf/all/forwarding": "1",
+                f"net/ipv6/conf/{uplink}/proxy_ndp": "1",
+                "net/ipv6/conf/all/proxy_ndp": "1",  # unicast reachability probes check 'all'
+            })
+        origin = self.dir / "sysctl-origin.json"
+        saved: dict[str, str] = json.loads(origin.read_text()) if origin.exists() else {}
+        fresh = {k: v for k in wanted if k not in saved and (v := sysctl.read(k)) is not None}
+        if fresh:
+            origin.write_text(json.dumps({**saved, **fresh}, indent=1))
+        if not others:
+            undo.append(self._restore_sysctls)
+        for key, value in wanted.items():
+            sysctl.write(key, value)
+        key = f"net/ipv4/conf/{vif}/proxy_arp"
+        record.vif_sysctls = {key: sysctl.read(key) or "0"}
+        sysctl.write(key, "1")
+
+    def _restore_sysctls(self) -> None:
+        origin = self.dir / "sysctl-origin.json"
+        if not origin.exists():
+            return
+        for key, value in json.loads(origin.read_text()).items():
+            try:
+                sysctl.write(key, value)
+            except KernelError as error:
+                log.warning("could not restore %s: %s", key, error)
+        origin.unlink()
+
+    # --- offline ---------------------------------------------------------------------------
+
+    def offline(self, key: str) -> bool:
+        """Undo what online recorded; False when there was nothing recorded. Never raises for
+        what is already gone; other errors are logged and the rest is still undone."""
+        with self.locked():
+            record = next((r for r in self.records() if r.key == key), None)
+            if record is None:
+                log.info("%s: offline: nothing recorded, nothing to undo", key)
+                return False
+            others = [r for r in self.records() if r.key != key]
+            kernel, vif = self.kernel, record.vif
+            exists = vif in kernel.links(refresh=True)
+
+            def attempt(what: str, step: Callable[[], None]) -> None:
+                try:
+                    step()
+                except ObjectMissing:
+                    log.debug("%s: %s: already gone", vif, what)
+                except DomunetError as error:
+                    log.error("%s: offline: %s: %s", vif, what, error)
+
+            if exists:
+                attempt("link down", lambda: kernel.set_link(vif, up=False))
+            shared = {p for r in others for p in r.proxies}
+            for text in record.proxies:
+                if text not in shared:
+                    attempt(f"proxy {text}",
+                            lambda t=text: kernel.remove_proxy(record.uplink, ipaddress.ip_address(t)))
+            if exists:
+                for destination, source in record.routes:
+                    attempt(f"route {destination}",
+                            lambda d=destination, s=source: kernel.remove_route(_route(vif, d, s)))
+                for text in record.dom0_addresses:
+                    attempt(f"address {text}",
+                            lambda t=text: kernel.remove_address(vif, ipaddress.ip_interface(t)))
+                for name, value in record.vif_sysctls.items():
+                    attempt(name, lambda n=name, v=value: sysctl.write(n, v))
+                if record.original_name:
+                    attempt("rename back", lambda: kernel.set_link(vif, rename=record.original_name))
+            attempt("anti-spoofing", lambda: nft.load(nft.ruleset(self._guarded(others))))
+            self._path(key).unlink(missing_ok=True)
+            if not others:
+                self._restore_sysctls()
+            log.info("%s: offline: done", vif)
+            return True
+
+    def reconcile(self) -> int:
+        """Re-add what the kernel drops behind our back (proxy entries when the uplink was down)."""
+        with self.locked():
+            records = self.records()
+            for record in records:
+                for text in record.proxies:
+                    try:
+                        self.kernel.add_proxy(record.uplink, ipaddress.ip_address(text))
+                    except ObjectMissing:
+                        log.warning("%s: uplink %s is missing; proxy %s not restored", record.vif, record.uplink, text)
+            nft.load(nft.ruleset(self._guarded(records)))
+            return len(records)
+
+
+def request_from_hotplug(env: dict[str, str], read: Callable[[str], str | None]) -> VifRequest:
+    """The vif, its guest addresses, uplink and new name, from libxl's environment and xenstore."""
+    vif = check_ifname(env.get("vif"), "vif")
+    path = check_xenbus_path(env.get("XENBUS_PATH", ""))
+    guest = parse_addresses(read(f"{path}/ip"), f"xenstore {path}/ip")
+    uplink = env.get("netdev") or read(f"{path}/gatewaydev") or None
+    rename = read(f"{path}/vifname") or None
+    return VifRequest(
+        key=hotplug_key(env), vif=vif, guest=guest,
+        uplink=check_ifname(uplink, f"uplink (netdev or {path}/gatewaydev)") if uplink else None,
+        rename=check_ifname(rename, f"xenstore {path}/vifname") if rename else None,
+        xenbus_path=path,
+    )
+
+
+def hotplug_key(env: dict[str, Any]) -> str:
+    """Records are keyed by the xenstore backend path (stable across renames), else by vif."""
+    path = env.get("XENBUS_PATH") or ""
+    match = _XENBUS_PATH.match(path)
+    if match:
+        return f"xen-{match.group(1)}-{match.group(2)}"
+    return check_ifname(env.get("vif"), "vif")

@@ -1,0 +1,68 @@
+"""dom0's anti-spoofing: one nftables table of domunet's own, replaced atomically with `nft -f`.
+
+From a guarded vif, only its listed source addresses (and IPv6 link-local and `::`, which
+neighbour discovery and DAD need) enter; everything else is dropped before routing. The sets
+are rebuilt from domunet's records in one transaction, so the result never depends on the
+order in which vifs came and went.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from typing import Mapping, Sequence
+
+from domunet.errors import KernelError
+from domunet.model import IPNetwork
+
+TABLE = "domunet"
+
+_SKELETON = f"""\
+table inet {TABLE} {{
+    set guarded {{ type ifname; }}
+    set allowed4 {{ type ifname . ipv4_addr; flags interval; }}
+    set allowed6 {{ type ifname . ipv6_addr; flags interval; }}
+    chain antispoof {{ type filter hook prerouting priority raw; policy accept; }}
+}}
+flush set inet {TABLE} guarded
+flush set inet {TABLE} allowed4
+flush set inet {TABLE} allowed6
+flush chain inet {TABLE} antispoof
+table inet {TABLE} {{
+    chain antispoof {{
+        iifname != @guarded accept
+        meta nfproto ipv4 iifname . ip saddr @allowed4 accept
+        ip6 saddr fe80::/10 accept
+        ip6 saddr :: accept
+        meta nfproto ipv6 iifname . ip6 saddr @allowed6 accept
+        counter drop
+    }}
+}}
+"""
+
+
+def ruleset(guarded: Mapping[str, Sequence[IPNetwork]]) -> str:
+    """The whole table for these vifs and their allowed sources (pure; unit tested)."""
+    text = _SKELETON
+    if not guarded:
+        return f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
+    names = ", ".join(f'"{vif}"' for vif in sorted(guarded))
+    text += f"add element inet {TABLE} guarded {{ {names} }}\n"
+    for version in (4, 6):
+        elements = []
+        for vif in sorted(guarded):
+            networks = [n for n in guarded[vif] if n.version == version]
+            elements += [f'"{vif}" . {n}' for n in ipaddress.collapse_addresses(networks)]  # type: ignore[arg-type]
+        if elements:
+            text += f"add element inet {TABLE} allowed{version} {{ {', '.join(elements)} }}\n"
+    return text
+
+
+def load(text: str) -> None:
+    """One atomic transaction: all of it applies, or none of it."""
+    try:
+        result = subprocess.run(["nft", "-f", "-"], input=text, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise KernelError(f"cannot run nft: {error}") from None
+    if result.returncode != 0:
+        raise KernelError(f"nft refused the anti-spoofing rules: {result.stderr.strip()}")

@@ -1,0 +1,47 @@
+"""xenstore through the `xenstore-read` / `xenstore-write` commands, as Xen's own scripts do.
+
+Values are returned raw: every caller validates them like any other untrusted input.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from domunet.errors import DomunetError
+
+TIMEOUT = 10
+MAX_VALUE = 4096
+
+
+class XenstoreError(DomunetError):
+    pass
+
+
+def available() -> bool:
+    return shutil.which("xenstore-read") is not None
+
+
+def read(path: str) -> str | None:
+    """The value at path, or None when the key does not exist."""
+    try:
+        result = subprocess.run(["xenstore-read", path], capture_output=True, timeout=TIMEOUT,
+                                stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise XenstoreError(f"xenstore-read {path}: {error}") from None
+    if result.returncode != 0:
+        return None
+    value = result.stdout[: MAX_VALUE + 1].decode("utf-8", errors="replace")
+    if len(value) > MAX_VALUE:
+        raise XenstoreError(f"xenstore {path}: value longer than {MAX_VALUE} bytes")
+    return value.rstrip("\n")
+
+
+def write(path: str, value: str) -> None:
+    try:
+        result = subprocess.run(["xenstore-write", path, value], capture_output=True, timeout=TIMEOUT,
+                                stdin=subprocess.DEVNULL, text=True)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise XenstoreError(f"xenstore-write {path}: {error}") from None
+    if result.returncode != 0:
+        raise XenstoreError(f"xenstore-write {path}: {result.stderr.strip() or 'failed'}")
