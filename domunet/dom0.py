@@ -11,6 +11,7 @@ Proxy entries are shared: one is removed only when no other vif's record still l
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import ipaddress
 import json
@@ -30,6 +31,7 @@ from domunet.model import DEFAULT_STATE_DIR, METRIC6, TABLE_MAIN, IPInterface, I
 log = logging.getLogger(__name__)
 
 MAX_ADDRESSES = 256
+METRIC_TRIES = 8
 _IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 _XENBUS_PATH = re.compile(r"^backend/vif/(\d{1,5})/(\d{1,5})$")
 
@@ -89,7 +91,7 @@ class VifRecord:
     uplink: str
     guest: list[str]
     dom0_addresses: list[str] = field(default_factory=list)
-    routes: list[list[str]] = field(default_factory=list)  # [destination, source]
+    routes: list[list[str]] = field(default_factory=list)  # [destination, source, metric]
     proxies: list[str] = field(default_factory=list)
     vif_sysctls: dict[str, str] = field(default_factory=dict)  # key -> value before online
     original_name: str | None = None
@@ -129,10 +131,11 @@ def plan_online(request: VifRequest, uplink: str, uplink_addresses: list[IPInter
     return record
 
 
-def _route(vif: str, destination: str, source: str) -> Route:
+def _route(vif: str, destination: str, source: str, metric: str | None = None) -> Route:
     network = ipaddress.ip_network(destination)
+    default = METRIC6 if network.version == 6 else 0
     return Route(TABLE_MAIN, network, vif, src=ipaddress.ip_address(source),
-                 metric=METRIC6 if network.version == 6 else 0)
+                 metric=int(metric) if metric is not None else default)
 
 
 class Dom0:
@@ -196,6 +199,8 @@ class Dom0:
                 for step in reversed(undo):
                     try:
                         step()
+                    except ObjectMissing:
+                        pass  # e.g. IPv6 addresses go with the link
                     except DomunetError as error:
                         log.error("%s: undo failed: %s", record.vif, error)
                 raise
@@ -224,9 +229,8 @@ class Dom0:
         record.dom0_addresses = added
         kernel.set_link(vif, up=True)
         undo.append(lambda: kernel.set_link(vif, up=False))
-        for destination, source in record.routes:
-            route = _route(vif, destination, source)
-            kernel.add_route(route)
+        for entry in record.routes:
+            route = self._add_route(vif, entry)
             undo.append(lambda r=route: kernel.remove_route(r))
         shared = {p for r in others for p in r.proxies}
         for text in record.proxies:
@@ -235,6 +239,21 @@ class Dom0:
                 undo.append(lambda t=text: kernel.remove_proxy(record.uplink, ipaddress.ip_address(t)))
         self._save(record)
         log.info("%s: online: %s routed via uplink %s", vif, " ".join(record.guest), record.uplink)
+
+    def _add_route(self, vif: str, entry: list[str]) -> Route:
+        """A host route to a guest address; when another device routes it already (an HVM
+        guest's emulated NIC, an overlapping restart), take the next metric and say so."""
+        route = _route(vif, *entry)
+        for _ in range(METRIC_TRIES):
+            try:
+                self.kernel.add_route(route)
+                entry[2:] = [str(route.metric)]
+                return route
+            except ObjectExists:
+                log.warning("%s: %s is routed already; adding ours with metric %d",
+                            vif, route.dst, route.metric + 1)
+                route = dataclasses.replace(route, metric=route.metric + 1)
+        raise KernelError(f"{vif}: cannot route {route.dst}: {METRIC_TRIES} routes to it exist already")
 
     def _set_sysctls(self, record: VifRecord, others: list[VifRecord], ipv6: bool,
                      undo: list[Callable[[], None]]) -> None:
@@ -303,9 +322,8 @@ class Dom0:
                     attempt(f"proxy {text}",
                             lambda t=text: kernel.remove_proxy(record.uplink, ipaddress.ip_address(t)))
             if exists:
-                for destination, source in record.routes:
-                    attempt(f"route {destination}",
-                            lambda d=destination, s=source: kernel.remove_route(_route(vif, d, s)))
+                for entry in record.routes:
+                    attempt(f"route {entry[0]}", lambda e=entry: kernel.remove_route(_route(vif, *e)))
                 for text in record.dom0_addresses:
                     attempt(f"address {text}",
                             lambda t=text: kernel.remove_address(vif, ipaddress.ip_interface(t)))

@@ -71,6 +71,25 @@ class LabError(RuntimeError):
     pass
 
 
+HOOK = Path(__file__).resolve().parent / "hooks" / "vif-domunet"
+
+_XENSTORE_READ = """#!/bin/sh
+# Stand-in for Xen's xenstore-read over the directory $XENSTORE_DIR (domunet lab and tests).
+for key; do
+    [ -f "$XENSTORE_DIR/$key" ] || { echo "couldn't read path $key" >&2; exit 1; }
+    cat "$XENSTORE_DIR/$key"; echo
+done
+"""
+
+_XENSTORE_WRITE = """#!/bin/sh
+# Stand-in for Xen's xenstore-write over the directory $XENSTORE_DIR.
+while [ $# -ge 2 ]; do
+    mkdir -p "$XENSTORE_DIR/$(dirname "$1")" && printf '%s' "$2" > "$XENSTORE_DIR/$1" || exit 1
+    shift 2
+done
+"""
+
+
 def _package_root() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
@@ -84,6 +103,9 @@ class Lab:
         self.workdir = Path(tempfile.mkdtemp(prefix=f"domunet-lab-{tag}-"))
         self.etc = Path("/etc/netns") / self.ns["guest"]
         self.created: list[str] = []
+        self.bin = self.workdir / "bin"
+        self.xenstore = self.workdir / "xenstore"
+        self.state_dir = self.workdir / "run"
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -154,7 +176,6 @@ class Lab:
             f"addr add {DOM0_UPLINK4}/24 dev eth0",
             f"addr add {DOM0_UPLINK6}/64 dev eth0 nodad",
             "link set eth0 up",
-            *(f"link set {nic.vif} up" for nic in NICS),
             "route add default via 192.168.0.1",
             f"route add {ROUTER_LAN6} dev eth0",
             f"route add default via {ROUTER_LAN6} dev eth0",
@@ -171,6 +192,20 @@ class Lab:
         self.batch("guest", guest)
         self.sysctl("guest", [f"net/ipv4/conf/{nic.guest}/rp_filter=1" for nic in NICS])
         (self.workdir / "domunet.conf").write_text(GUEST_CONFIG)
+        self._tools()
+
+    def _tools(self) -> None:
+        """Stand-ins for xenstore-read/-write over a directory, and a `domunet` command."""
+        self.bin.mkdir()
+        self.xenstore.mkdir()
+        tools = {
+            "xenstore-read": _XENSTORE_READ,
+            "xenstore-write": _XENSTORE_WRITE,
+            "domunet": f'#!/bin/sh\nPYTHONPATH="{_package_root()}" exec "{sys.executable}" -m domunet "$@"\n',
+        }
+        for name, text in tools.items():
+            (self.bin / name).write_text(text)
+            (self.bin / name).chmod(0o755)
 
     def _private_iproute2(self) -> None:
         """The guest's own /etc/iproute2 (bound by `ip netns exec`), with domunet's names."""
@@ -185,7 +220,8 @@ class Lab:
 
     def route_dom0_statically(self) -> None:
         """dom0 as admins configure it by hand today: /32 and /128 host routes, proxy ARP and NDP."""
-        lines = [f"addr add {DOM0_UPLINK4}/32 dev {nic.vif}" for nic in NICS if nic.version == 4]
+        lines = [f"link set {nic.vif} up" for nic in NICS]
+        lines += [f"addr add {DOM0_UPLINK4}/32 dev {nic.vif}" for nic in NICS if nic.version == 4]
         lines += [f"addr add {DOM0_UPLINK6}/128 dev {nic.vif} nodad" for nic in NICS if nic.version == 6]
         for nic in NICS:
             if nic.version == 4:
@@ -196,6 +232,38 @@ class Lab:
         self.batch("dom0", lines)
         proxies = [f"net/ipv4/conf/{dev}/proxy_arp=1" for dev in ("eth0", *(n.vif for n in NICS))]
         self.sysctl("dom0", proxies + ["net/ipv6/conf/eth0/proxy_ndp=1", "net/ipv6/conf/all/proxy_ndp=1"])
+
+    # --- dom0 through vif-domunet, with a stand-in xenstore --------------------------------
+
+    def xenstore_write(self, key: str, value: str) -> None:
+        path = self.xenstore / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value)
+
+    def xenstore_read(self, key: str) -> str | None:
+        path = self.xenstore / key
+        return path.read_text() if path.is_file() else None
+
+    def vif_hotplug(self, command: str, vif: str, devid: int, *settings: str, domid: int = 1,
+                    netdev: str = "") -> subprocess.CompletedProcess[str]:
+        """Call hooks/xen/vif-domunet inside dom0 the way libxl does."""
+        env = {
+            "PATH": f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin",
+            "vif": vif, "XENBUS_PATH": f"backend/vif/{domid}/{devid}", "netdev": netdev,
+            "XENSTORE_DIR": str(self.xenstore), "DOMUNET_STATE_DIR": str(self.state_dir),
+        }
+        return self.run("dom0", "sh", str(HOOK), command, *settings, check=False, env=env)
+
+    def route_dom0_with_vif_domunet(self) -> None:
+        """dom0 configured only by vif-domunet, one vif at a time as xl brings them online."""
+        self.sysctl("dom0", [f"net/ipv4/conf/{dev}/rp_filter=0"
+                             for dev in ("all", "default", "eth0", *(n.vif for n in NICS))])
+        for devid, nic in enumerate(NICS):
+            self.xenstore_write(f"backend/vif/1/{devid}/ip", nic.address)
+            result = self.vif_hotplug("online", nic.vif, devid, "type_if=vif")
+            status = self.xenstore_read(f"backend/vif/1/{devid}/hotplug-status")
+            if result.returncode != 0 or status != "connected":
+                raise LabError(f"vif-domunet online {nic.vif} failed ({status}): {result.stderr.strip()}")
 
     def add_guest_nic(self, guest: str, vif: str, *addresses: str) -> None:
         """One more vif pair, e.g. for a /32 address whose gateway lies outside it."""
@@ -249,6 +317,24 @@ class Lab:
         return "".join(parts)
 
 
+DOM0_SYSCTLS = (
+    "net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv4/conf/eth0/proxy_arp",
+    "net/ipv6/conf/eth0/proxy_ndp", "net/ipv6/conf/all/proxy_ndp", "net/ipv6/conf/eth0/accept_ra",
+)
+
+
+def dom0_dump(lab: Lab, skip: str | None = None) -> str:
+    """dom0's state as the dom0 tests compare it; lines about `skip` (a deleted vif) left out."""
+    parts = [lab.dump("dom0")]
+    for command in (["ip", "-o", "addr"], ["ip", "-br", "link"], ["ip", "-4", "neigh", "show", "proxy"],
+                    ["ip", "-6", "neigh", "show", "proxy"], ["nft", "list", "ruleset"]):
+        parts.append(lab.run("dom0", *command).stdout)
+    script = "".join(f'echo "{key}=$(cat /proc/sys/{key})"\n' for key in DOM0_SYSCTLS)
+    parts.append(lab.run("dom0", "sh", "-c", script).stdout)
+    lines = "".join(parts).splitlines()
+    return "\n".join(line for line in lines if not (skip and skip in line)) + "\n"
+
+
 def demo(out: object = sys.stdout) -> bool:
     """`domunet lab`: build the scenario, show who answers before and after setup, clean up."""
 
@@ -257,7 +343,8 @@ def demo(out: object = sys.stdout) -> bool:
 
     with Lab() as lab:
         say(f"domunet lab: namespaces {', '.join(lab.ns.values())}")
-        lab.route_dom0_statically()
+        lab.route_dom0_with_vif_domunet()
+        say("dom0: vif1.0..vif1.3 set up by vif-domunet (hotplug-status connected)")
         before = lab.answers(tries=1)
         setup = lab.domunet("-v", "setup")
         if setup.returncode != 0:

@@ -1,0 +1,83 @@
+import ipaddress
+
+import pytest
+
+from domunet import nft
+from domunet.dom0 import VifRequest, hotplug_key, parse_addresses, plan_online, request_from_hotplug
+from domunet.errors import UsageError
+
+UPLINK = [ipaddress.ip_interface("192.168.0.100/24"), ipaddress.ip_interface("2001:db8:4309:2388::2/64"),
+          ipaddress.ip_interface("fe80::1/64")]
+
+
+def net(text):
+    return ipaddress.ip_network(text)
+
+
+def test_addresses_and_prefixes_are_parsed_and_deduplicated():
+    assert parse_addresses(" 192.0.2.5  2001:db8::5 192.0.2.5 10.1.0.0/16 ", "ip") == (
+        net("192.0.2.5/32"), net("2001:db8::5/128"), net("10.1.0.0/16"))
+
+
+@pytest.mark.parametrize("value", [
+    "192.0.2.5;reboot", "$(id)", "192.0.2.5/33", "10.1.0.1/16", "2001:db8::zz", "224.0.0.5", "127.0.0.1",
+    "fe80::1", "0.0.0.0/0", "::", "", "   ", "1.2.3.4\n5.6.7.8\x00", "x" * 5000,
+])
+def test_hostile_or_malformed_addresses_are_rejected_naming_the_value(value):
+    with pytest.raises(UsageError) as caught:
+        parse_addresses(value, "xenstore backend/vif/1/0/ip")
+    assert str(caught.value).startswith("xenstore backend/vif/1/0/ip: ")
+
+
+def test_online_plan_routes_every_address_and_proxies_only_single_ipv6_addresses():
+    request = VifRequest("vif1.0", "vif1.0", (net("192.0.2.5/32"), net("2001:db8:4309:2388::50/128"),
+                                              net("2001:db8:4309:2300::/64")))
+    record = plan_online(request, "eth0", UPLINK, ipv6=True)
+    assert record.dom0_addresses == ["192.168.0.100/32", "2001:db8:4309:2388::2/128"]
+    assert record.routes == [["192.0.2.5/32", "192.168.0.100"], ["2001:db8:4309:2388::50/128", "2001:db8:4309:2388::2"],
+                             ["2001:db8:4309:2300::/64", "2001:db8:4309:2388::2"]]
+    assert record.proxies == ["2001:db8:4309:2388::50"]
+
+
+def test_ipv6_disabled_in_dom0_skips_ipv6_with_a_warning(caplog):
+    request = VifRequest("vif1.0", "vif1.0", (net("192.0.2.5/32"), net("2001:db8::5/128")))
+    record = plan_online(request, "eth0", UPLINK, ipv6=False)
+    assert record.guest == ["192.0.2.5/32"] and record.proxies == []
+    assert "IPv6 is disabled" in caplog.text
+
+
+def test_uplink_without_an_address_of_the_family_is_an_error():
+    request = VifRequest("vif1.0", "vif1.0", (net("2001:db8::5/128"),))
+    with pytest.raises(UsageError, match="uplink eth0 has no IPv6 address"):
+        plan_online(request, "eth0", UPLINK[:1], ipv6=True)
+
+
+def test_hotplug_request_reads_xenstore_and_validates_it():
+    store = {"backend/vif/7/1/ip": "192.0.2.5", "backend/vif/7/1/vifname": "web-eth1",
+             "backend/vif/7/1/gatewaydev": "bond0"}
+    env = {"vif": "vif7.1", "XENBUS_PATH": "backend/vif/7/1", "netdev": ""}
+    request = request_from_hotplug(env, store.get)
+    assert (request.key, request.vif, request.rename, request.uplink) == ("xen-7-1", "vif7.1", "web-eth1", "bond0")
+    assert request_from_hotplug({**env, "netdev": "eth1"}, store.get).uplink == "eth1"
+    with pytest.raises(UsageError, match="XENBUS_PATH"):
+        request_from_hotplug({**env, "XENBUS_PATH": "backend/vif/7/1/../../x"}, store.get)
+    with pytest.raises(UsageError, match="vifname"):
+        request_from_hotplug(env, {**store, "backend/vif/7/1/vifname": "a b"}.get)
+
+
+def test_records_are_keyed_by_the_backend_path_else_the_vif():
+    assert hotplug_key({"XENBUS_PATH": "backend/vif/3/0", "vif": "vif3.0"}) == "xen-3-0"
+    assert hotplug_key({"vif": "vif3.0"}) == "vif3.0"
+
+
+def test_nft_ruleset_lists_each_vif_and_its_sources_collapsed():
+    text = nft.ruleset({"vif1.0": [net("10.0.0.0/24"), net("10.0.0.5/32")],
+                        "vif1.3": [net("2001:db8:4309:2388::50/128")]})
+    assert 'add element inet domunet guarded { "vif1.0", "vif1.3" }' in text
+    assert 'add element inet domunet allowed4 { "vif1.0" . 10.0.0.0/24 }' in text
+    assert 'add element inet domunet allowed6 { "vif1.3" . 2001:db8:4309:2388::50/128 }' in text
+    assert text.index("flush chain") < text.index("counter drop")
+
+
+def test_nft_ruleset_without_vifs_removes_the_table():
+    assert nft.ruleset({}) == "table inet domunet {}\ndelete table inet domunet\n"
