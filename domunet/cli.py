@@ -29,8 +29,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Per-interface policy routing for Xen guests: every address answers through its own NIC.",
     )
     parser.add_argument("--version", action="version", version=f"domunet {__version__}")
-    parser.add_argument("-c", "--config", metavar="PATH",
-                        help="config file (default /etc/domunet.conf; a missing default file means defaults)")
+    parser.add_argument("-c", "--config", metavar="PATH", default=os.environ.get("DOMUNET_CONFIG") or None,
+                        help="config file (default $DOMUNET_CONFIG or /etc/domunet.conf; a missing default "
+                             "file means defaults)")
+    parser.add_argument("--state-dir", default=os.environ.get("DOMUNET_STATE_DIR") or DEFAULT_STATE_DIR,
+                        help="lock, ifupdown hints and dom0 records (default $DOMUNET_STATE_DIR or %(default)s)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail (-vv: debug)")
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
     verbs.required = True
@@ -44,9 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     status = verbs.add_parser("status", help="show per interface what domunet does and what the kernel does")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     verbs.add_parser("lab", help="demo: build a Xen-like lab in network namespaces, run domunet, clean up")
+    verbs.add_parser("ifupdown", help="the ifupdown hook's entry point: reads IFACE, MODE, IF_* from the environment")
     dom0 = verbs.add_parser("dom0", help="dom0 side: route, proxy and guard a routed vif's guest addresses")
-    dom0.add_argument("--state-dir", default=os.environ.get("DOMUNET_STATE_DIR", DEFAULT_STATE_DIR),
-                      help="where records of what was done are kept (default %(default)s)")
+    dom0.add_argument("--state-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     actions = dom0.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     online = actions.add_parser("online", help="set up a vif (as vif-domunet does, without xenstore)")
@@ -152,35 +155,58 @@ def _run(args: argparse.Namespace) -> int:
         from domunet.lab import demo
 
         return EXIT_OK if demo() else EXIT_FAILED
+    if args.verb == "ifupdown":
+        return _ifupdown(args)
+    return _guest(args, args.verb, list(getattr(args, "interfaces", []) or []))
 
+
+def _ifupdown(args: argparse.Namespace) -> int:
+    """setup after an interface came up (all interfaces: its arrival may make others share a
+    subnet), teardown of that interface after it went down."""
+    from domunet import ifupdown
+
+    call = ifupdown.parse_env(os.environ)
+    if call is None:
+        return EXIT_OK
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(logging.Formatter(f"domunet: {call.iface}: %(message)s"))
+    if call.mode == "start":
+        ifupdown.save_hints(args.state_dir, call)
+        return _guest(args, "setup", [])
+    ifupdown.remove_hints(args.state_dir, call.iface)
+    return _guest(args, "teardown", [call.iface])
+
+
+def _guest(args: argparse.Namespace, verb: str, names: list[str]) -> int:
     from domunet import config as configuration
     from domunet.apply import apply
     from domunet.diff import Scope, diff, scope_for
     from domunet.discover import discover
+    from domunet.ifupdown import load_hints
     from domunet.kernel import Kernel
+    from domunet.lock import locked
     from domunet.model import State
     from domunet.names import table_names_after, write_table_names
     from domunet.plan import plan
     from domunet.render import ip_command
 
-    config = configuration.load(args.config)
-    with Kernel() as kernel:
+    config = configuration.with_hints(configuration.load(args.config), load_hints(args.state_dir))
+    with locked(args.state_dir, shared=verb in ("plan", "status")), Kernel() as kernel:
         facts, owned = discover(kernel)
-        names = list(getattr(args, "interfaces", []) or [])
-        if args.verb in ("setup", "plan"):
+        if verb in ("setup", "plan"):
             missing = [n for n in names if facts.interface(n) is None]
             if missing:
                 raise UsageError(f"no such interface: {', '.join(missing)}")
-        if args.verb == "status":
+        if verb == "status":
             from domunet.status import render, report
 
             rows = report(facts, plan(config, facts), owned, kernel.route_get)
             print(json.dumps(rows, indent=2) if args.json else render(rows))
             return EXIT_OK
-        desired = plan(config, facts) if args.verb != "teardown" else State()
+        desired = plan(config, facts) if verb != "teardown" else State()
         scope: Scope | None = scope_for(names, desired, owned) if names else None
         changes = diff(desired, owned, scope)
-        if args.verb == "plan":
+        if verb == "plan":
             for change in changes:
                 print(ip_command(change))
             if not changes:
@@ -188,13 +214,13 @@ def _run(args: argparse.Namespace) -> int:
             return EXIT_OK
         apply(changes, kernel, config.gateway_strategy)
         write_table_names(config.rt_tables_file, table_names_after(owned, changes))
-        log.info("%s: %d change(s)", args.verb, len(changes))
+        log.info("%s: %d change(s)", verb, len(changes))
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(args.verbose, hotplug=getattr(args, "action", None) == "hotplug")
+    _setup_logging(args.verbose, hotplug=getattr(args, "action", None) == "hotplug" or args.verb == "ifupdown")
     try:
         return _run(args)
     except (UsageError, ConfigError) as error:

@@ -7,17 +7,20 @@ caller gets a complete Config or a ConfigError before anything touches the kerne
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import configobj
 import validate
 
 from domunet.errors import ConfigError
 from domunet.model import IPAddress, IPNetwork
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/etc/domunet.conf"
 DEFAULT_RT_TABLES_FILE = "/etc/iproute2/rt_tables.d/domunet.conf"
@@ -135,6 +138,35 @@ _VALIDATOR = validate.Validator(
         "ifname_glob_list": _ifname_glob_list,
     }
 )
+
+
+def check_value(check: str, value: str) -> object:
+    """Validate one value from outside the file (stanza options) with the file's own checks."""
+    checks = {"table": "integer(min=256, max=4294967295)", "manage": "option('auto', 'yes', 'no')"}
+    return _VALIDATOR.check(checks.get(check, check), value)
+
+
+def with_hints(config: Config, hints: Iterable[Any], source: str = "ifupdown") -> Config:
+    """Fill what the config file leaves open from other sources (stanza options); the file wins."""
+    interfaces = dict(config.interfaces)
+    for hint in hints:
+        current = interfaces.get(hint.iface) or InterfaceConfig(hint.iface)
+        updates: dict[str, Any] = {}
+        for key in ("gateway", "gateway6", "table"):
+            value = getattr(hint, key)
+            if value is None:
+                continue
+            value = ipaddress.ip_address(value) if key != "table" else value
+            if getattr(current, key) is None:
+                updates[key] = value
+            elif getattr(current, key) != value:
+                log.warning("%s: %s %s from %s is overridden by %s in %s",
+                            hint.iface, key, value, source, getattr(current, key), config.path)
+        if hint.manage and current.manage == "auto":
+            updates["manage"] = hint.manage
+        if updates:
+            interfaces[hint.iface] = replace(current, **updates)
+    return replace(config, interfaces=MappingProxyType(interfaces))
 
 
 def _where(sections: list[str], key: str | None) -> str:

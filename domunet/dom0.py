@@ -12,20 +12,20 @@ Proxy entries are shared: one is removed only when no other vif's record still l
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import ipaddress
 import json
 import logging
 import os
 import re
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from domunet import nft, sysctl
 from domunet.errors import DomunetError, KernelError, ObjectExists, ObjectMissing, UsageError
 from domunet.kernel import Kernel
+from domunet.lock import locked
 from domunet.model import DEFAULT_STATE_DIR, METRIC6, TABLE_MAIN, IPInterface, IPNetwork, Route
 
 log = logging.getLogger(__name__)
@@ -147,13 +147,9 @@ class Dom0:
 
     # --- records ---------------------------------------------------------------------------
 
-    @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> AbstractContextManager[None]:
         """Hotplug scripts for several vifs run at once: serialise them."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / "lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
+        return locked(str(self.dir))
 
     def _path(self, key: str) -> Path:
         return self.dir / f"vif-{key}.json"

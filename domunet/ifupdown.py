@@ -1,0 +1,113 @@
+"""ifupdown's hook environment -> what to do, and the stanza options it carries.
+
+Stanza options of an interface (documented in the README):
+  domunet-gateway ADDR      IPv4 gateway of the interface's table
+  domunet-gateway6 ADDR     IPv6 gateway (e.g. dom0's /128); an inet6 stanza's own `gateway` counts too
+  domunet-table N           the interface's table
+  domunet-manage auto|yes|no
+ifupdown hands them to the hook as IF_DOMUNET_*; the hook keeps them under /run (hints), so
+that every later run (boot unit, udev, the admin) plans with them too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping
+
+import validate
+
+from domunet import config as configuration
+from domunet.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+MODES = ("start", "stop")
+FAMILIES = ("inet", "inet6")
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """One hook invocation for one interface stanza."""
+
+    iface: str
+    addrfam: str
+    mode: str
+    gateway: str | None = None
+    gateway6: str | None = None
+    table: int | None = None
+    manage: str | None = None
+
+
+def _checked(env: Mapping[str, str], variable: str, check: str, iface: str) -> object:
+    value = env.get(variable, "").strip()
+    if not value:
+        return None
+    option = variable[3:].lower().replace("_", "-")
+    try:
+        return configuration.check_value(check, value)
+    except validate.ValidateError as error:
+        raise UsageError(f"{iface}: stanza option '{option}' ({variable}): {error}") from None
+
+
+def parse_env(env: Mapping[str, str]) -> HookCall | None:
+    """None for calls that are not about one real interface (loopback, IFACE=--all)."""
+    iface = env.get("IFACE", "")
+    if not iface or iface == "--all" or iface == "lo" or env.get("METHOD") == "loopback":
+        return None
+    mode = env.get("MODE", "")
+    if mode not in MODES:
+        raise UsageError(f"{iface}: MODE={mode!r} is neither start nor stop (run from if-up.d or if-post-down.d)")
+    try:
+        configuration.check_value("ifname", iface)
+    except validate.ValidateError as error:
+        raise UsageError(f"IFACE: {error}") from None
+    addrfam = env.get("ADDRFAM", "inet")
+    own_gateway = "gateway6" if addrfam == "inet6" else "gateway"
+    values = {
+        "gateway": _checked(env, "IF_DOMUNET_GATEWAY", "ipv4", iface),
+        "gateway6": _checked(env, "IF_DOMUNET_GATEWAY6", "ipv6", iface),
+        "table": _checked(env, "IF_DOMUNET_TABLE", "table", iface),
+        "manage": _checked(env, "IF_DOMUNET_MANAGE", "manage", iface),
+    }
+    if addrfam in FAMILIES and not values[own_gateway]:
+        values[own_gateway] = _checked(env, "IF_GATEWAY", "ipv6" if addrfam == "inet6" else "ipv4", iface)
+    return HookCall(
+        iface=iface, addrfam=addrfam, mode=mode,
+        gateway=str(values["gateway"]) if values["gateway"] else None,
+        gateway6=str(values["gateway6"]) if values["gateway6"] else None,
+        table=values["table"],  # type: ignore[arg-type]
+        manage=values["manage"],  # type: ignore[arg-type]
+    )
+
+
+def _directory(state_dir: str) -> Path:
+    return Path(state_dir) / "ifupdown"
+
+
+def save_hints(state_dir: str, call: HookCall) -> None:
+    directory = _directory(state_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{call.iface}.{call.addrfam}.json"
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(asdict(call)))
+    os.replace(temporary, path)
+
+
+def remove_hints(state_dir: str, iface: str) -> None:
+    for path in _directory(state_dir).glob(f"{iface}.*.json"):
+        path.unlink(missing_ok=True)
+
+
+def load_hints(state_dir: str) -> list[HookCall]:
+    """The stanza options of interfaces ifupdown has up; unreadable files are skipped, loudly."""
+    calls = []
+    for path in sorted(_directory(state_dir).glob("*.json")):
+        try:
+            calls.append(HookCall(**json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError) as error:
+            log.warning("ignoring %s: %s", path, error)
+    return calls

@@ -1,0 +1,24 @@
+"""One lock under /run serialises domunet's changes: hooks for several interfaces, the boot
+unit, udev and the admin may all run at once, and the result must be that of one run."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from typing import Iterator
+
+from domunet.errors import DomunetError
+
+
+@contextmanager
+def locked(state_dir: str, shared: bool = False) -> Iterator[None]:
+    """Exclusive for changes; shared for read-only verbs (plan, status) so they see no half state."""
+    try:
+        os.makedirs(state_dir, mode=0o755, exist_ok=True)
+        handle = open(os.path.join(state_dir, "lock"), "a")  # noqa: SIM115 (closed by the with below)
+    except OSError as error:
+        raise DomunetError(f"cannot open the lock in {state_dir}: {error.strerror}") from None
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
