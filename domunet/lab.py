@@ -97,7 +97,8 @@ def _package_root() -> str:
 class Lab:
     """Build with create() (or `with Lab() as lab`), always destroy()."""
 
-    def __init__(self, tag: str | None = None) -> None:
+    def __init__(self, tag: str | None = None, guest_addresses: bool = True) -> None:
+        self.guest_addresses = guest_addresses
         tag = tag or uuid.uuid4().hex[:8]
         self.ns = {role: f"dn-{tag}-{role}" for role in ROLES}
         self.workdir = Path(tempfile.mkdtemp(prefix=f"domunet-lab-{tag}-"))
@@ -183,13 +184,14 @@ class Lab:
         self.batch("dom0", dom0)
         self.sysctl("dom0", ["net/ipv4/ip_forward=1", "net/ipv6/conf/all/forwarding=1"]
                     + [f"net/ipv4/conf/{dev}/rp_filter=1" for dev in ("eth0", *(n.vif for n in NICS))])
-        guest = ["link set lo up"]
-        for nic in NICS:
-            flags = " nodad" if nic.version == 6 else ""
-            guest += [f"addr add {nic.address}/{nic.prefixlen} dev {nic.guest}{flags}",
-                      f"link set {nic.guest} up"]
-        guest.append("route add default via 192.168.0.1 dev eth0")
-        self.batch("guest", guest)
+        if self.guest_addresses:
+            guest = ["link set lo up"]
+            for nic in NICS:
+                flags = " nodad" if nic.version == 6 else ""
+                guest += [f"addr add {nic.address}/{nic.prefixlen} dev {nic.guest}{flags}",
+                          f"link set {nic.guest} up"]
+            guest.append("route add default via 192.168.0.1 dev eth0")
+            self.batch("guest", guest)
         self.sysctl("guest", [f"net/ipv4/conf/{nic.guest}/rp_filter=1" for nic in NICS])
         (self.workdir / "domunet.conf").write_text(GUEST_CONFIG)
         self._tools()
@@ -264,6 +266,37 @@ class Lab:
             status = self.xenstore_read(f"backend/vif/1/{devid}/hotplug-status")
             if result.returncode != 0 or status != "connected":
                 raise LabError(f"vif-domunet online {nic.vif} failed ({status}): {result.stderr.strip()}")
+
+    # --- the guest's network configured by ifupdown, with domunet's hook --------------------
+
+    def install_ifupdown(self, interfaces: str, hook: Path, config: str | None = None) -> None:
+        """A private /etc/network for the guest (bound by `ip netns exec`), hook in place.
+
+        ifupdown gives hooks a fresh environment, so the hook is wrapped in one line that
+        points it at the lab's domunet, config and state; the hook itself runs unchanged.
+        """
+        etc = self.etc / "network"
+        for directory in ("if-pre-up.d", "if-up.d", "if-down.d", "if-post-down.d", "interfaces.d"):
+            (etc / directory).mkdir(parents=True, exist_ok=True)
+        (etc / "interfaces").write_text(interfaces)
+        exports = " ".join(f"{key}='{value}'" for key, value in self.hook_env(config).items())
+        for directory in ("if-up.d", "if-post-down.d"):
+            wrapper = etc / directory / "domunet"
+            wrapper.write_text(f"#!/bin/sh\nexport {exports}\nexec sh '{hook}' \"$@\"\n")
+            wrapper.chmod(0o755)
+        (self.workdir / "ifstate").mkdir(exist_ok=True)
+
+    def hook_env(self, config: str | None = None) -> dict[str, str]:
+        """What the hooks see: the lab's domunet first on PATH, the lab's config and state."""
+        return {
+            "PATH": f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin",
+            "DOMUNET_CONFIG": config or str(self.workdir / "domunet.conf"),
+            "DOMUNET_STATE_DIR": str(self.state_dir),
+        }
+
+    def ifupdown(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+        state = f"--state-dir={self.workdir / 'ifstate'}"
+        return self.run("guest", command, state, *args, check=False, env=self.hook_env())
 
     def add_guest_nic(self, guest: str, vif: str, *addresses: str) -> None:
         """One more vif pair, e.g. for a /32 address whose gateway lies outside it."""
