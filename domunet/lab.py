@@ -97,8 +97,13 @@ def _package_root() -> str:
 class Lab:
     """Build with create() (or `with Lab() as lab`), always destroy()."""
 
-    def __init__(self, tag: str | None = None, guest_addresses: bool = True) -> None:
+    def __init__(self, tag: str | None = None, guest_addresses: bool = True,
+                 command: str | None = None, vif_hook: Path | None = None) -> None:
+        """command: the shell words that start domunet (default: this interpreter, this package);
+        vif_hook: the vif script dom0 runs. The package tests point both at an unpacked .deb."""
         self.guest_addresses = guest_addresses
+        self.command = command or f'PYTHONPATH="{_package_root()}" exec "{sys.executable}" -m domunet'
+        self.vif_hook = vif_hook or HOOK
         tag = tag or uuid.uuid4().hex[:8]
         self.ns = {role: f"dn-{tag}-{role}" for role in ROLES}
         self.workdir = Path(tempfile.mkdtemp(prefix=f"domunet-lab-{tag}-"))
@@ -203,7 +208,7 @@ class Lab:
         tools = {
             "xenstore-read": _XENSTORE_READ,
             "xenstore-write": _XENSTORE_WRITE,
-            "domunet": f'#!/bin/sh\nPYTHONPATH="{_package_root()}" exec "{sys.executable}" -m domunet "$@"\n',
+            "domunet": f'#!/bin/sh\n{self.command} "$@"\n',
         }
         for name, text in tools.items():
             (self.bin / name).write_text(text)
@@ -254,7 +259,7 @@ class Lab:
             "vif": vif, "XENBUS_PATH": f"backend/vif/{domid}/{devid}", "netdev": netdev,
             "XENSTORE_DIR": str(self.xenstore), "DOMUNET_STATE_DIR": str(self.state_dir),
         }
-        return self.run("dom0", "sh", str(HOOK), command, *settings, check=False, env=env)
+        return self.run("dom0", "sh", str(self.vif_hook), command, *settings, check=False, env=env)
 
     def route_dom0_with_vif_domunet(self) -> None:
         """dom0 configured only by vif-domunet, one vif at a time as xl brings them online."""

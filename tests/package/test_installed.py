@@ -1,0 +1,72 @@
+"""The built Debian packages: contents, dependencies, maintainer scripts, and the lab scenario
+run by the unpacked /usr/bin/domunet and /etc/xen/scripts/vif-domunet on Debian's python3.
+
+scripts/test builds the packages and sets DOMUNET_DEBS (the folder with the .debs) and
+DOMUNET_UNPACKED (both unpacked into one root); without them these tests are skipped.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+DEBS = os.environ.get("DOMUNET_DEBS")
+ROOT = Path(os.environ.get("DOMUNET_UNPACKED", "/nonexistent"))
+pytestmark = pytest.mark.skipif(not DEBS, reason="set by scripts/test after building the packages")
+
+
+def deb(name):
+    return next(Path(DEBS).glob(f"{name}_*_all.deb"))
+
+
+def field(name, key):
+    return subprocess.run(["dpkg-deb", "-f", str(deb(name)), key], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_dependencies_are_debians_own_packages():
+    depends = field("domunet", "Depends")
+    for package in ("python3-pyroute2", "python3-netifaces", "python3-configobj", "iproute2"):
+        assert package in depends
+    dom0 = field("domunet-dom0", "Depends")
+    assert "nftables" in dom0 and "domunet (= " in dom0
+
+
+def test_files_are_in_place():
+    for path in ("usr/bin/domunet", "etc/network/if-up.d/domunet", "etc/network/if-post-down.d/domunet",
+                 "lib/systemd/system/domunet.service", "lib/systemd/system/domunet-iface@.service",
+                 "lib/udev/rules.d/60-domunet.rules", "etc/iproute2/rt_protos.d/domunet.conf", "etc/domunet.conf",
+                 "usr/share/man/man8/domunet.8.gz", "usr/share/man/man8/vif-domunet.8.gz",
+                 "etc/xen/scripts/vif-domunet", "usr/lib/python3/dist-packages/domunet/cli.py"):
+        assert (ROOT / path).exists(), path
+    assert os.access(ROOT / "etc/xen/scripts/vif-domunet", os.X_OK)
+    assert os.access(ROOT / "etc/network/if-up.d/domunet", os.X_OK)
+
+
+def test_removal_leaves_the_network_alone_and_purge_removes_what_domunet_wrote(tmp_path):
+    subprocess.run(["dpkg-deb", "-e", str(deb("domunet")), str(tmp_path / "control")], check=True)
+    scripts = "".join((tmp_path / "control" / name).read_text() for name in ("prerm", "postrm"))
+    assert "domunet teardown" not in scripts and "ip rule" not in scripts and "ip route" not in scripts
+    assert "rm -f /etc/iproute2/rt_tables.d/domunet.conf" in scripts
+    conffiles = (tmp_path / "control" / "conffiles").read_text().split()
+    assert "/etc/domunet.conf" in conffiles and "/etc/iproute2/rt_protos.d/domunet.conf" in conffiles
+
+
+def test_installed_domunet_on_debians_python_passes_the_lab_scenario():
+    from domunet.lab import NICS, Lab
+
+    site = ROOT / "usr/lib/python3/dist-packages"
+    command = f'PYTHONPATH="{site}" exec /usr/bin/python3 "{ROOT}/usr/bin/domunet"'
+    with Lab(command=command, vif_hook=ROOT / "etc/xen/scripts/vif-domunet") as lab:
+        version = lab.run("guest", str(lab.bin / "domunet"), "--version").stdout
+        assert version.startswith("domunet ")
+        lab.route_dom0_with_vif_domunet()
+        result = lab.run("guest", str(lab.bin / "domunet"), "--config", str(lab.workdir / "domunet.conf"),
+                         "--state-dir", str(lab.state_dir), "setup", check=False)
+        assert result.returncode == 0, result.stderr
+        assert lab.answers() == {nic.address: True for nic in NICS}
+        pyroute2 = lab.run("guest", "/usr/bin/python3", "-c",
+                           f"import sys; sys.path.insert(0, '{site}'); import domunet.kernel, pyroute2; "
+                           "print(pyroute2.__file__)").stdout
+        assert pyroute2.startswith("/usr/lib/python3/dist-packages/pyroute2")
