@@ -7,10 +7,11 @@ objects already gone on removal, and rolling back what this run did when a step 
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Protocol, Sequence
 
-from domunet.diff import Change
+from domunet.diff import Change, Scope
 from domunet.errors import ApplyError, GatewayRefused, KernelError, ObjectExists, ObjectMissing
 from domunet.model import PROTO_TEMP, TABLE_MAIN, Route, Rule, host_network
 
@@ -96,15 +97,45 @@ def _inverse(change: Change) -> Change:
     return Change("remove" if change.action == "add" else "add", change.obj)
 
 
+def _vanished(error: KernelError, change: Change) -> str | None:
+    """The interface an add failed for because it no longer exists (hotplug, a deleted veth)."""
+    if change.action == "add" and isinstance(change.obj, Route) and error.errno == errno.ENODEV:
+        return change.obj.dev
+    return None
+
+
+def _scope_of(name: str, changes: Sequence[Change]) -> Scope:
+    tables = {c.obj.table for c in changes
+              if isinstance(c.obj, Route) and c.obj.dev == name and c.obj.table != TABLE_MAIN}
+    return Scope(frozenset({name}), frozenset(tables))
+
+
 def apply(changes: Sequence[Change], kernel: Netlink, strategy: str = STRATEGY_AUTO) -> list[Change]:
-    """Apply changes in order; on failure undo this run's changes in reverse and raise ApplyError."""
+    """Apply changes in order; on failure undo this run's changes in reverse and raise ApplyError.
+
+    An interface that vanishes while the run goes on is the one exception: what was made for
+    it is undone, the rest of its changes skipped with a warning, and the others still done.
+    """
     journal: list[Change] = []
+    gone: list[Scope] = []
     for change in changes:
+        if any(scope.covers(change.obj) for scope in gone):
+            continue
         try:
             if _do(kernel, change, strategy):
                 journal.append(change)
                 log.info("%s", change.describe())
         except KernelError as error:
+            name = _vanished(error, change)
+            if name is not None:
+                scope = _scope_of(name, changes)
+                mine = [c for c in journal if scope.covers(c.obj)]
+                rollback(mine, kernel, strategy)
+                journal = [c for c in journal if not scope.covers(c.obj)]
+                gone.append(scope)
+                log.warning("%s: the interface vanished during this run; skipped it (%d change(s) undone)",
+                            name, len(mine))
+                continue
             undone = rollback(journal, kernel, strategy)
             hint = ""
             if isinstance(error, ObjectExists):

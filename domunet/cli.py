@@ -12,7 +12,7 @@ import logging
 import logging.handlers
 import os
 import sys
-from typing import Sequence
+from typing import NoReturn, Sequence
 
 from domunet import __version__
 from domunet.errors import ApplyError, ConfigError, DomunetError, KernelError, UsageError
@@ -23,8 +23,16 @@ log = logging.getLogger("domunet")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error, and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"domunet: {self.prog.split(' ', 1)[-1] + ': ' if ' ' in self.prog else ''}"
+                              f"{message} (see domunet --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="domunet",
         description="Per-interface policy routing for Xen guests: every address answers through its own NIC.",
     )
@@ -35,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--state-dir", default=os.environ.get("DOMUNET_STATE_DIR") or DEFAULT_STATE_DIR,
                         help="lock, ifupdown hints and dom0 records (default $DOMUNET_STATE_DIR or %(default)s)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail (-vv: debug)")
-    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND")
+    verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     verbs.required = True
     for name, text in (
         ("setup", "create or update the tables and rules (of the named interfaces, or all)"),
@@ -50,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     verbs.add_parser("ifupdown", help="the ifupdown hook's entry point: reads IFACE, MODE, IF_* from the environment")
     dom0 = verbs.add_parser("dom0", help="dom0 side: route, proxy and guard a routed vif's guest addresses")
     dom0.add_argument("--state-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
-    actions = dom0.add_subparsers(dest="action", metavar="ACTION")
+    actions = dom0.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     actions.required = True
     online = actions.add_parser("online", help="set up a vif (as vif-domunet does, without xenstore)")
     online.add_argument("--vif", required=True)

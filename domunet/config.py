@@ -210,6 +210,7 @@ def parse(raw: bytes, path: str = DEFAULT_PATH) -> Config:
         where = f"line {line}" if line else ""
         message = str(error).split(" at line")[0].rstrip(".")
         raise ConfigError(path, where, message) from None
+    _check_structure(parsed, path)
     result = parsed.validate(_VALIDATOR, preserve_errors=True)
     if result is not True:
         for sections, key, error in configobj.flatten_errors(parsed, result):
@@ -220,6 +221,21 @@ def parse(raw: bytes, path: str = DEFAULT_PATH) -> Config:
             raise ConfigError(path, _where([*sections, name], None), "unknown section")
         raise ConfigError(path, _where(list(sections), name), "unknown key")
     return _typed(parsed, path)
+
+
+def _check_structure(parsed: configobj.ConfigObj, path: str) -> None:
+    """Sections only where the spec has them (configobj's validate crashes on `[table_base]`)."""
+    for name in parsed.sections:
+        if name != "interfaces":
+            raise ConfigError(path, _where([name], None), "unknown section")
+    interfaces = parsed.get("interfaces")
+    if not isinstance(interfaces, configobj.Section):
+        return
+    for name in interfaces.scalars:
+        raise ConfigError(path, _where(["interfaces"], name), "unknown key (interfaces are sections: [[NAME]])")
+    for name in interfaces.sections:
+        for sub in interfaces[name].sections:
+            raise ConfigError(path, _where(["interfaces", name, sub], None), "unknown section")
 
 
 def _lookup(section: Any, names: tuple[str, ...]) -> Any:

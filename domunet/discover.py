@@ -6,6 +6,7 @@ The result is plain data handed to the planner, which never calls back in here.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import logging
 import re
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import netifaces
 
+from domunet.errors import KernelError
 from domunet.kernel import Kernel
 from domunet.model import PROTO, PROTO_TEMP, TABLE_MAIN, Interface, IPInterface, Route, State
 
@@ -75,8 +77,14 @@ def discover(kernel: Kernel) -> tuple[Facts, State]:
             addresses=parse_netifaces(entries), xen_devid=xen_devid(link.name),
             loopback=link.loopback,
         ))
-    routes = kernel.routes(4) + kernel.routes(6)
-    rules = kernel.rules(4) + kernel.rules(6)
+    routes, rules = kernel.routes(4), kernel.rules(4)
+    try:
+        routes += kernel.routes(6)
+        rules += kernel.rules(6)
+    except KernelError as error:
+        if error.errno != errno.EAFNOSUPPORT:
+            raise
+        log.warning("IPv6 is not available in this kernel (ipv6.disable=1?): IPv4 only")
     ours = (PROTO, PROTO_TEMP)
     main_defaults = tuple(
         r for r in routes if r.table == TABLE_MAIN and r.dst.prefixlen == 0 and r.proto not in ours

@@ -12,6 +12,7 @@ Proxy entries are shared: one is removed only when no other vif's record still l
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import json
 import logging
@@ -342,7 +343,9 @@ class Dom0:
                 for text in record.proxies:
                     try:
                         self.kernel.add_proxy(record.uplink, ipaddress.ip_address(text))
-                    except ObjectMissing:
+                    except KernelError as error:
+                        if error.errno != errno.ENODEV:
+                            raise
                         log.warning("%s: uplink %s is missing; proxy %s not restored", record.vif, record.uplink, text)
             nft.load(nft.ruleset(self._guarded(records)))
             return len(records)

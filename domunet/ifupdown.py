@@ -58,13 +58,13 @@ def parse_env(env: Mapping[str, str]) -> HookCall | None:
     iface = env.get("IFACE", "")
     if not iface or iface == "--all" or iface == "lo" or env.get("METHOD") == "loopback":
         return None
-    mode = env.get("MODE", "")
-    if mode not in MODES:
-        raise UsageError(f"{iface}: MODE={mode!r} is neither start nor stop (run from if-up.d or if-post-down.d)")
     try:
         configuration.check_value("ifname", iface)
     except validate.ValidateError as error:
         raise UsageError(f"IFACE: {error}") from None
+    mode = env.get("MODE", "")
+    if mode not in MODES:
+        raise UsageError(f"{iface}: MODE={mode!r} is neither start nor stop (run from if-up.d or if-post-down.d)")
     addrfam = env.get("ADDRFAM", "inet")
     own_gateway = "gateway6" if addrfam == "inet6" else "gateway"
     values = {

@@ -95,7 +95,7 @@ class Kernel:
     def _index(self, name: str) -> int:
         link = self.links().get(name)
         if link is None:
-            raise ObjectMissing(f"interface {name} does not exist", errno.ENODEV)
+            raise KernelError(f"interface {name} does not exist", errno.ENODEV)
         return link.index
 
     def _name(self, index: int | None) -> str:
@@ -198,7 +198,7 @@ class Kernel:
     def remove_route(self, route: Route) -> None:
         try:
             args = self._route_args(route)
-        except ObjectMissing:
+        except KernelError:
             raise ObjectMissing(f"route {route.describe()}: interface is gone, and so is the route") from None
         args.pop("type")  # scope stays: IPv4 deletes match it, and link routes are scope link
         self._request(self._ipr.route, "del", f"route {route.describe()}", False, **args)
@@ -265,9 +265,11 @@ class Kernel:
                       family=FAMILY[address.version])
 
     def remove_proxy(self, name: str, address: IPAddress) -> None:
-        self._request(self._ipr.neigh, "del", f"proxy entry {address} on {name}", False,
-                      dst=str(address), ifindex=self._index(name), flags=NTF_PROXY,
-                      family=FAMILY[address.version])
+        what = f"proxy entry {address} on {name}"
+        if name not in self.links():
+            raise ObjectMissing(f"{what}: {name} is gone, and the entry with it", errno.ENODEV)
+        self._request(self._ipr.neigh, "del", what, False, dst=str(address), ifindex=self._index(name),
+                      flags=NTF_PROXY, family=FAMILY[address.version])
 
     def set_link(self, name: str, up: bool | None = None, rename: str | None = None) -> None:
         kwargs: dict[str, Any] = {"index": self._index(name)}

@@ -127,16 +127,11 @@ class Lab:
 
     def batch(self, role: str, lines: Sequence[str]) -> None:
         """Many `ip` commands in one process (the lab is built fast)."""
-        argv = ["ip", "-n", self.ns[role], "-batch", "-"]
-        result = subprocess.run(argv, input="\n".join(lines) + "\n", capture_output=True, text=True)
-        if result.returncode != 0:
-            raise LabError(f"ip -n {self.ns[role]} -batch failed: {result.stderr.strip()}")
+        _batch(self.ns[role], lines)
 
     def sysctl(self, role: str, settings: Sequence[str]) -> None:
         """Write sysctls through /proc/sys inside the namespace (vif names contain dots)."""
-        script = "".join(f"echo {value} > /proc/sys/{key}\n" for key, value in
-                         (setting.split("=", 1) for setting in settings))
-        self.run(role, "sh", "-ec", script)
+        _sysctl(self.ns[role], settings)
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -406,3 +401,95 @@ def demo(out: object = sys.stdout) -> bool:
 
 def _yes(value: bool) -> str:
     return "answers" if value else "no answer"
+
+
+class ScaleLab:
+    """A guest with n NICs on one /24 (eth0 holds the default route), NIC i also holding m IPv6
+    addresses in a /64 of its own with its gateway in it; the other ends in a peer namespace.
+    For the reliability tests and the benchmarks: big plans, no pings."""
+
+    def __init__(self, nics: int, addresses6: int, tag: str | None = None) -> None:
+        tag = tag or uuid.uuid4().hex[:8]
+        self.nics, self.addresses6 = nics, addresses6
+        self.ns = {"guest": f"dn-{tag}-guest", "peer": f"dn-{tag}-peer"}
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"domunet-scale-{tag}-"))
+        self.config = self.workdir / "domunet.conf"
+        self.state_dir = self.workdir / "run"
+        self.created: list[str] = []
+
+    @staticmethod
+    def nic(i: int) -> str:
+        return f"eth{i}"
+
+    @staticmethod
+    def prefix6(i: int) -> str:
+        return f"2001:db8:{0x100 + i:x}::"
+
+    def create(self) -> ScaleLab:
+        try:
+            for name in self.ns.values():
+                subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
+                self.created.append(name)
+            for role in self.ns:
+                _sysctl(self.ns[role], _SYSCTL_DEFAULTS)
+            lines = ["link set lo up"]
+            config = ["rt_tables_file = \"\"", "[interfaces]"]
+            for i in range(self.nics):
+                nic = self.nic(i)
+                lines += [f"link add {nic} type veth peer name p{i} netns {self.ns['peer']}",
+                          f"addr add 10.0.0.{10 + i}/24 dev {nic}"]
+                lines += [f"addr add {self.prefix6(i)}{j + 1:x}/64 dev {nic} nodad"
+                          for j in range(self.addresses6)]
+                lines.append(f"link set {nic} up")
+                if self.addresses6:
+                    config += [f"[[{nic}]]", f"gateway6 = {self.prefix6(i)}ffff"]
+            lines.append("route add default via 10.0.0.1 dev eth0")
+            _batch(self.ns["guest"], lines)
+            _batch(self.ns["peer"], [f"link set p{i} up" for i in range(self.nics)])
+            self.config.write_text("\n".join(config) + "\n")
+        except BaseException:
+            self.destroy()
+            raise
+        return self
+
+    def destroy(self) -> None:
+        for name in reversed(self.created):
+            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
+        self.created.clear()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> ScaleLab:
+        return self.create()
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+    def argv(self, *args: str, python: str | None = None) -> list[str]:
+        """The command line that runs domunet in the guest namespace."""
+        return ["ip", "netns", "exec", self.ns["guest"], "env", f"PYTHONPATH={_package_root()}",
+                python or sys.executable, "-m", "domunet", "--config", str(self.config),
+                "--state-dir", str(self.state_dir), *args]
+
+    def domunet(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=300)
+
+    def dump(self) -> str:
+        parts = []
+        for family in ("-4", "-6"):
+            for what in (["rule", "show"], ["route", "show", "table", "all"]):
+                parts.append(subprocess.run(["ip", "-n", self.ns["guest"], family, *what],
+                                            capture_output=True, text=True, check=True).stdout)
+        return "".join(parts)
+
+
+def _batch(namespace: str, lines: Sequence[str]) -> None:
+    result = subprocess.run(["ip", "-n", namespace, "-batch", "-"], input="\n".join(lines) + "\n",
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise LabError(f"ip -n {namespace} -batch failed: {result.stderr.strip()}")
+
+
+def _sysctl(namespace: str, settings: Sequence[str]) -> None:
+    script = "".join(f"echo {value} > /proc/sys/{key}\n" for key, value in
+                     (setting.split("=", 1) for setting in settings))
+    subprocess.run(["ip", "netns", "exec", namespace, "sh", "-ec", script], check=True, capture_output=True)

@@ -79,7 +79,7 @@ def allocate_tables(config: Config, interfaces: list[Interface]) -> dict[str, in
             slot = (slot + 1) % TABLE_SLOTS
             table = config.table_base + slot
         if slot != preferred_slot(interface):
-            log.warning("%s: table %d was taken, using %d", interface.name,
+            log.info("%s: table %d was taken, using %d", interface.name,
                         config.table_base + preferred_slot(interface), table)
         tables[interface.name] = table
         taken.add(table)
@@ -153,6 +153,9 @@ def _candidates(config: Config, facts: Facts) -> list[_Candidate]:
                 families.append(4)
                 gateway = settings.gateway or _main_gateway(facts, interface)
                 _check_gateway(config, interface, "gateway", gateway)
+        if settings.gateway6 and not interface.addresses_of(6):
+            log.warning("%s: gateway6 %s is set, but %s has no IPv6 address (IPv6 disabled?): IPv6 skipped",
+                        interface.name, settings.gateway6, interface.name)
         if interface.addresses_of(6) and (settings.gateway6 or settings.manage == "yes"):
             families.append(6)
             gateway6 = settings.gateway6
