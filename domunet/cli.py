@@ -12,7 +12,7 @@ import logging
 import logging.handlers
 import os
 import sys
-from typing import NoReturn, Sequence
+from typing import Any, NoReturn, Sequence
 
 from domunet import __version__
 from domunet.errors import ApplyError, ConfigError, DomunetError, KernelError, UsageError
@@ -74,22 +74,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _setup_logging(verbose: int, hotplug: bool = False) -> None:
-    """stderr always; a hotplug run also logs to syslog (xl keeps stderr in xen-hotplug.log)."""
+def _setup_logging(verbose: int, prefix: str = "domunet", syslog: bool = False) -> None:
+    """stderr always; hook runs also log to syslog (xl keeps stderr in xen-hotplug.log)."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    formatter = logging.Formatter(f"{prefix}: %(message)s")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("domunet: %(message)s"))
+    handler.setFormatter(formatter)
     handlers: list[logging.Handler] = [handler]
-    if hotplug:
+    if syslog and os.path.exists("/dev/log"):
         level = min(level, logging.INFO)
-        handler.setFormatter(logging.Formatter("vif-domunet: %(message)s"))
-        if os.path.exists("/dev/log"):
-            try:
-                syslog = logging.handlers.SysLogHandler("/dev/log")
-                syslog.setFormatter(logging.Formatter("vif-domunet: %(message)s"))
-                handlers.append(syslog)
-            except OSError:
-                pass
+        try:
+            handlers.append(logging.handlers.SysLogHandler("/dev/log"))
+            handlers[-1].setFormatter(formatter)
+        except OSError:
+            pass
     root = logging.getLogger()
     root.handlers[:] = handlers
     root.setLevel(level)
@@ -185,6 +183,19 @@ def _ifupdown(args: argparse.Namespace) -> int:
     return _guest(args, "teardown", [call.iface])
 
 
+def _forget_vanished(kernel: Any, names: list[str]) -> list[Any]:
+    """Interfaces that went away during this run (after their routes were in): drop the rules
+    and routes made for them, so that nothing half-made stays."""
+    from domunet.apply import apply
+    from domunet.diff import diff, scope_for
+    from domunet.discover import discover
+    from domunet.model import State
+
+    _, owned = discover(kernel)
+    log.warning("%s: vanished during this run; removing what was made for it", ", ".join(names))
+    return apply(diff(State(), owned, scope_for(names, State(), owned)), kernel)
+
+
 def _guest(args: argparse.Namespace, verb: str, names: list[str]) -> int:
     from domunet import config as configuration
     from domunet.apply import apply
@@ -220,15 +231,19 @@ def _guest(args: argparse.Namespace, verb: str, names: list[str]) -> int:
             if not changes:
                 log.info("nothing to do")
             return EXIT_OK
-        apply(changes, kernel, config.gateway_strategy)
-        write_table_names(config.rt_tables_file, table_names_after(owned, changes))
-        log.info("%s: %d change(s)", verb, len(changes))
+        done = apply(changes, kernel, config.gateway_strategy)
+        gone = sorted({m.name for m in desired.managed} - set(kernel.links(refresh=True)))
+        if gone:
+            done += _forget_vanished(kernel, gone)
+        write_table_names(config.rt_tables_file, table_names_after(owned, done))
+        log.info("%s: %d change(s)", verb, len(done))
     return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(args.verbose, hotplug=getattr(args, "action", None) == "hotplug" or args.verb == "ifupdown")
+    hotplug = getattr(args, "action", None) == "hotplug"
+    _setup_logging(args.verbose, "vif-domunet" if hotplug else "domunet", syslog=hotplug or args.verb == "ifupdown")
     try:
         return _run(args)
     except (UsageError, ConfigError) as error:

@@ -28,8 +28,9 @@ DEFAULT_RT_TABLES_FILE = "/etc/iproute2/rt_tables.d/domunet.conf"
 TABLE_SLOTS = 1000
 STRATEGIES = ("auto", "temporary-main-route")
 
-_IFNAME = re.compile(r"^[^\s/:'\"]{1,15}$")
-_IFNAME_GLOB = re.compile(r"^[^\s/:'\"]{1,64}$")
+#: Interface names as admins write them (the kernel allows more, shells and tools do not).
+_IFNAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,15}$")
+_IFNAME_GLOB = re.compile(r"^[A-Za-z0-9_.@+*?\[\]!-]{1,64}$")
 
 SPEC = """
 table_base = integer(min=256, max=4294960000, default=1000)
@@ -88,6 +89,8 @@ def _ip(value: Any, version: int) -> IPAddress | None:
         return None
     if not isinstance(value, str):
         raise validate.VdtTypeError(value)
+    if "%" in value:
+        raise _Invalid(f"{value!r}: give the address without a %scope (the interface is implied)")
     try:
         address = ipaddress.ip_address(value.strip())
     except ValueError:

@@ -58,6 +58,8 @@ def parse_env(env: Mapping[str, str]) -> HookCall | None:
     iface = env.get("IFACE", "")
     if not iface or iface == "--all" or iface == "lo" or env.get("METHOD") == "loopback":
         return None
+    if ":" in iface:  # an alias stanza (eth0:1): its addresses belong to eth0, whose own call handles them
+        return None
     try:
         configuration.check_value("ifname", iface)
     except validate.ValidateError as error:

@@ -342,11 +342,12 @@ class Lab:
             return {nic.address: ok for nic, ok in zip(NICS, results)}
 
     def dump(self, role: str = "guest") -> str:
-        """The routing state the tests compare: rules and routes of every table, both families."""
+        """The routing state the tests compare: rules and routes of every table, both families,
+        tables and protocols as numbers."""
         parts = []
         for family in ("-4", "-6"):
             for what in (["rule", "show"], ["route", "show", "table", "all"]):
-                parts.append(self.run(role, "ip", family, *what).stdout)
+                parts.append(self.run(role, "ip", "-N", family, *what).stdout)  # numbers: no names files
         return "".join(parts)
 
 
@@ -477,7 +478,7 @@ class ScaleLab:
         parts = []
         for family in ("-4", "-6"):
             for what in (["rule", "show"], ["route", "show", "table", "all"]):
-                parts.append(subprocess.run(["ip", "-n", self.ns["guest"], family, *what],
+                parts.append(subprocess.run(["ip", "-N", "-n", self.ns["guest"], family, *what],
                                             capture_output=True, text=True, check=True).stdout)
         return "".join(parts)
 

@@ -123,7 +123,7 @@ def test_foreign_tables_rules_and_routes_survive_setup_and_teardown(routed_lab, 
     dump = lab.dump()
     for foreign in ("100:\tfrom all to 10.66.0.0/16 lookup 500", "10618:\tfrom all fwmark 0x1 lookup 500",
                     "10.66.0.0/16 dev eth1 table 500", "10.55.0.0/16 dev eth2",
-                    "10.44.0.0/16 dev eth1 table domunet-eth1", "2001:db8:77::/48 dev eth3 table 500"):
+                    "10.44.0.0/16 dev eth1 table 1500", "2001:db8:77::/48 dev eth3 table 500"):
         assert foreign in dump
     assert lab.answers() == dict.fromkeys(ALL, True)
     assert_ok(domunet("teardown", config=config))
