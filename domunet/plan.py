@@ -118,7 +118,7 @@ def _check_gateway(config: Config, interface: Interface, key: str, gateway: IPAd
                           f"{gateway} is an address of {interface.name} itself, not a gateway")
 
 
-def _candidates(config: Config, facts: Facts) -> list[_Candidate]:
+def _usable(config: Config, facts: Facts) -> list[Interface]:
     usable = []
     for interface in facts.interfaces:
         settings = config.for_interface(interface.name)
@@ -128,10 +128,21 @@ def _candidates(config: Config, facts: Facts) -> list[_Candidate]:
             log.info("%s: link is down, not managed", interface.name)
             continue
         usable.append(interface)
-    holders: dict[object, set[str]] = defaultdict(set)
-    for interface in usable:
-        for network, _ in _networks(interface.addresses_of(4)):
-            holders[network].add(interface.name)
+    return usable
+
+
+def _shared(interfaces: list[Interface]) -> set[IPNetwork]:
+    """On-link prefixes that more than one interface holds (both families)."""
+    holders: dict[IPNetwork, set[str]] = defaultdict(set)
+    for interface in interfaces:
+        for version in (4, 6):
+            for network, _ in _networks(interface.addresses_of(version)):
+                holders[network].add(interface.name)
+    return {network for network, names in holders.items() if len(names) > 1}
+
+
+def _candidates(config: Config, facts: Facts, usable: list[Interface], shared_networks: set[IPNetwork],
+                ) -> list[_Candidate]:
     candidates = []
     for interface in usable:
         settings = config.for_interface(interface.name)
@@ -140,8 +151,7 @@ def _candidates(config: Config, facts: Facts) -> list[_Candidate]:
         gateway = gateway6 = None
         if interface.addresses_of(4):
             shared = sorted({
-                str(network) for network, _ in _networks(interface.addresses_of(4))
-                if len(holders[network]) > 1
+                str(network) for network, _ in _networks(interface.addresses_of(4)) if network in shared_networks
             })
             if shared:
                 reasons.append(f"shares {', '.join(shared)}")
@@ -191,10 +201,15 @@ def _family_routes(
     return routes
 
 
-def _family_rules(interface: Interface, version: int, table: int, priority: int) -> list[Rule]:
-    rules = [
-        Rule(version, priority, table, src=host_network(a.ip)) for a in interface.addresses_of(version)
-    ]
+def _family_rules(interface: Interface, version: int, table: int, priority: int,
+                  shared: set[IPNetwork]) -> list[Rule]:
+    """`from` rules, then the `oif` rule. A prefix only this NIC holds gets one rule for the whole
+    prefix (256 IPv6 addresses: one rule, not 256); in a shared subnet each address its own."""
+    sources: dict[IPNetwork, None] = {}
+    for address in interface.addresses_of(version):
+        on_own_prefix = address.network.prefixlen < address.max_prefixlen and address.network not in shared
+        sources[address.network if on_own_prefix else host_network(address.ip)] = None
+    rules = [Rule(version, priority, table, src=source) for source in sources]
     rules.append(Rule(version, priority + 1, table, oif=interface.name))
     return rules
 
@@ -217,7 +232,9 @@ def _main_default6(config: Config, facts: Facts, candidates: list[_Candidate], t
 
 def plan(config: Config, facts: Facts) -> State:
     """The complete desired state for this host."""
-    candidates = _candidates(config, facts)
+    usable = _usable(config, facts)
+    shared = _shared(usable)
+    candidates = _candidates(config, facts, usable, shared)
     tables = allocate_tables(config, [c.interface for c in candidates])
     routes: list[Route] = []
     rules: list[Rule] = []
@@ -229,7 +246,7 @@ def plan(config: Config, facts: Facts) -> State:
         for version in candidate.families:
             gateway = candidate.gateway if version == 4 else candidate.gateway6
             routes += _family_routes(interface, version, table, gateway)
-            rules += _family_rules(interface, version, table, priority)
+            rules += _family_rules(interface, version, table, priority, shared)
         managed.append(ManagedInterface(
             name=interface.name, table=table, priority=priority, gateway=candidate.gateway,
             gateway6=candidate.gateway6, families=candidate.families, reasons=candidate.reasons,

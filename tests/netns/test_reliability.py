@@ -156,7 +156,7 @@ def test_kill_9_at_any_point_of_a_large_setup_then_the_next_run_converges():
         partial = 0
         for k in range(INTERRUPTIONS):
             run, first = _start_when_changing(lab)
-            time.sleep(max(0.0, first + applying * k / INTERRUPTIONS - time.monotonic()))
+            time.sleep(max(0.0, first + applying * 0.35 * k / INTERRUPTIONS - time.monotonic()))
             run.kill()
             run.wait()
             if 0 < len(_owned_lines(lab.dump())) < complete:

@@ -1,0 +1,224 @@
+"""domunet's benchmark: the seeds' way, `ip -batch`, and domunet, side by side in one run.
+
+Run as root (`benchmarks/run`); everything happens in namespaces made and deleted here.
+Each measurement alternates the contenders, repeats, and reports medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from domunet.lab import ScaleLab, _batch  # noqa: E402
+
+SIZES = ((1, 1), (4, 16), (16, 16), (16, 256))
+HOOK = ROOT / "hooks" / "ifupdown" / "domunet"
+
+
+def timed_rss(argv: list[str]) -> tuple[float, int]:
+    """Wall time and peak RSS of a child, read with wait4 (`ip netns exec` execs, same pid)."""
+    started = time.perf_counter()
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {process.stderr.read().decode().strip()}")
+    return elapsed, usage.ru_maxrss
+
+
+def ip_commands(lab: ScaleLab) -> list[str]:
+    """The changes of a setup from scratch, as `ip` commands (domunet's own plan)."""
+    result = subprocess.run(lab.argv("plan"), capture_output=True, text=True, check=True)
+    return result.stdout.splitlines()
+
+
+def seeds_way(lab: ScaleLab, commands: list[str]) -> float:
+    """One `ip` process per kernel change, as the hand-made scripts do."""
+    started = time.perf_counter()
+    for command in commands:
+        words = command.split()
+        subprocess.run(["ip", "-n", lab.ns["guest"], *words[1:]], check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def batch_way(lab: ScaleLab, commands: list[str]) -> float:
+    """The same changes through `ip -batch`, one process per family: the floor for the kernel work."""
+    started = time.perf_counter()
+    for family in ("-4", "-6"):
+        lines = [" ".join(c.split()[2:]) for c in commands if c.split()[1] == family]
+        if lines:
+            result = subprocess.run(["ip", "-n", lab.ns["guest"], family, "-batch", "-"],
+                                    input="\n".join(lines) + "\n", capture_output=True, text=True)
+            if result.returncode:
+                raise RuntimeError(result.stderr)
+    return time.perf_counter() - started
+
+
+def teardown(lab: ScaleLab) -> None:
+    subprocess.run(lab.argv("teardown"), check=True, capture_output=True)
+
+
+def bench_guest(nics: int, addresses6: int, repeats: int) -> dict[str, object]:
+    samples: dict[str, list[float]] = {k: [] for k in "abcdef"}
+    rss: list[int] = []
+    with ScaleLab(nics, addresses6) as lab:
+        commands = ip_commands(lab)
+        pristine = lab.dump()
+        for _ in range(repeats):
+            samples["a"].append(seeds_way(lab, commands))
+            reference = lab.dump()
+            teardown(lab)
+            samples["b"].append(batch_way(lab, commands))
+            assert lab.dump() == reference, "ip -batch did not give the same state"
+            teardown(lab)
+            assert lab.dump() == pristine
+            elapsed, peak = timed_rss(lab.argv("setup"))
+            assert lab.dump() == reference, "domunet did not give the same state"
+            samples["c"].append(elapsed)
+            rss.append(peak)
+            samples["d"].append(timed_rss(lab.argv("setup"))[0])
+            samples["e"].append(timed_rss(lab.argv("teardown"))[0])
+            samples["f"].append(timed_rss(lab.argv("--version"))[0])
+    medians = {k: statistics.median(v) for k, v in samples.items()}
+    return {"nics": nics, "addresses6": addresses6, "objects": len(commands), "repeats": repeats,
+            "seconds": medians, "peak_rss_kib_setup": max(rss)}
+
+
+DOM0_SEED = """#!/bin/sh
+# The hand-made way (see the seed): per address one route and one proxy entry, each its own `ip`.
+set -e
+vif=$1; shift
+ip -6 addr add 2001:db8:4309:2388::2/128 dev $vif nodad
+ip link set $vif up
+for addr in "$@"; do
+    ip -6 route add $addr dev $vif src 2001:db8:4309:2388::2
+    ip -6 neighbor add proxy $addr dev eth0
+done
+"""
+
+
+def bench_dom0(addresses: int, repeats: int) -> dict[str, object]:
+    """vif-domunet online with 64 IPv6 addresses against the seed's per-address script."""
+    tag = os.urandom(4).hex()
+    ns = f"dn-{tag}-dom0"
+    workdir = Path(f"/tmp/domunet-bench-{tag}")
+    workdir.mkdir()
+    script = workdir / "seed-vif"
+    script.write_text(DOM0_SEED)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        _batch(ns, ["link set lo up", "link add eth0 type veth peer name peer0", "link set eth0 up",
+                    "link set peer0 up", "addr add 192.168.0.100/24 dev eth0",
+                    "addr add 2001:db8:4309:2388::2/64 dev eth0 nodad", "route add default via 192.168.0.1",
+                    "link add vif1.0 type veth peer name guest0"])
+        guest = [f"2001:db8:4309:2388::{0x1000 + i:x}" for i in range(addresses)]
+        ours = ["ip", "netns", "exec", ns, "env", f"PYTHONPATH={ROOT}", sys.executable, "-m", "domunet",
+                "--state-dir", str(workdir / "run"), "dom0"]
+        seed_times, ours_times = [], []
+        for _ in range(repeats):
+            seed_times.append(timed_rss(["ip", "netns", "exec", ns, "sh", str(script), "vif1.0", *guest])[0])
+            _batch(ns, ["addr flush dev vif1.0 scope global", "link set vif1.0 down",
+                        *(f"neigh del proxy {a} dev eth0" for a in guest)])
+            ours_times.append(timed_rss([*ours, "online", "--vif", "vif1.0", "--uplink", "eth0",
+                                         "--ip", " ".join(guest)])[0])
+            timed_rss([*ours, "offline", "--vif", "vif1.0"])
+        return {"addresses": addresses, "repeats": repeats,
+                "seconds": {"seed": statistics.median(seed_times), "vif-domunet": statistics.median(ours_times)}}
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+        subprocess.run(["rm", "-rf", str(workdir)])
+
+
+def bench_hook(repeats: int) -> dict[str, float]:
+    """The ifupdown hook for loopback and IFACE=--all: it must not start Python."""
+    result = {}
+    for iface, method in (("lo", "loopback"), ("--all", "")):
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "IFACE": iface, "MODE": "start", "METHOD": method}
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            subprocess.run(["sh", str(HOOK)], env=env, check=True)
+            times.append(time.perf_counter() - started)
+        result[iface] = statistics.median(times)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "last.json"))
+    parser.add_argument("--quick", action="store_true", help="small sizes only (a smoke run)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("benchmarks: run as root (namespaces)", file=sys.stderr)
+        return 2
+    import pyroute2
+
+    sizes = SIZES[:2] if args.quick else SIZES
+    guest = []
+    for nics, addresses6 in sizes:
+        repeats = max(3, args.repeats // 2) if nics * addresses6 > 1000 else args.repeats
+        guest.append(bench_guest(nics, addresses6, repeats))
+        print(f"measured {nics}x{addresses6}", file=sys.stderr)
+    dom0 = bench_dom0(64, args.repeats)
+    hook = bench_hook(20)
+    report = {"python": sys.version.split()[0], "pyroute2": getattr(pyroute2, "__version__", "unknown"),
+              "machine": platform.machine(), "cpus": os.cpu_count(), "guest": guest, "dom0": dom0,
+              "hook_seconds": hook, "ratios": ratios(guest, dom0)}
+    print(render(report))
+    Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+    print(f"\nwritten to {args.json}")
+    return 0
+
+
+def ratios(guest: list[dict], dom0: dict) -> dict[str, float]:
+    by_size = {(g["nics"], g["addresses6"]): g for g in guest}
+    out = {}
+    if (16, 16) in by_size:
+        s = by_size[(16, 16)]["seconds"]
+        out["c/a at 16x16 (target <= 0.35)"] = s["c"] / s["a"]
+        out["(c-f)/b at 16x16 (moonshot <= 3)"] = (s["c"] - s["f"]) / s["b"]
+    for key, g in by_size.items():
+        s = g["seconds"]
+        out[f"d/f at {key[0]}x{key[1]} (target <= 2)"] = s["d"] / s["f"]
+    if (16, 256) in by_size and (4, 16) in by_size:
+        def per_object(g: dict) -> float:
+            return (g["seconds"]["c"] - g["seconds"]["f"]) / g["objects"]
+        out["per-object (c-f) 16x256 / 4x16 (target <= 1.5)"] = per_object(by_size[(16, 256)]) / per_object(
+            by_size[(4, 16)])
+        out["peak RSS of (c) at 16x256, MB (target < 60)"] = by_size[(16, 256)]["peak_rss_kib_setup"] / 1024
+    out["dom0 online 64 addresses vif-domunet/seed (target <= 0.35)"] = (
+        dom0["seconds"]["vif-domunet"] / dom0["seconds"]["seed"])
+    return out
+
+
+def render(report: dict) -> str:
+    lines = [f"python {report['python']}, pyroute2 {report['pyroute2']}, {report['cpus']} cpus", "",
+             f"{'size':>7} {'objects':>7} {'(a) seeds':>10} {'(b) batch':>10} {'(c) setup':>10} "
+             f"{'(d) again':>10} {'(e) teardown':>12} {'(f) start':>10} {'RSS(c) MB':>9}"]
+    for g in report["guest"]:
+        s = g["seconds"]
+        lines.append(f"{g['nics']:>3}x{g['addresses6']:<3} {g['objects']:>7} {s['a']:>10.3f} {s['b']:>10.3f} "
+                     f"{s['c']:>10.3f} {s['d']:>10.3f} {s['e']:>12.3f} {s['f']:>10.3f} "
+                     f"{g['peak_rss_kib_setup'] / 1024:>9.1f}")
+    d = report["dom0"]["seconds"]
+    lines += ["", f"dom0 online, 64 IPv6 addresses: seed script {d['seed']:.3f} s, vif-domunet {d['vif-domunet']:.3f} s",
+              "ifupdown hook: " + ", ".join(f"IFACE={k} {v * 1000:.1f} ms" for k, v in report["hook_seconds"].items()),
+              "", "ratios:"]
+    lines += [f"  {name}: {value:.2f}" for name, value in report["ratios"].items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
