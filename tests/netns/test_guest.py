@@ -195,3 +195,18 @@ def test_ipv6_address_still_in_dad_does_not_break_setup(lab, domunet):
     config = write_config(lab, "[interfaces]\n[[eth4]]\ngateway6 = 2001:db8:99::1\n")
     assert_ok(domunet("setup", config=config))
     assert "default via 2001:db8:99::1 dev eth4" in lab.run("guest", "ip", "-6", "route", "show", "table", "all").stdout
+
+
+def test_the_plain_pyroute2_import_gives_the_same_state(routed_lab, domunet):
+    """domunet.kernel skips pyroute2's package __init__ for speed; the documented import is the
+    fallback, and both must lead to the same kernel state."""
+    lab = routed_lab
+    assert_ok(domunet("setup"))
+    fast = lab.dump()
+    assert_ok(domunet("teardown"))
+    env = {**lab.hook_env(), "DOMUNET_PLAIN_IMPORT": "1"}
+    result = lab.run("guest", str(lab.bin / "domunet"), "setup", check=False, env=env)
+    assert_ok(result)
+    assert lab.dump() == fast
+    probe = lab.run("guest", str(lab.bin / "domunet"), "--version", env=env)
+    assert probe.returncode == 0
