@@ -96,8 +96,9 @@ def _setup_logging(verbose: int, prefix: str = "domunet", syslog: bool = False) 
 def _hotplug(args: argparse.Namespace) -> int:
     """libxl's contract: hotplug-status connected, or hotplug-error + status error and exit 1."""
     from domunet import xenstore
-    from domunet.dom0 import Dom0, hotplug_key, request_from_hotplug
+    from domunet.dom0 import Dom0, hotplug_key, published_keys, request_from_hotplug
     from domunet.kernel import Kernel
+    from domunet.xen import KEYS as XEN_KEYS
 
     env = dict(os.environ)
     settings = dict(s.split("=", 1) for s in args.settings if "=" in s)
@@ -111,13 +112,24 @@ def _hotplug(args: argparse.Namespace) -> int:
                 Dom0(kernel, args.state_dir).offline(hotplug_key(env))
         except DomunetError as error:
             log.error("offline %s: %s", env.get("vif"), error)
+        if path:
+            for key in XEN_KEYS:
+                try:
+                    xenstore.remove(f"{path}/{key}")
+                except DomunetError as error:
+                    log.error("offline %s: %s", env.get("vif"), error)
         return EXIT_OK
     if args.command != "online":
         raise UsageError(f"unknown hotplug command {args.command!r}")
     try:
         request = request_from_hotplug(env, xenstore.read)
         with Kernel() as kernel:
-            Dom0(kernel, args.state_dir).online(request)
+            record = Dom0(kernel, args.state_dir).online(request)
+        for key, value in published_keys(record).items():
+            try:
+                xenstore.write(f"{path}/{key}", value)
+            except DomunetError as error:  # the guest can still be configured by hand
+                log.warning("cannot publish %s for the guest: %s", key, error)
         xenstore.write(f"{path}/hotplug-status", "connected")
         return EXIT_OK
     except DomunetError as error:

@@ -58,6 +58,11 @@ class InterfaceConfig:
     gateway: ipaddress.IPv4Address | None = None
     gateway6: ipaddress.IPv6Address | None = None
     table: int | None = None
+    #: Where a value came from when not from the config file (e.g. "ifupdown").
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def source(self, key: str) -> str:
+        return self.sources.get(key, "config")
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,7 @@ def with_hints(config: Config, hints: Iterable[Any], source: str = "ifupdown") -
             value = ipaddress.ip_address(value) if key != "table" else value
             if getattr(current, key) is None:
                 updates[key] = value
+                updates["sources"] = {**current.sources, **updates.get("sources", {}), key: source}
             elif getattr(current, key) != value:
                 log.warning("%s: %s %s from %s is overridden by %s in %s",
                             hint.iface, key, value, source, getattr(current, key), config.path)

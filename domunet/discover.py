@@ -10,14 +10,17 @@ import errno
 import ipaddress
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import netifaces
 
 from domunet.errors import KernelError
 from domunet.kernel import Kernel
 from domunet.model import PROTO, PROTO_TEMP, TABLE_MAIN, Interface, IPInterface, Route, State
+from domunet.xen import VifFacts
+from domunet.xen import discover as discover_xen
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +34,8 @@ class Facts:
     interfaces: tuple[Interface, ...]
     #: Default routes in the main table that domunet did not make (the admin's, DHCP's, RA's).
     main_defaults: tuple[Route, ...] = ()
+    #: What dom0 published in xenstore, per interface name (domunet.xen).
+    xen: Mapping[str, VifFacts] = field(default_factory=dict)
 
     def interface(self, name: str) -> Interface | None:
         return next((i for i in self.interfaces if i.name == name), None)
@@ -93,4 +98,5 @@ def discover(kernel: Kernel) -> tuple[Facts, State]:
         routes=frozenset(r for r in routes if r.proto in ours),
         rules=frozenset(r for r in rules if r.proto in ours),
     )
-    return Facts(interfaces=tuple(interfaces), main_defaults=main_defaults), owned
+    facts = Facts(interfaces=tuple(interfaces), main_defaults=main_defaults, xen=discover_xen(interfaces))
+    return facts, owned

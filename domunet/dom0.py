@@ -351,6 +351,16 @@ class Dom0:
             return len(records)
 
 
+def published_keys(record: VifRecord) -> dict[str, str]:
+    """What the guest may read about this vif (domunet.xen): dom0's addresses on it, and that
+    it is routed. Written under the vif's backend directory, removed again on offline."""
+    keys = {"domunet-routed": "1"}
+    for destination, source, *_ in record.routes:
+        key = "domunet-gateway6" if ipaddress.ip_network(destination).version == 6 else "domunet-gateway"
+        keys.setdefault(key, source)
+    return keys
+
+
 def request_from_hotplug(env: dict[str, str], read: Callable[[str], str | None]) -> VifRequest:
     """The vif, its guest addresses, uplink and new name, from libxl's environment and xenstore."""
     vif = check_ifname(env.get("vif"), "vif")

@@ -73,20 +73,29 @@ class LabError(RuntimeError):
 
 HOOK = Path(__file__).resolve().parent / "hooks" / "vif-domunet"
 
-_XENSTORE_READ = """#!/bin/sh
-# Stand-in for Xen's xenstore-read over the directory $XENSTORE_DIR (domunet lab and tests).
-for key; do
-    [ -f "$XENSTORE_DIR/$key" ] || { echo "couldn't read path $key" >&2; exit 1; }
-    cat "$XENSTORE_DIR/$key"; echo
+# Stand-ins for Xen's xenstore tools over the directory $XENSTORE_DIR (domunet lab and tests).
+# A relative key is relative to the calling domain's home, $XENSTORE_HOME (local/domain/N).
+_XENSTORE_PATH = """path() {
+    case "$1" in /*) echo "$XENSTORE_DIR$1" ;; *) echo "$XENSTORE_DIR/$XENSTORE_HOME/$1" ;; esac
+}
+"""
+_XENSTORE_READ = "#!/bin/sh\n" + _XENSTORE_PATH + """for key; do
+    file=$(path "$key")
+    [ -f "$file" ] || { echo "couldn't read path $key" >&2; exit 1; }
+    cat "$file"; echo
 done
 """
-
-_XENSTORE_WRITE = """#!/bin/sh
-# Stand-in for Xen's xenstore-write over the directory $XENSTORE_DIR.
-while [ $# -ge 2 ]; do
-    mkdir -p "$XENSTORE_DIR/$(dirname "$1")" && printf '%s' "$2" > "$XENSTORE_DIR/$1" || exit 1
+_XENSTORE_WRITE = "#!/bin/sh\n" + _XENSTORE_PATH + """while [ $# -ge 2 ]; do
+    file=$(path "$1")
+    mkdir -p "$(dirname "$file")" && printf '%s' "$2" > "$file" || exit 1
     shift 2
 done
+"""
+_XENSTORE_LIST = "#!/bin/sh\n" + _XENSTORE_PATH + """dir=$(path "$1")
+[ -d "$dir" ] || { echo "couldn't list path $1" >&2; exit 1; }
+ls "$dir"
+"""
+_XENSTORE_RM = "#!/bin/sh\n" + _XENSTORE_PATH + """for key; do rm -rf "$(path "$key")"; done
 """
 
 
@@ -203,6 +212,8 @@ class Lab:
         tools = {
             "xenstore-read": _XENSTORE_READ,
             "xenstore-write": _XENSTORE_WRITE,
+            "xenstore-list": _XENSTORE_LIST,
+            "xenstore-rm": _XENSTORE_RM,
             "domunet": f'#!/bin/sh\n{self.command} "$@"\n',
         }
         for name, text in tools.items():
@@ -237,22 +248,28 @@ class Lab:
 
     # --- dom0 through vif-domunet, with a stand-in xenstore --------------------------------
 
-    def xenstore_write(self, key: str, value: str) -> None:
-        path = self.xenstore / key
+    def xenstore_write(self, key: str, value: str, domain: int = 0) -> None:
+        """Write a key as the toolstack does; relative keys are relative to the domain's home."""
+        path = self.xenstore / (key.lstrip("/") if key.startswith("/") else f"local/domain/{domain}/{key}")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(value)
 
-    def xenstore_read(self, key: str) -> str | None:
-        path = self.xenstore / key
+    def xenstore_read(self, key: str, domain: int = 0) -> str | None:
+        path = self.xenstore / (key.lstrip("/") if key.startswith("/") else f"local/domain/{domain}/{key}")
         return path.read_text() if path.is_file() else None
+
+    def xen_env(self, domain: int) -> dict[str, str]:
+        """PATH with the stand-ins first, and the store seen from one domain."""
+        return {"PATH": f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin", "XENSTORE_DIR": str(self.xenstore),
+                "XENSTORE_HOME": f"local/domain/{domain}"}
 
     def vif_hotplug(self, command: str, vif: str, devid: int, *settings: str, domid: int = 1,
                     netdev: str = "") -> subprocess.CompletedProcess[str]:
         """Call hooks/xen/vif-domunet inside dom0 the way libxl does."""
         env = {
-            "PATH": f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin",
+            **self.xen_env(0),
             "vif": vif, "XENBUS_PATH": f"backend/vif/{domid}/{devid}", "netdev": netdev,
-            "XENSTORE_DIR": str(self.xenstore), "DOMUNET_STATE_DIR": str(self.state_dir),
+            "DOMUNET_STATE_DIR": str(self.state_dir),
         }
         return self.run("dom0", "sh", str(self.vif_hook), command, *settings, check=False, env=env)
 
@@ -260,8 +277,13 @@ class Lab:
         """dom0 configured only by vif-domunet, one vif at a time as xl brings them online."""
         self.sysctl("dom0", [f"net/ipv4/conf/{dev}/rp_filter=0"
                              for dev in ("all", "default", "eth0", *(n.vif for n in NICS))])
+        macs = {nic.guest: self.run("guest", "cat", f"/sys/class/net/{nic.guest}/address").stdout.strip()
+                for nic in NICS}
         for devid, nic in enumerate(NICS):
+            # what libxl writes: the backend's `ip`, the frontend's `backend` and `mac`
             self.xenstore_write(f"backend/vif/1/{devid}/ip", nic.address)
+            self.xenstore_write(f"device/vif/{devid}/backend", f"/local/domain/0/backend/vif/1/{devid}", domain=1)
+            self.xenstore_write(f"device/vif/{devid}/mac", macs[nic.guest], domain=1)
             result = self.vif_hotplug("online", nic.vif, devid, "type_if=vif")
             status = self.xenstore_read(f"backend/vif/1/{devid}/hotplug-status")
             if result.returncode != 0 or status != "connected":

@@ -122,6 +122,9 @@ class ManagedInterface:
     gateway6: IPAddress | None = None
     families: tuple[int, ...] = ()
     reasons: tuple[str, ...] = ()
+    #: Where each gateway came from: config, ifupdown, kernel (main's default), xenstore.
+    gateway_source: str | None = None
+    gateway6_source: str | None = None
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 
-from domunet.config import TABLE_SLOTS, Config
+from domunet.config import TABLE_SLOTS, Config, InterfaceConfig
 from domunet.discover import Facts
 from domunet.errors import ConfigError
 from domunet.model import (
@@ -33,6 +33,7 @@ from domunet.model import (
     default_network,
     host_network,
 )
+from domunet.xen import VifFacts
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class _Candidate:
     gateway: ipaddress.IPv4Address | None
     gateway6: ipaddress.IPv6Address | None
     reasons: tuple[str, ...]
+    gateway_source: str | None = None
+    gateway6_source: str | None = None
 
 
 def preferred_slot(interface: Interface) -> int:
@@ -112,6 +115,19 @@ def _main_gateway(facts: Facts, interface: Interface) -> ipaddress.IPv4Address |
     return None
 
 
+def _gateway4(settings: InterfaceConfig, facts: Facts, interface: Interface,
+              published: VifFacts | None) -> tuple[ipaddress.IPv4Address | None, str | None]:
+    """config or ifupdown, else main's default gateway in the subnet, else what dom0 published."""
+    if settings.gateway:
+        return settings.gateway, settings.source("gateway")
+    main = _main_gateway(facts, interface)
+    if main:
+        return main, "kernel"
+    if published and published.gateway:
+        return published.gateway, "xenstore"
+    return None, None
+
+
 def _check_gateway(config: Config, interface: Interface, key: str, gateway: IPAddress | None) -> None:
     if gateway is not None and gateway in [a.ip for a in interface.addresses]:
         raise ConfigError(config.path, f"[interfaces] [[{interface.name}]] key '{key}'",
@@ -144,11 +160,14 @@ def _shared(interfaces: list[Interface]) -> set[IPNetwork]:
 def _candidates(config: Config, facts: Facts, usable: list[Interface], shared_networks: set[IPNetwork],
                 ) -> list[_Candidate]:
     candidates = []
+    with_ipv4 = sum(1 for i in usable if i.addresses_of(4))
     for interface in usable:
         settings = config.for_interface(interface.name)
+        published = facts.xen.get(interface.name)
         families: list[int] = []
         reasons: list[str] = []
         gateway = gateway6 = None
+        gateway_source = gateway6_source = None
         if interface.addresses_of(4):
             shared = sorted({
                 str(network) for network, _ in _networks(interface.addresses_of(4)) if network in shared_networks
@@ -156,23 +175,29 @@ def _candidates(config: Config, facts: Facts, usable: list[Interface], shared_ne
             if shared:
                 reasons.append(f"shares {', '.join(shared)}")
             if settings.gateway:
-                reasons.append("gateway in config")
+                reasons.append(f"gateway from {settings.source('gateway')}")
             if settings.manage == "yes":
-                reasons.append("manage = yes")
+                reasons.append(f"manage = yes ({settings.source('manage')})")
+            if published and published.routed and published.gateway and with_ipv4 > 1:
+                reasons.append("routed by dom0 (xenstore)")
             if reasons:
                 families.append(4)
-                gateway = settings.gateway or _main_gateway(facts, interface)
+                gateway, gateway_source = _gateway4(settings, facts, interface, published)
                 _check_gateway(config, interface, "gateway", gateway)
-        if settings.gateway6 and not interface.addresses_of(6):
-            log.warning("%s: gateway6 %s is set, but %s has no IPv6 address (IPv6 disabled?): IPv6 skipped",
-                        interface.name, settings.gateway6, interface.name)
-        if interface.addresses_of(6) and (settings.gateway6 or settings.manage == "yes"):
+        gateway6, gateway6_source = (settings.gateway6, settings.source("gateway6")) if settings.gateway6 else (
+            (published.gateway6, "xenstore") if published and published.gateway6 else (None, None))
+        if gateway6 and not interface.addresses_of(6):
+            log.warning("%s: gateway6 %s (from %s) is set, but %s has no IPv6 address (IPv6 disabled?): "
+                        "IPv6 skipped", interface.name, gateway6, gateway6_source, interface.name)
+        if interface.addresses_of(6) and (gateway6 or settings.manage == "yes"):
             families.append(6)
-            gateway6 = settings.gateway6
             _check_gateway(config, interface, "gateway6", gateway6)
-            reasons.append("IPv6 gateway in config" if gateway6 else "manage = yes (IPv6)")
+            reasons.append(f"IPv6 gateway from {gateway6_source}" if gateway6 else "manage = yes (IPv6)")
+        else:
+            gateway6 = gateway6_source = None
         if families:
-            candidates.append(_Candidate(interface, tuple(families), gateway, gateway6, tuple(reasons)))
+            candidates.append(_Candidate(interface, tuple(families), gateway, gateway6, tuple(reasons),
+                                         gateway_source, gateway6_source))
     return candidates
 
 
@@ -250,6 +275,7 @@ def plan(config: Config, facts: Facts) -> State:
         managed.append(ManagedInterface(
             name=interface.name, table=table, priority=priority, gateway=candidate.gateway,
             gateway6=candidate.gateway6, families=candidate.families, reasons=candidate.reasons,
+            gateway_source=candidate.gateway_source, gateway6_source=candidate.gateway6_source,
         ))
     routes += _main_default6(config, facts, candidates, tables)
     versions = {version for c in candidates for version in c.families}

@@ -35,7 +35,10 @@ def report(facts: Facts, desired: State, owned: State,
             "why": list(decision.reasons) if decision else [],
             "table": table,
             "gateway": str(decision.gateway) if decision and decision.gateway else None,
+            "gateway_source": decision.gateway_source if decision else None,
             "gateway6": str(decision.gateway6) if decision and decision.gateway6 else None,
+            "gateway6_source": decision.gateway6_source if decision else None,
+            "xenstore": facts.xen[interface.name].backend if interface.name in facts.xen else None,
             "addresses": [str(a) for a in addresses],
             "rules": [f"ip -{r.version} rule: {r.describe()}" for r in rules],
             "replies_leave_by": {str(a.ip): route_get(PROBES[a.version], a.ip) for a in addresses},
@@ -57,7 +60,9 @@ def render(rows: list[dict[str, Any]]) -> str:
             lines.append(f"  why:        {'; '.join(row['why'])}")
         for key in ("gateway", "gateway6"):
             if row[key]:
-                lines.append(f"  {key + ':':<11} {row[key]}")
+                lines.append(f"  {key + ':':<11} {row[key]} (from {row[key + '_source']})")
+        if row["xenstore"]:
+            lines.append(f"  xenstore:   {row['xenstore']}")
         for address in row["addresses"]:
             ip = address.split("/")[0]
             leaves = row["replies_leave_by"].get(ip, "?")

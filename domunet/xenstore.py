@@ -45,3 +45,21 @@ def write(path: str, value: str) -> None:
         raise XenstoreError(f"xenstore-write {path}: {error}") from None
     if result.returncode != 0:
         raise XenstoreError(f"xenstore-write {path}: {result.stderr.strip() or 'failed'}")
+
+
+def directory(path: str) -> list[str]:
+    """The children of path (`xenstore-list`); empty when it does not exist."""
+    try:
+        result = subprocess.run(["xenstore-list", path], capture_output=True, timeout=TIMEOUT,
+                                stdin=subprocess.DEVNULL, text=True)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise XenstoreError(f"xenstore-list {path}: {error}") from None
+    return result.stdout.split() if result.returncode == 0 else []
+
+
+def remove(path: str) -> None:
+    """`xenstore-rm`; a missing key is not an error."""
+    try:
+        subprocess.run(["xenstore-rm", path], capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise XenstoreError(f"xenstore-rm {path}: {error}") from None

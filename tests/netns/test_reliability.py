@@ -262,8 +262,8 @@ def test_dom0_crash_mid_online_then_offline_cleans_up(lab):
     duration = time.monotonic() - started
     assert lab.vif_hotplug("offline", "vif1.3", 3).returncode == 0
     assert dom0_dump(lab) == before
-    env = {"PATH": f"{lab.bin}:/usr/sbin:/usr/bin:/sbin:/bin", "vif": "vif1.3", "XENBUS_PATH": "backend/vif/1/3",
-           "netdev": "", "XENSTORE_DIR": str(lab.xenstore), "DOMUNET_STATE_DIR": str(lab.state_dir)}
+    env = {**lab.xen_env(0), "vif": "vif1.3", "XENBUS_PATH": "backend/vif/1/3", "netdev": "",
+           "DOMUNET_STATE_DIR": str(lab.state_dir)}
     for k in range(DOM0_CRASHES):
         run = subprocess.Popen(["ip", "netns", "exec", lab.ns["dom0"], "env", *(f"{a}={b}" for a, b in env.items()),
                                 str(lab.bin / "domunet"), "dom0", "hotplug", "online"],

@@ -1,0 +1,133 @@
+"""What dom0 published for each of the guest's vifs in xenstore (zero configuration).
+
+vif-domunet writes, under the vif's backend directory, keys of domunet's own:
+  domunet-gateway    dom0's IPv4 address on the vif (the /32)
+  domunet-gateway6   dom0's IPv6 address on the vif (the /128): the guest's IPv6 gateway
+  domunet-routed     1: dom0 routes this vif (vif-domunet, not a bridge)
+and libxl keeps the vif's `ip` list there. The guest finds its vif's backend through
+`device/vif/N/backend`, N from sysfs (device/vif/N) or, where sysfs has no such link, by
+matching the NIC's MAC against `device/vif/N/mac`. Every value is validated like any other
+input: a malformed one is reported with its key and ignored. No xenstore (not a Xen guest,
+tools missing, permission denied) is normal and yields nothing.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import shutil
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+from domunet import xenstore
+from domunet.model import Interface, IPAddress, IPNetwork
+
+log = logging.getLogger(__name__)
+
+KEYS = ("domunet-gateway", "domunet-gateway6", "domunet-routed")
+
+
+@dataclass(frozen=True)
+class VifFacts:
+    backend: str
+    gateway: ipaddress.IPv4Address | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+    routed: bool = False
+    addresses: tuple[IPNetwork, ...] = ()
+
+
+def _address(value: str | None, version: int, key: str) -> IPAddress | None:
+    if value is None or value == "":
+        return None
+    try:
+        address = ipaddress.ip_address(value.strip())
+    except ValueError:
+        address = None
+    if address is None or address.version != version or address.is_multicast or address.is_unspecified:
+        log.warning("xenstore %s: %r is not an IPv%d address; ignored", key, value[:80], version)
+        return None
+    return address
+
+
+def _networks(value: str | None, key: str) -> tuple[IPNetwork, ...]:
+    if not value:
+        return ()
+    try:
+        return tuple(ipaddress.ip_network(token, strict=True) for token in value.split())
+    except ValueError:
+        log.warning("xenstore %s: %r is not a list of addresses; ignored", key, value[:80])
+        return ()
+
+
+def vif_facts(backend: str, read: Callable[[str], str | None]) -> VifFacts:
+    routed = read(f"{backend}/domunet-routed")
+    if routed not in (None, "", "0", "1"):
+        log.warning("xenstore %s/domunet-routed: %r is neither 0 nor 1; ignored", backend, routed[:80])
+    return VifFacts(
+        backend=backend,
+        gateway=_address(read(f"{backend}/domunet-gateway"), 4, f"{backend}/domunet-gateway"),  # type: ignore[arg-type]
+        gateway6=_address(read(f"{backend}/domunet-gateway6"), 6, f"{backend}/domunet-gateway6"),  # type: ignore[arg-type]
+        routed=routed == "1",
+        addresses=_networks(read(f"{backend}/ip"), f"{backend}/ip"),
+    )
+
+
+def _backend(devid: int, read: Callable[[str], str | None]) -> str | None:
+    backend = read(f"device/vif/{devid}/backend")
+    if not backend or len(backend) > 256 or any(c.isspace() or c in ";`$\\'\"" for c in backend) \
+            or ".." in backend.split("/"):
+        if backend:
+            log.warning("xenstore device/vif/%d/backend: %r is not a backend path; ignored", devid, backend[:80])
+        return None
+    return backend
+
+
+def discover(interfaces: Iterable[Interface], read: Callable[[str], str | None] | None = None,
+             listing: Callable[[str], list[str]] | None = None) -> dict[str, VifFacts]:
+    """Facts per interface name, for the NICs that are Xen vifs with a readable backend."""
+    if read is None:
+        if shutil.which("xenstore-read") is None:
+            return {}
+        read, listing = _safe(xenstore.read), _safe_list(xenstore.directory)
+    listing = listing or (lambda path: [])
+    by_mac: dict[str, int] | None = None
+    found = {}
+    for interface in interfaces:
+        if interface.loopback:
+            continue
+        devid = interface.xen_devid
+        if devid is None:
+            if by_mac is None:
+                by_mac = {}
+                for entry in listing("device/vif"):
+                    if entry.isdigit():
+                        mac = (read(f"device/vif/{entry}/mac") or "").strip().lower()
+                        if mac:
+                            by_mac[mac] = int(entry)
+            devid = by_mac.get(interface.mac.lower())
+        if devid is None:
+            continue
+        backend = _backend(devid, read)
+        if backend:
+            found[interface.name] = vif_facts(backend, read)
+    return found
+
+
+def _safe(read: Callable[[str], str | None]) -> Callable[[str], str | None]:
+    def wrapped(path: str) -> str | None:
+        try:
+            return read(path)
+        except xenstore.XenstoreError as error:
+            log.warning("%s", error)
+            return None
+    return wrapped
+
+
+def _safe_list(listing: Callable[[str], list[str]]) -> Callable[[str], list[str]]:
+    def wrapped(path: str) -> list[str]:
+        try:
+            return listing(path)
+        except xenstore.XenstoreError as error:
+            log.warning("%s", error)
+            return []
+    return wrapped
