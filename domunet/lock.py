@@ -18,6 +18,9 @@ def locked(state_dir: str, shared: bool = False) -> Iterator[None]:
         os.makedirs(state_dir, mode=0o755, exist_ok=True)
         handle = open(os.path.join(state_dir, "lock"), "a")  # noqa: SIM115 (closed by the with below)
     except OSError as error:
+        if shared:  # a reader without write access (plan or status as a user) goes on unlocked
+            yield
+            return
         raise DomunetError(f"cannot open the lock in {state_dir}: {error.strerror}") from None
     with handle:
         fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
