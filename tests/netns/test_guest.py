@@ -210,3 +210,15 @@ def test_the_plain_pyroute2_import_gives_the_same_state(routed_lab, domunet):
     assert lab.dump() == fast
     probe = lab.run("guest", str(lab.bin / "domunet"), "--version", env=env)
     assert probe.returncode == 0
+
+
+def test_the_readme_demo_shows_every_address_answering():
+    import io
+
+    from domunet.lab import demo
+
+    out = io.StringIO()
+    assert demo(out) is True
+    text = out.getvalue()
+    assert "all four addresses answer: yes" in text
+    assert text.count("no answer") == 3  # before setup: only eth0's address answered

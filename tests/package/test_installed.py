@@ -70,3 +70,12 @@ def test_installed_domunet_on_debians_python_passes_the_lab_scenario():
                            f"import sys; sys.path.insert(0, '{site}'); import domunet.kernel, pyroute2; "
                            "print(pyroute2.__file__)").stdout
         assert pyroute2.startswith("/usr/lib/python3/dist-packages/pyroute2")
+
+
+def test_the_demo_runs_from_the_installed_package():
+    site = ROOT / "usr/lib/python3/dist-packages"
+    assert (site / "domunet/hooks/vif-domunet").exists()
+    result = subprocess.run(["/usr/bin/python3", str(ROOT / "usr/bin/domunet"), "lab"], capture_output=True, text=True,
+                            env={**os.environ, "PYTHONPATH": str(site)}, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all four addresses answer: yes" in result.stdout
