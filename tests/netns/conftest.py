@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from domunet.lab import Lab
+from tests.shipped import shipped
 
 if os.geteuid() != 0 or shutil.which("ip") is None:
     pytest.skip("namespace tests need root and iproute2", allow_module_level=True)
@@ -14,7 +15,7 @@ if os.geteuid() != 0 or shutil.which("ip") is None:
 
 @pytest.fixture
 def lab():
-    with Lab() as built:
+    with Lab(vif_hook=shipped("hooks/xen/vif-domunet")) as built:
         yield built
 
 

@@ -5,14 +5,13 @@ import configparser
 import shlex
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from domunet.lab import NICS, Lab
+from tests.shipped import shipped
 
-ROOT = Path(__file__).resolve().parents[2]
-HOOK = ROOT / "hooks" / "ifupdown" / "domunet"
+HOOK = shipped("hooks/ifupdown/domunet")
 ALL = [nic.address for nic in NICS]
 INTERFACES = """\
 auto lo
@@ -139,7 +138,7 @@ def test_concurrent_setups_end_in_the_state_of_one_run(routed_lab, domunet):
 def _unit(name):
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str
-    parser.read(ROOT / "data" / "systemd" / name)
+    parser.read(shipped(f"data/systemd/{name}"))
     return parser
 
 
@@ -160,7 +159,7 @@ def test_boot_unit_runs_setup_after_the_network_and_does_no_harm_after_the_hooks
 
 
 def test_udev_rule_matches_xen_vifs_and_removal_tears_down(routed_lab, domunet):
-    rules = (ROOT / "data" / "udev" / "60-domunet.rules").read_text().splitlines()
+    rules = shipped("data/udev/60-domunet.rules").read_text().splitlines()
     add = next(line for line in rules if 'ACTION=="add"' in line)
     remove = next(line for line in rules if 'ACTION=="remove"' in line)
     assert 'SUBSYSTEM=="net"' in add and 'DRIVERS=="vif"' in add and "domunet-iface@$name.service" in add
@@ -181,6 +180,6 @@ def test_udev_rule_matches_xen_vifs_and_removal_tears_down(routed_lab, domunet):
 
 def test_networkd_drop_in_keeps_foreign_rules_and_routes():
     parser = configparser.ConfigParser()
-    parser.read(ROOT / "data" / "networkd" / "domunet.conf")
+    parser.read(shipped("data/networkd/domunet.conf"))
     assert parser["Network"]["ManageForeignRoutingPolicyRules"] == "no"
     assert parser["Network"]["ManageForeignRoutes"] == "no"

@@ -79,3 +79,9 @@ def test_the_demo_runs_from_the_installed_package():
                             env={**os.environ, "PYTHONPATH": str(site)}, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "all four addresses answer: yes" in result.stdout
+
+
+def test_this_run_uses_the_installed_code():
+    import domunet
+
+    assert Path(domunet.__file__).resolve().is_relative_to(ROOT.resolve())
