@@ -346,7 +346,8 @@ class Lab:
         """Run domunet inside a namespace, as the guest's admin would."""
         config = config or str(self.workdir / "domunet.conf")
         env = dict(os.environ, PYTHONPATH=_package_root())
-        command = [python or sys.executable, "-m", "domunet", "--config", config, *args]
+        command = [python or sys.executable, "-m", "domunet", "--config", config, "--state-dir", str(self.state_dir),
+                   *args]
         return self.run(role, *command, check=check, env=env)
 
     def ping(self, address: str, tries: int = 3, wait: float = 2.0, role: str = "out") -> bool:
