@@ -176,6 +176,9 @@ class Dom0:
 
     def online(self, request: VifRequest) -> VifRecord:
         with self.locked():
+            if any(r.key == request.key for r in self.records()):
+                log.info("%s: online again: undoing the earlier online first", request.vif)
+                self._offline(request.key)
             links = self.kernel.links(refresh=True)
             if request.vif not in links:
                 raise UsageError(f"vif {request.vif} does not exist")
@@ -295,45 +298,48 @@ class Dom0:
         """Undo what online recorded; False when there was nothing recorded. Never raises for
         what is already gone; other errors are logged and the rest is still undone."""
         with self.locked():
-            record = next((r for r in self.records() if r.key == key), None)
-            if record is None:
-                log.info("%s: offline: nothing recorded, nothing to undo", key)
-                return False
-            others = [r for r in self.records() if r.key != key]
-            kernel, vif = self.kernel, record.vif
-            exists = vif in kernel.links(refresh=True)
+            return self._offline(key)
 
-            def attempt(what: str, step: Callable[[], None]) -> None:
-                try:
-                    step()
-                except ObjectMissing:
-                    log.debug("%s: %s: already gone", vif, what)
-                except DomunetError as error:
-                    log.error("%s: offline: %s: %s", vif, what, error)
+    def _offline(self, key: str) -> bool:
+        record = next((r for r in self.records() if r.key == key), None)
+        if record is None:
+            log.info("%s: offline: nothing recorded, nothing to undo", key)
+            return False
+        others = [r for r in self.records() if r.key != key]
+        kernel, vif = self.kernel, record.vif
+        exists = vif in kernel.links(refresh=True)
 
-            if exists:
-                attempt("link down", lambda: kernel.set_link(vif, up=False))
-            shared = {p for r in others for p in r.proxies}
-            for text in record.proxies:
-                if text not in shared:
-                    attempt(f"proxy {text}",
-                            lambda t=text: kernel.remove_proxy(record.uplink, ipaddress.ip_address(t)))
-            if exists:
-                for entry in record.routes:
-                    attempt(f"route {entry[0]}", lambda e=entry: kernel.remove_route(_route(vif, *e)))
-                for text in record.dom0_addresses:
-                    attempt(f"address {text}",
-                            lambda t=text: kernel.remove_address(vif, ipaddress.ip_interface(t)))
-                for name, value in record.vif_sysctls.items():
-                    attempt(name, lambda n=name, v=value: sysctl.write(n, v))
-                if record.original_name:
-                    attempt("rename back", lambda: kernel.set_link(vif, rename=record.original_name))
-            attempt("anti-spoofing", lambda: nft.load(nft.ruleset(self._guarded(others))))
-            self._path(key).unlink(missing_ok=True)
-            if not others:
-                self._restore_sysctls()
-            log.info("%s: offline: done", vif)
-            return True
+        def attempt(what: str, step: Callable[[], None]) -> None:
+            try:
+                step()
+            except ObjectMissing:
+                log.debug("%s: %s: already gone", vif, what)
+            except DomunetError as error:
+                log.error("%s: offline: %s: %s", vif, what, error)
+
+        if exists:
+            attempt("link down", lambda: kernel.set_link(vif, up=False))
+        shared = {p for r in others for p in r.proxies}
+        for text in record.proxies:
+            if text not in shared:
+                attempt(f"proxy {text}",
+                        lambda t=text: kernel.remove_proxy(record.uplink, ipaddress.ip_address(t)))
+        if exists:
+            for entry in record.routes:
+                attempt(f"route {entry[0]}", lambda e=entry: kernel.remove_route(_route(vif, *e)))
+            for text in record.dom0_addresses:
+                attempt(f"address {text}",
+                        lambda t=text: kernel.remove_address(vif, ipaddress.ip_interface(t)))
+            for name, value in record.vif_sysctls.items():
+                attempt(name, lambda n=name, v=value: sysctl.write(n, v))
+            if record.original_name:
+                attempt("rename back", lambda: kernel.set_link(vif, rename=record.original_name))
+        attempt("anti-spoofing", lambda: nft.load(nft.ruleset(self._guarded(others))))
+        self._path(key).unlink(missing_ok=True)
+        if not others:
+            self._restore_sysctls()
+        log.info("%s: offline: done", vif)
+        return True
 
     def reconcile(self) -> int:
         """Re-add what the kernel drops behind our back (proxy entries when the uplink was down)."""

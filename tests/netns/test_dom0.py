@@ -160,3 +160,16 @@ def test_cli_rejects_bad_addresses_with_exit_2(lab):
     result = _dom0(lab, "online", "--vif", "vif1.0", "--ip", "192.168.0.200 `id`")
     assert result.returncode == 2 and "'`id`'" in result.stderr
     assert dom0_dump(lab) == before
+
+
+def test_online_twice_then_offline_leaves_dom0_as_before(lab):
+    lab.sysctl("dom0", ["net/ipv4/conf/all/rp_filter=0"])
+    lab.xenstore_write("backend/vif/1/0/ip", "192.168.0.200 2001:db8:4309:2388::60")
+    lab.xenstore_write("backend/vif/1/0/vifname", "web-eth0")
+    before = dom0_dump(lab)
+    assert lab.vif_hotplug("online", "vif1.0", 0).returncode == 0
+    once = dom0_dump(lab)
+    assert lab.vif_hotplug("online", "vif1.0", 0).returncode == 0  # xl retrying, a restart
+    assert dom0_dump(lab) == once
+    assert lab.vif_hotplug("offline", "vif1.0", 0).returncode == 0
+    assert dom0_dump(lab) == before
