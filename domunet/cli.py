@@ -189,8 +189,7 @@ def _ifupdown(args: argparse.Namespace) -> int:
     for handler in logging.getLogger().handlers:
         handler.setFormatter(logging.Formatter(f"domunet: {call.iface}: %(message)s"))
     if call.mode == "start":
-        ifupdown.save_hints(args.state_dir, call)
-        return _guest(args, "setup", [])
+        return _guest(args, "setup", [], pending=call)
     ifupdown.remove_hints(args.state_dir, call.iface)
     return _guest(args, "teardown", [call.iface])
 
@@ -208,12 +207,14 @@ def _forget_vanished(kernel: Any, names: list[str]) -> list[Any]:
     return apply(diff(State(), owned, scope_for(names, State(), owned)), kernel)
 
 
-def _guest(args: argparse.Namespace, verb: str, names: list[str]) -> int:
+def _guest(args: argparse.Namespace, verb: str, names: list[str], pending: Any = None) -> int:
+    """setup, teardown, plan, status. `pending`: stanza options of an interface coming up; kept
+    for later runs only once a plan with them has been made (a conflict changes nothing)."""
     from domunet import config as configuration
     from domunet.apply import apply
     from domunet.diff import Scope, diff, scope_for
     from domunet.discover import discover
-    from domunet.ifupdown import load_hints
+    from domunet.ifupdown import load_hints, save_hints
     from domunet.kernel import Kernel
     from domunet.lock import locked
     from domunet.model import State
@@ -221,7 +222,9 @@ def _guest(args: argparse.Namespace, verb: str, names: list[str]) -> int:
     from domunet.plan import plan
     from domunet.render import ip_command
 
-    config = configuration.with_hints(configuration.load(args.config), load_hints(args.state_dir))
+    hints = [h for h in load_hints(args.state_dir) if not pending or (h.iface, h.addrfam) != (
+        pending.iface, pending.addrfam)]
+    config = configuration.with_hints(configuration.load(args.config), hints + ([pending] if pending else []))
     with locked(args.state_dir, shared=verb in ("plan", "status")), Kernel() as kernel:
         facts, owned = discover(kernel)
         if verb in ("setup", "plan"):
@@ -235,6 +238,8 @@ def _guest(args: argparse.Namespace, verb: str, names: list[str]) -> int:
             print(json.dumps(rows, indent=2) if args.json else render(rows))
             return EXIT_OK
         desired = plan(config, facts) if verb != "teardown" else State()
+        if pending:
+            save_hints(args.state_dir, pending)
         scope: Scope | None = scope_for(names, desired, owned) if names else None
         changes = diff(desired, owned, scope)
         if verb == "plan":

@@ -183,3 +183,17 @@ def test_networkd_drop_in_keeps_foreign_rules_and_routes():
     parser.read(shipped("data/networkd/domunet.conf"))
     assert parser["Network"]["ManageForeignRoutingPolicyRules"] == "no"
     assert parser["Network"]["ManageForeignRoutes"] == "no"
+
+
+def test_conflicting_stanza_is_not_kept_and_ifup_still_succeeds(ifupdown_lab):
+    lab = ifupdown_lab
+    interfaces = INTERFACES.replace("    address 192.168.0.201/24\n",
+                                    "    address 192.168.0.201/24\n    domunet-gateway 192.168.0.201\n")
+    lab.install_ifupdown(interfaces, HOOK, config=str(lab.workdir / "empty.conf"))
+    result = lab.ifupdown("ifup", "-a")
+    assert result.returncode == 0, result.stderr
+    assert "eth1" in result.stderr and "not a gateway" in result.stderr
+    assert not list((lab.state_dir / "ifupdown").glob("eth1.*"))
+    # the hooks after eth1's (eth2, eth3) plan without the conflict: eth0 and eth2 share the /24
+    rules = lab.run("guest", "ip", "rule").stdout
+    assert "oif eth0" in rules and "oif eth2" in rules
