@@ -7,6 +7,7 @@ here touches the network of the machine it runs on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -331,6 +332,8 @@ class Lab:
             subprocess.run(["ip", "netns", "delete", name], capture_output=True)
         self.created.clear()
         shutil.rmtree(self.etc, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.etc.parent.rmdir()  # /etc/netns, when nothing else is in it
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> Lab:
