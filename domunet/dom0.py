@@ -301,11 +301,12 @@ class Dom0:
             return self._offline(key)
 
     def _offline(self, key: str) -> bool:
-        record = next((r for r in self.records() if r.key == key), None)
+        records = self.records()
+        record = next((r for r in records if r.key == key), None)
         if record is None:
             log.info("%s: offline: nothing recorded, nothing to undo", key)
             return False
-        others = [r for r in self.records() if r.key != key]
+        others = [r for r in records if r.key != key]
         kernel, vif = self.kernel, record.vif
         exists = vif in kernel.links(refresh=True)
 

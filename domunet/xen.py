@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import shutil
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -86,7 +85,7 @@ def discover(interfaces: Iterable[Interface], read: Callable[[str], str | None] 
              listing: Callable[[str], list[str]] | None = None) -> dict[str, VifFacts]:
     """Facts per interface name, for the NICs that are Xen vifs with a readable backend."""
     if read is None:
-        if shutil.which("xenstore-read") is None:
+        if not xenstore.available():
             return {}
         read, listing = _safe(xenstore.read), _safe_list(xenstore.directory)
     listing = listing or (lambda path: [])
