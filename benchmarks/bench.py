@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from domunet.lab import ScaleLab, _batch  # noqa: E402
+from domunet.version import versions  # noqa: E402
 
 SIZES = ((1, 1), (4, 16), (16, 16), (16, 256))
 HOOK = ROOT / "hooks" / "ifupdown" / "domunet"
@@ -163,8 +164,6 @@ def main() -> int:
     if os.geteuid() != 0:
         print("benchmarks: run as root (namespaces)", file=sys.stderr)
         return 2
-    import pyroute2
-
     sizes = SIZES[:2] if args.quick else SIZES
     guest = []
     for nics, addresses6 in sizes:
@@ -173,7 +172,8 @@ def main() -> int:
         print(f"measured {nics}x{addresses6}", file=sys.stderr)
     dom0 = bench_dom0(64, args.repeats)
     hook = bench_hook(20)
-    report = {"python": sys.version.split()[0], "pyroute2": getattr(pyroute2, "__version__", "unknown"),
+    found = versions()
+    report = {"versions": found, "python": found["python"], "pyroute2": found["pyroute2"],
               "machine": platform.machine(), "cpus": os.cpu_count(), "guest": guest, "dom0": dom0,
               "hook_seconds": hook, "ratios": ratios(guest, dom0)}
     print(render(report))
@@ -204,7 +204,9 @@ def ratios(guest: list[dict], dom0: dict) -> dict[str, float]:
 
 
 def render(report: dict) -> str:
-    lines = [f"python {report['python']}, pyroute2 {report['pyroute2']}, {report['cpus']} cpus", "",
+    found = report.get("versions") or {"domunet": "?", **report}
+    lines = [f"domunet {found['domunet']}, pyroute2 {found['pyroute2']}, Python {found['python']}, "
+             f"{report['cpus']} cpus", "",
              f"{'size':>7} {'objects':>7} {'(a) seeds':>10} {'(b) batch':>10} {'(c) setup':>10} "
              f"{'(d) again':>10} {'(e) teardown':>12} {'(f) start':>10} {'RSS(c) MB':>9}"]
     for g in report["guest"]:
@@ -213,7 +215,8 @@ def render(report: dict) -> str:
                      f"{s['c']:>10.3f} {s['d']:>10.3f} {s['e']:>12.3f} {s['f']:>10.3f} "
                      f"{g['peak_rss_kib_setup'] / 1024:>9.1f}")
     d = report["dom0"]["seconds"]
-    lines += ["", f"dom0 online, 64 IPv6 addresses: seed script {d['seed']:.3f} s, vif-domunet {d['vif-domunet']:.3f} s",
+    lines += ["", f"dom0 online, 64 IPv6 addresses: seed script {d['seed']:.3f} s, "
+                  f"vif-domunet {d['vif-domunet']:.3f} s",
               "ifupdown hook: " + ", ".join(f"IFACE={k} {v * 1000:.1f} ms" for k, v in report["hook_seconds"].items()),
               "", "ratios:"]
     lines += [f"  {name}: {value:.2f}" for name, value in report["ratios"].items()]

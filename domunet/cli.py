@@ -11,11 +11,11 @@ import json
 import logging
 import logging.handlers
 import os
+import re
 import sys
 from typing import Any, NoReturn, Sequence
 
-from domunet import __version__
-from domunet.errors import ApplyError, ConfigError, DomunetError, KernelError, UsageError
+from domunet.errors import ConfigError, DomunetError, MissingTool, UsageError
 from domunet.model import DEFAULT_STATE_DIR
 
 log = logging.getLogger("domunet")
@@ -23,12 +23,72 @@ log = logging.getLogger("domunet")
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+MAX_MESSAGE = 400  # characters: a message names what failed, it does not echo 10 kB back
+_LONG_WORD = re.compile(r"\S{100,}")
+
+
+def one_line(text: str) -> str:
+    """One printable line of bounded length, whatever a hostile argument, environment or file
+    put into the message (newlines, escapes, undecodable bytes, 10 kB)."""
+    text = " ".join(part.strip() for part in text.splitlines())
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
+    line = _LONG_WORD.sub(lambda m: f"{m[0][:40]}...({len(m[0])} characters)...{m[0][-16:]}", line)
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 15] + "... (shortened)"
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line, like every other error, and exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"domunet: {self.prog.split(' ', 1)[-1] + ': ' if ' ' in self.prog else ''}"
-                              f"{message} (see domunet --help)\n")
+        where = self.prog.split(" ", 1)[-1] + ": " if " " in self.prog else ""
+        self.exit(EXIT_USAGE, one_line(f"domunet: {where}{message} (see domunet --help)") + "\n")
+
+
+#: Options every verb and dom0 action takes, before or after it (`domunet -v setup`,
+#: `domunet setup -c F -v`, `domunet dom0 online --state-dir D ...`): level 0 is before the
+#: verb, 1 after it, 2 after a dom0 action. The value given last (deepest) wins; -v adds up.
+_LEVELS = 3
+
+
+def _common_options(parser: argparse.ArgumentParser, level: int) -> None:
+    suffix = f"_{level}" if level else ""
+    config_default = state_default = None  # after the verb: None means "not given here"
+    if level == 0:
+        config_default = os.environ.get("DOMUNET_CONFIG") or None
+        state_default = os.environ.get("DOMUNET_STATE_DIR") or DEFAULT_STATE_DIR
+    parser.add_argument("-c", "--config", metavar="PATH", dest=f"config{suffix}", default=config_default,
+                        help="config file (default $DOMUNET_CONFIG or /etc/domunet.conf; a missing default "
+                             "file means defaults)")
+    parser.add_argument("--state-dir", metavar="DIR", dest=f"state_dir{suffix}", default=state_default,
+                        help=f"lock, ifupdown hints and dom0 records (default $DOMUNET_STATE_DIR or "
+                             f"{DEFAULT_STATE_DIR})")
+    parser.add_argument("-v", "--verbose", action="count", dest=f"verbose{suffix}", default=0,
+                        help="more detail (-vv: debug)")
+
+
+def _merge_common(args: argparse.Namespace) -> argparse.Namespace:
+    for name in ("config", "state_dir"):
+        for level in range(_LEVELS - 1, 0, -1):
+            value = getattr(args, f"{name}_{level}", None)
+            if value is not None:
+                setattr(args, name, value)
+                break
+    args.verbose = sum(getattr(args, f"verbose_{level}", 0) for level in range(1, _LEVELS)) + args.verbose
+    return args
+
+
+class _Version(argparse.Action):
+    """--version: worked out only when asked (importlib.metadata is slow to import)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        from domunet.version import version_line
+
+        print(version_line())
+        parser.exit(EXIT_OK)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,48 +96,59 @@ def _parser() -> argparse.ArgumentParser:
         prog="domunet",
         description="Per-interface policy routing for Xen guests: every address answers through its own NIC.",
     )
-    parser.add_argument("--version", action="version", version=f"domunet {__version__}")
-    parser.add_argument("-c", "--config", metavar="PATH", default=os.environ.get("DOMUNET_CONFIG") or None,
-                        help="config file (default $DOMUNET_CONFIG or /etc/domunet.conf; a missing default "
-                             "file means defaults)")
-    parser.add_argument("--state-dir", default=os.environ.get("DOMUNET_STATE_DIR") or DEFAULT_STATE_DIR,
-                        help="lock, ifupdown hints and dom0 records (default $DOMUNET_STATE_DIR or %(default)s)")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail (-vv: debug)")
+    parser.add_argument("--version", action=_Version, help="domunet's, pyroute2's and Python's versions")
+    _common_options(parser, 0)
     verbs = parser.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
     verbs.required = True
+
+    def verb(name: str, text: str) -> argparse.ArgumentParser:
+        sub = verbs.add_parser(name, help=text, description=text)
+        _common_options(sub, 1)
+        return sub
+
     for name, text in (
         ("setup", "create or update the tables and rules (of the named interfaces, or all)"),
         ("teardown", "remove what domunet made (for the named interfaces, or all)"),
         ("plan", "print what setup would change, as ip commands; change nothing"),
     ):
-        verb = verbs.add_parser(name, help=text, description=text)
-        verb.add_argument("interfaces", nargs="*", metavar="IFACE")
-    status = verbs.add_parser("status", help="show per interface what domunet does and what the kernel does")
+        verb(name, text).add_argument("interfaces", nargs="*", metavar="IFACE")
+    status = verb("status", "show per interface what domunet does and what the kernel does")
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    verbs.add_parser("lab", help="demo: build a Xen-like lab in network namespaces, run domunet, clean up")
-    verbs.add_parser("ifupdown", help="the ifupdown hook's entry point: reads IFACE, MODE, IF_* from the environment")
-    dom0 = verbs.add_parser("dom0", help="dom0 side: route, proxy and guard a routed vif's guest addresses")
-    dom0.add_argument("--state-dir", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    verb("lab", "demo: build a Xen-like lab in network namespaces, run domunet, clean up")
+    verb("ifupdown", "the ifupdown hook's entry point: reads IFACE, MODE, IF_* from the environment")
+    dom0 = verb("dom0", "dom0 side: route, proxy and guard a routed vif's guest addresses")
     actions = dom0.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     actions.required = True
-    online = actions.add_parser("online", help="set up a vif (as vif-domunet does, without xenstore)")
+
+    def action(name: str, text: str) -> argparse.ArgumentParser:
+        sub = actions.add_parser(name, help=text, description=text)
+        _common_options(sub, 2)
+        return sub
+
+    online = action("online", "set up a vif (as vif-domunet does, without xenstore)")
     online.add_argument("--vif", required=True)
     online.add_argument("--ip", required=True, help='guest addresses or prefixes, e.g. "192.0.2.5 2001:db8::5"')
     online.add_argument("--uplink", help="dom0's uplink (default: the interface of dom0's default route)")
     online.add_argument("--vifname", help="rename the vif to this")
-    offline = actions.add_parser("offline", help="undo what online did for a vif (also when it is gone)")
+    offline = action("offline", "undo what online did for a vif (also when it is gone)")
     offline.add_argument("--vif", required=True)
-    actions.add_parser("reconcile", help="re-add proxy entries and filters (run from the uplink's up hook)")
-    hotplug = actions.add_parser("hotplug", help="the Xen hotplug entry point (hooks/xen/vif-domunet)")
+    action("reconcile", "re-add proxy entries and filters (run from the uplink's up hook)")
+    hotplug = action("hotplug", "the Xen hotplug entry point (hooks/xen/vif-domunet)")
     hotplug.add_argument("command", help="online, offline, add or remove (as libxl calls it)")
     hotplug.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="libxl's extra arguments")
     return parser
 
 
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.exc_info else one_line(text)  # a traceback (-vv only) keeps its lines
+
+
 def _setup_logging(verbose: int, prefix: str = "domunet", syslog: bool = False) -> None:
     """stderr always; hook runs also log to syslog (xl keeps stderr in xen-hotplug.log)."""
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    formatter = logging.Formatter(f"{prefix}: %(message)s")
+    formatter = _OneLine(f"{prefix}: %(message)s")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter)
     handlers: list[logging.Handler] = [handler]
@@ -88,6 +159,7 @@ def _setup_logging(verbose: int, prefix: str = "domunet", syslog: bool = False) 
             handlers[-1].setFormatter(formatter)
         except OSError:
             pass
+    logging.raiseExceptions = False  # a log line that cannot be written is dropped, never a traceback
     root = logging.getLogger()
     root.handlers[:] = handlers
     root.setLevel(level)
@@ -175,7 +247,21 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK if demo() else EXIT_FAILED
     if args.verb == "ifupdown":
         return _ifupdown(args)
-    return _guest(args, args.verb, list(getattr(args, "interfaces", []) or []))
+    return _guest(args, args.verb, _interface_names(getattr(args, "interfaces", None) or []))
+
+
+def _interface_names(names: Sequence[str]) -> list[str]:
+    """IFACE arguments are checked before anything is read or changed."""
+    import validate
+
+    from domunet.config import check_value
+
+    for name in names:
+        try:
+            check_value("ifname", name)
+        except validate.ValidateError as error:
+            raise UsageError(f"IFACE argument: {error}") from None
+    return list(names)
 
 
 def _ifupdown(args: argparse.Namespace) -> int:
@@ -257,21 +343,34 @@ def _guest(args: argparse.Namespace, verb: str, names: list[str], pending: Any =
     return EXIT_OK
 
 
+#: Python modules domunet imports, and the Debian packages that ship them
+_MODULES = {"pyroute2": "python3-pyroute2", "netifaces": "python3-netifaces", "configobj": "python3-configobj",
+            "validate": "python3-configobj"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _merge_common(_parser().parse_args(argv))
     hotplug = getattr(args, "action", None) == "hotplug"
     _setup_logging(args.verbose, "vif-domunet" if hotplug else "domunet", syslog=hotplug or args.verb == "ifupdown")
     try:
         return _run(args)
-    except (UsageError, ConfigError) as error:
+    except (UsageError, ConfigError, MissingTool) as error:
         log.error("%s", error)
         return EXIT_USAGE
-    except (ApplyError, KernelError) as error:
+    except DomunetError as error:  # ApplyError, KernelError, ...: what this run changed is undone
         log.error("%s", error)
         return EXIT_FAILED
-    except DomunetError as error:
-        log.error("%s", error)
-        return EXIT_FAILED
+    except ImportError as error:
+        package = _MODULES.get((error.name or "").split(".")[0])
+        if package is None:
+            raise
+        log.error("needs the Python module %s, which is not installed: apt-get install %s", error.name, package)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130
+    except Exception as error:  # a bug: one line for the admin, the traceback with -vv
+        log.debug("internal error", exc_info=True)
+        log.error("internal error: %s: %s (run again with -vv for the details, and please report it)",
+                  type(error).__name__, error)
+        return EXIT_FAILED

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from domunet import nft, sysctl
+from domunet import nft, sysctl, tools
 from domunet.errors import DomunetError, KernelError, ObjectExists, ObjectMissing, UsageError
 from domunet.kernel import Kernel
 from domunet.lock import locked
@@ -175,6 +175,7 @@ class Dom0:
     # --- online ----------------------------------------------------------------------------
 
     def online(self, request: VifRequest) -> VifRecord:
+        tools.require(f"online of {request.vif}", "nft")  # before anything changes
         with self.locked():
             if any(r.key == request.key for r in self.records()):
                 log.info("%s: online again: undoing the earlier online first", request.vif)
@@ -344,6 +345,7 @@ class Dom0:
 
     def reconcile(self) -> int:
         """Re-add what the kernel drops behind our back (proxy entries when the uplink was down)."""
+        tools.require("reconcile", "nft")
         with self.locked():
             records = self.records()
             for record in records:

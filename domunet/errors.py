@@ -14,6 +14,10 @@ class UsageError(DomunetError):
     """Bad command line or environment; nothing was changed (exit 2)."""
 
 
+class MissingTool(DomunetError):
+    """A program or Python module domunet needs is not installed; nothing was changed (exit 2)."""
+
+
 class ConfigError(DomunetError):
     """The config file is unreadable or invalid; nothing was changed (exit 2)."""
 

@@ -107,7 +107,12 @@ def remove_hints(state_dir: str, iface: str) -> None:
 def load_hints(state_dir: str) -> list[HookCall]:
     """The stanza options of interfaces ifupdown has up; unreadable files are skipped, loudly."""
     calls = []
-    for path in sorted(_directory(state_dir).glob("*.json")):
+    try:
+        paths = sorted(_directory(state_dir).glob("*.json"))
+    except OSError as error:  # setup then names the state directory when it takes the lock
+        log.debug("cannot read the ifupdown hints in %s: %s", _directory(state_dir), error.strerror)
+        return []
+    for path in paths:
         try:
             calls.append(HookCall(**json.loads(path.read_text())))
         except (OSError, ValueError, TypeError) as error:

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from domunet import tools
+from domunet.errors import DomunetError, UsageError
 from domunet.names import rt_protos_text
 
 log = logging.getLogger(__name__)
@@ -68,8 +70,19 @@ _SYSCTL_DEFAULTS = (
 )
 
 
-class LabError(RuntimeError):
-    pass
+class LabError(DomunetError):
+    """The lab could not be built or driven; it has been removed again."""
+
+
+#: What the lab runs: `ip` builds it, `nft` guards dom0's vifs (vif-domunet), `ping` probes it.
+LAB_TOOLS = ("ip", "nft", "ping")
+
+
+def check_can_run(who: str = "domunet lab") -> None:
+    """Root and the lab's programs, checked before anything is built."""
+    if os.geteuid() != 0:
+        raise UsageError(f"{who}: run as root (the lab builds network namespaces)")
+    tools.require(who, *LAB_TOOLS)
 
 
 HOOK = Path(__file__).resolve().parent / "hooks" / "vif-domunet"
@@ -148,8 +161,10 @@ class Lab:
     def create(self) -> Lab:
         try:
             self._create()
-        except BaseException:
+        except BaseException as error:
             self.destroy()
+            if isinstance(error, (subprocess.CalledProcessError, OSError)):
+                raise LabError(f"building the lab failed: {_failure(error)}") from None
             raise
         return self
 
@@ -292,7 +307,8 @@ class Lab:
 
     # --- the guest's network configured by ifupdown, with domunet's hook --------------------
 
-    def install_ifupdown(self, interfaces: str, hook: Path, config: str | None = None) -> None:
+    def install_ifupdown(self, interfaces: str, hook: Path, config: str | None = None,
+                         path: str | None = None) -> None:
         """A private /etc/network for the guest (bound by `ip netns exec`), hook in place.
 
         ifupdown gives hooks a fresh environment, so the hook is wrapped in one line that
@@ -302,17 +318,18 @@ class Lab:
         for directory in ("if-pre-up.d", "if-up.d", "if-down.d", "if-post-down.d", "interfaces.d"):
             (etc / directory).mkdir(parents=True, exist_ok=True)
         (etc / "interfaces").write_text(interfaces)
-        exports = " ".join(f"{key}='{value}'" for key, value in self.hook_env(config).items())
+        exports = " ".join(f"{key}='{value}'" for key, value in self.hook_env(config, path).items())
         for directory in ("if-up.d", "if-post-down.d"):
             wrapper = etc / directory / "domunet"
             wrapper.write_text(f"#!/bin/sh\nexport {exports}\nexec sh '{hook}' \"$@\"\n")
             wrapper.chmod(0o755)
         (self.workdir / "ifstate").mkdir(exist_ok=True)
 
-    def hook_env(self, config: str | None = None) -> dict[str, str]:
-        """What the hooks see: the lab's domunet first on PATH, the lab's config and state."""
+    def hook_env(self, config: str | None = None, path: str | None = None) -> dict[str, str]:
+        """What the hooks see: the lab's domunet first on PATH (unless path says otherwise), the
+        lab's config and state."""
         return {
-            "PATH": f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin",
+            "PATH": path or f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin",
             "DOMUNET_CONFIG": config or str(self.workdir / "domunet.conf"),
             "DOMUNET_STATE_DIR": str(self.state_dir),
         }
@@ -401,6 +418,7 @@ def demo(out: object = sys.stdout) -> bool:
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)  # type: ignore[arg-type]
 
+    check_can_run()
     with Lab() as lab:
         say(f"domunet lab: namespaces {', '.join(lab.ns.values())}")
         lab.route_dom0_with_vif_domunet()
@@ -512,6 +530,14 @@ class ScaleLab:
                 parts.append(subprocess.run(["ip", "-N", "-n", self.ns["guest"], family, *what],
                                             capture_output=True, text=True, check=True).stdout)
         return "".join(parts)
+
+
+def _failure(error: BaseException) -> str:
+    """What a failed command said, in one line."""
+    if isinstance(error, subprocess.CalledProcessError):
+        said = error.stderr.decode(errors="replace") if isinstance(error.stderr, bytes) else error.stderr or ""
+        return f"{' '.join(map(str, error.cmd))} exited {error.returncode}: {said.strip()}"
+    return str(error)
 
 
 def _batch(namespace: str, lines: Sequence[str]) -> None:

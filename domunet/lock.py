@@ -3,12 +3,16 @@ unit, udev and the admin may all run at once, and the result must be that of one
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import logging
 import os
 from contextlib import contextmanager
 from typing import Iterator
 
-from domunet.errors import DomunetError
+from domunet.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -19,9 +23,13 @@ def locked(state_dir: str, shared: bool = False) -> Iterator[None]:
         handle = open(os.path.join(state_dir, "lock"), "a")  # noqa: SIM115 (closed by the with below)
     except OSError as error:
         if shared:  # a reader without write access (plan or status as a user) goes on unlocked
+            if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                log.warning("state directory %s: cannot open its lock (%s); reading without it",
+                            state_dir, error.strerror)
             yield
             return
-        raise DomunetError(f"cannot open the lock in {state_dir}: {error.strerror}") from None
+        raise UsageError(f"state directory {state_dir}: cannot open its lock: {error.strerror} "
+                         "(see --state-dir, $DOMUNET_STATE_DIR)") from None
     with handle:
         fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield

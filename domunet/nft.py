@@ -12,6 +12,7 @@ import ipaddress
 import subprocess
 from typing import Mapping, Sequence
 
+from domunet import tools
 from domunet.errors import KernelError
 from domunet.model import IPNetwork
 
@@ -60,8 +61,9 @@ def ruleset(guarded: Mapping[str, Sequence[IPNetwork]]) -> str:
 
 def load(text: str) -> None:
     """One atomic transaction: all of it applies, or none of it."""
+    nft = tools.require("dom0's anti-spoofing", "nft")["nft"]
     try:
-        result = subprocess.run(["nft", "-f", "-"], input=text, capture_output=True, text=True, timeout=20)
+        result = subprocess.run([nft, "-f", "-"], input=text, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise KernelError(f"cannot run nft: {error}") from None
     if result.returncode != 0:

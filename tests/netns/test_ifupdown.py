@@ -3,6 +3,7 @@ unit's and the udev rule's commands, and concurrent runs."""
 
 import configparser
 import shlex
+import shutil
 import subprocess
 import time
 
@@ -197,3 +198,27 @@ def test_conflicting_stanza_is_not_kept_and_ifup_still_succeeds(ifupdown_lab):
     # the hooks after eth1's (eth2, eth3) plan without the conflict: eth0 and eth2 share the /24
     rules = lab.run("guest", "ip", "rule").stdout
     assert "oif eth0" in rules and "oif eth2" in rules
+
+
+#: the PATH ifupdown gives its hooks, whatever the caller's
+IFUPDOWN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@pytest.mark.parametrize("defaults", [True, False], ids=["DOMUNET in /etc/default/domunet", "no defaults"])
+def test_the_hook_finds_a_domunet_outside_ifupdowns_path(ifupdown_lab, defaults):
+    """A domunet installed in a venv or /opt: ifupdown's fixed PATH misses it, /etc/default/domunet
+    (the guest's own, bound over /etc/default by `ip netns exec`) points the hook at it."""
+    lab = ifupdown_lab
+    if not defaults and shutil.which("domunet", path=IFUPDOWN_PATH):
+        pytest.skip("this machine has a domunet on ifupdown's PATH")
+    lab.install_ifupdown(INTERFACES, HOOK, config=str(lab.workdir / "empty.conf"), path=IFUPDOWN_PATH)
+    if defaults:
+        (lab.etc / "default").mkdir()
+        (lab.etc / "default" / "domunet").write_text(f"# where pip put it\nDOMUNET={lab.bin / 'domunet'}\n")
+    result = lab.ifupdown("ifup", "-a")
+    assert result.returncode == 0, result.stderr
+    if defaults:
+        assert lab.answers() == dict.fromkeys(ALL, True)
+        assert [line for line in domunet_objects(lab) if "oif eth1" in line]
+    else:
+        assert domunet_objects(lab) == []  # nothing found, nothing done, ifup unharmed
