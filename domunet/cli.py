@@ -280,15 +280,16 @@ def _ifupdown(args: argparse.Namespace) -> int:
     return _guest(args, "teardown", [call.iface])
 
 
-def _forget_vanished(kernel: Any, names: list[str]) -> list[Any]:
+def _forget_vanished(kernel: Any, config: Any, names: list[str]) -> list[Any]:
     """Interfaces that went away during this run (after their routes were in): drop the rules
     and routes made for them, so that nothing half-made stays."""
     from domunet.apply import apply
     from domunet.diff import diff, scope_for
     from domunet.discover import discover
     from domunet.model import State
+    from domunet.plan import within_reach
 
-    _, owned = discover(kernel)
+    owned = within_reach(discover(kernel)[1], config)
     log.warning("%s: vanished during this run; removing what was made for it", ", ".join(names))
     return apply(diff(State(), owned, scope_for(names, State(), owned)), kernel)
 
@@ -305,7 +306,7 @@ def _guest(args: argparse.Namespace, verb: str, names: list[str], pending: Any =
     from domunet.lock import locked
     from domunet.model import State
     from domunet.names import table_names_after, write_table_names
-    from domunet.plan import plan
+    from domunet.plan import plan, within_reach
     from domunet.render import ip_command
 
     hints = [h for h in load_hints(args.state_dir) if not pending or (h.iface, h.addrfam) != (
@@ -313,6 +314,7 @@ def _guest(args: argparse.Namespace, verb: str, names: list[str], pending: Any =
     config = configuration.with_hints(configuration.load(args.config), hints + ([pending] if pending else []))
     with locked(args.state_dir, shared=verb in ("plan", "status")), Kernel() as kernel:
         facts, owned = discover(kernel)
+        owned = within_reach(owned, config)
         if verb in ("setup", "plan"):
             missing = [n for n in names if facts.interface(n) is None]
             if missing:
@@ -337,7 +339,7 @@ def _guest(args: argparse.Namespace, verb: str, names: list[str], pending: Any =
         done = apply(changes, kernel, config.gateway_strategy)
         gone = sorted({m.name for m in desired.managed} - set(kernel.links(refresh=True)))
         if gone:
-            done += _forget_vanished(kernel, gone)
+            done += _forget_vanished(kernel, config, gone)
         write_table_names(config.rt_tables_file, table_names_after(owned, done))
         log.info("%s: %d change(s)", verb, len(done))
     return EXIT_OK

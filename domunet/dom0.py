@@ -27,7 +27,7 @@ from domunet import nft, sysctl, tools
 from domunet.errors import DomunetError, KernelError, ObjectExists, ObjectMissing, UsageError
 from domunet.kernel import Kernel
 from domunet.lock import locked
-from domunet.model import DEFAULT_STATE_DIR, METRIC6, TABLE_MAIN, IPInterface, IPNetwork, Route
+from domunet.model import DEFAULT_STATE_DIR, METRIC6, PROTO_DOM0, TABLE_MAIN, IPInterface, IPNetwork, Route
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def _route(vif: str, destination: str, source: str, metric: str | None = None) -
     network = ipaddress.ip_network(destination)
     default = METRIC6 if network.version == 6 else 0
     return Route(TABLE_MAIN, network, vif, src=ipaddress.ip_address(source),
-                 metric=int(metric) if metric is not None else default)
+                 metric=int(metric) if metric is not None else default, proto=PROTO_DOM0)
 
 
 class Dom0:

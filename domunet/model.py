@@ -19,7 +19,10 @@ IPInterface = Union[ipaddress.IPv4Interface, ipaddress.IPv6Interface]
 PROTO = 213
 #: Protocol of the temporary main-table routes; a crash can leave one, the next run removes it.
 PROTO_TEMP = 214
-PROTO_NAMES = {PROTO: "domunet", PROTO_TEMP: "domunet-temp"}
+#: Protocol of dom0's routes to its guests (vif-domunet): apart, so that the guest engine, run
+#: on a dom0 by mistake, never takes them for its own.
+PROTO_DOM0 = 215
+PROTO_NAMES = {PROTO: "domunet", PROTO_TEMP: "domunet-temp", PROTO_DOM0: "domunet-dom0"}
 
 TABLE_MAIN = 254
 #: Records of what dom0's vif script did (under /run: gone at reboot, like the vifs).

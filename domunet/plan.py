@@ -284,3 +284,20 @@ def plan(config: Config, facts: Facts) -> State:
         for prefix in config.main_prefixes if prefix.version in versions
     ]
     return State(routes=frozenset(routes), rules=frozenset(rules), managed=tuple(managed))
+
+
+def within_reach(owned: State, config: Config) -> State:
+    """Of the objects that carry domunet's protocols, those its plan could have made: routes in
+    its tables, temporary routes and host or default routes in main; rules in its priority
+    block. Anything else with these numbers (made by hand, by another tool) is left alone."""
+    tables = range(config.table_base, config.table_base + TABLE_SLOTS)
+    priorities = range(config.priority_base, config.priority_base + FIRST_INTERFACE_PRIORITY + 2 * TABLE_SLOTS)
+    routes = frozenset(
+        r for r in owned.routes
+        if r.table in tables or (r.table == TABLE_MAIN and r.dst.prefixlen in (0, r.dst.max_prefixlen))
+    )
+    rules = frozenset(r for r in owned.rules if r.priority in priorities)
+    left = len(owned.routes) - len(routes) + len(owned.rules) - len(rules)
+    if left:
+        log.info("leaving alone %d route(s) or rule(s) with domunet's protocol that it would not make", left)
+    return State(routes=routes, rules=rules)

@@ -173,3 +173,18 @@ def test_online_twice_then_offline_leaves_dom0_as_before(lab):
     assert dom0_dump(lab) == once
     assert lab.vif_hotplug("offline", "vif1.0", 0).returncode == 0
     assert dom0_dump(lab) == before
+
+
+def test_the_guest_engine_run_on_a_dom0_leaves_vif_domunets_work_alone(dom0_lab):
+    """Issue 13: on real Xen the guest's units ran `domunet setup` in dom0 and took
+    vif-domunet's routes for leftovers of its own. Its routes carry protocol domunet-dom0 now,
+    and the guest engine only ever touches what its plan could have made."""
+    lab = dom0_lab
+    lab.run("dom0", "ip", "route", "add", "198.51.100.0/24", "dev", "eth0", "proto", "213")  # by hand
+    lab.run("dom0", "ip", "rule", "add", "priority", "500", "to", "198.51.100.7", "lookup", "main", "proto", "213")
+    before = dom0_dump(lab)
+    assert "proto 215" in before
+    for verb in ("setup", "teardown", "setup", "teardown"):
+        result = lab.domunet(verb, role="dom0")
+        assert result.returncode == 0, result.stderr
+        assert dom0_dump(lab) == before, verb

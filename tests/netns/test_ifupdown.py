@@ -163,8 +163,11 @@ def test_udev_rule_matches_xen_vifs_and_removal_tears_down(routed_lab, domunet):
     rules = shipped("data/udev/60-domunet.rules").read_text().splitlines()
     add = next(line for line in rules if 'ACTION=="add"' in line)
     remove = next(line for line in rules if 'ACTION=="remove"' in line)
-    assert 'SUBSYSTEM=="net"' in add and 'DRIVERS=="vif"' in add and "domunet-iface@$name.service" in add
-    assert 'ENV{ID_NET_DRIVER}=="vif"' in remove
+    assert 'SUBSYSTEM=="net"' in add and "domunet-iface@$name.service" in add
+    # netfront's vifs only (dom0's backend vifs are /devices/xen-backend/...), and only real
+    # hotplug: at boot domunet.service configures every NIC at once
+    assert 'DEVPATH=="/devices/vif-*"' in add and 'DEVPATH=="/devices/vif-*"' in remove
+    assert 'ENV{SYNTH_UUID}!="?*"' in add
     assert _unit("domunet-iface@.service")["Service"]["ExecStart"] == "/usr/bin/domunet setup"
     command = shlex.split(remove.split('RUN+="')[1].rstrip('"').replace("$name", "eth1"))
     assert command == ["/usr/bin/domunet", "teardown", "eth1"]
@@ -222,3 +225,18 @@ def test_the_hook_finds_a_domunet_outside_ifupdowns_path(ifupdown_lab, defaults)
         assert [line for line in domunet_objects(lab) if "oif eth1" in line]
     else:
         assert domunet_objects(lab) == []  # nothing found, nothing done, ifup unharmed
+
+
+@pytest.mark.parametrize(("features", "runs"), [("00002705", True), ("00000801", False), ("0000a9f5", False),
+                                                (None, True)], ids=["domU", "dom0", "dom0, more bits", "no Xen"])
+@pytest.mark.parametrize("unit", ["domunet.service", "domunet-iface@.service"])
+def test_the_guest_units_never_run_on_a_dom0(tmp_path, unit, features, runs):
+    """Xen's feature bit 11 (XENFEAT_dom0) marks dom0: there the units' condition fails, and the
+    vifs stay vif-domunet's (issue 13's real-Xen finding)."""
+    command = _unit(unit)["Service"]["ExecCondition"].replace("$$", "$")
+    path = tmp_path / "features"
+    if features is not None:
+        path.write_text(features + "\n")
+    script = shlex.split(command)[2].replace("/sys/hypervisor/properties/features", str(path))
+    result = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True)
+    assert (result.returncode == 0) == runs, result.stderr

@@ -26,11 +26,27 @@ def field(name, key):
 
 
 def test_dependencies_are_debians_own_packages():
-    depends = field("domunet", "Depends")
+    depends = field("domunet-common", "Depends")
     for package in ("python3-pyroute2", "python3-netifaces", "python3-configobj", "iproute2"):
         assert package in depends
+    assert "domunet-common (= " in field("domunet", "Depends")
     dom0 = field("domunet-dom0", "Depends")
-    assert "nftables" in dom0 and "domunet (= " in dom0
+    assert "nftables" in dom0 and "domunet-common (= " in dom0
+    assert "domunet (" not in dom0  # a dom0 gets none of the guest's units and udev rule (issue 13)
+
+
+def contents(name):
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb(name))], capture_output=True, text=True, check=True).stdout
+    return {line.split()[-1].lstrip(".") for line in listing.splitlines()}
+
+
+def test_each_package_holds_its_own_side():
+    common, guest, dom0 = contents("domunet-common"), contents("domunet"), contents("domunet-dom0")
+    assert "/usr/bin/domunet" in common and "/etc/iproute2/rt_protos.d/domunet.conf" in common
+    assert {"/lib/systemd/system/domunet.service", "/lib/udev/rules.d/60-domunet.rules",
+            "/etc/network/if-up.d/domunet"} <= guest
+    assert "/etc/xen/scripts/vif-domunet" in dom0
+    assert not [path for path in dom0 if "systemd" in path or "udev" in path or "network/" in path]
 
 
 def test_files_are_in_place():
@@ -50,7 +66,9 @@ def test_removal_leaves_the_network_alone_and_purge_removes_what_domunet_wrote(t
     assert "domunet teardown" not in scripts and "ip rule" not in scripts and "ip route" not in scripts
     assert "rm -f /etc/iproute2/rt_tables.d/domunet.conf" in scripts
     conffiles = (tmp_path / "control" / "conffiles").read_text().split()
-    assert "/etc/domunet.conf" in conffiles and "/etc/iproute2/rt_protos.d/domunet.conf" in conffiles
+    assert "/etc/domunet.conf" in conffiles
+    subprocess.run(["dpkg-deb", "-e", str(deb("domunet-common")), str(tmp_path / "common")], check=True)
+    assert "/etc/iproute2/rt_protos.d/domunet.conf" in (tmp_path / "common" / "conffiles").read_text().split()
 
 
 def test_installed_domunet_on_debians_python_passes_the_lab_scenario():

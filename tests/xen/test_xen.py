@@ -1,0 +1,106 @@
+"""domunet on real Xen: xl, netback and netfront, the real xenstored, libxl's hotplug calls
+to vif-domunet, and a Debian 12 guest booting with systemd and ifupdown, no domunet config.
+
+The tests run in this order on one lab (the last one destroys the guest)."""
+
+import json
+
+ADDRESSES = {"enX0": "192.168.0.200", "enX1": "192.168.0.201", "enX2": "192.168.0.202",
+             "enX3": "2001:db8:4309:2388::50"}
+HOTPLUGGED = "192.168.0.204"
+
+TCP_ECHO = """import socket, sys
+with socket.create_connection((sys.argv[1], 7007), timeout=5) as s:
+    s.sendall(b"domunet"); assert s.recv(64) == b"domunet"
+"""
+
+
+def answers(dom0, address, timeout=60):
+    """Ping from the outside host until it answers (proxied neighbours answer late)."""
+    return dom0.until(f"ip netns exec out ping -n -q -c 1 -W 2 {address}", timeout=timeout)["rc"] == 0
+
+
+def tcp_works(dom0, address):
+    return dom0.run("ip", "netns", "exec", "out", "python3", "-c", TCP_ECHO, address, check=False)["rc"] == 0
+
+
+def domunet_lines(guest):
+    rules = guest.sh("ip rule; ip -6 rule")["stdout"]
+    routes = guest.sh("ip route show table all; ip -6 route show table all")["stdout"]
+    return [line for line in (rules + routes).splitlines() if "domunet" in line]
+
+
+def test_the_boot_unit_ran_and_every_address_answers_from_outside(dom0, guest):
+    state = guest.until("systemctl is-active domunet.service", timeout=120)
+    assert state["stdout"].strip() == "active", state
+    assert guest.run("systemctl", "is-failed", "domunet.service", check=False)["stdout"].strip() != "failed"
+    for address in ADDRESSES.values():
+        assert answers(dom0, address), f"{address} does not answer ping from outside"
+        assert tcp_works(dom0, address), f"{address} does not answer TCP from outside"
+
+
+def test_the_guest_took_its_ipv6_gateway_from_the_real_xenstore(guest):
+    assert guest.run("ls", "/etc/domunet.conf", check=False)["rc"] != 0 or not [
+        line for line in guest.run("cat", "/etc/domunet.conf")["stdout"].splitlines()
+        if line.strip() and not line.lstrip().startswith("#") and line.strip() != "[interfaces]"]
+    rows = json.loads(guest.run("domunet", "status", "--json")["stdout"])
+    eth3 = next(row for row in rows if row["interface"] == "enX3")
+    assert eth3["gateway6"] == "2001:db8:4309:2388::2"
+    assert eth3["gateway6_source"] == "xenstore"
+
+
+def dropped(dom0):
+    """Packets dom0's anti-spoofing has dropped so far."""
+    chain = dom0.run("nft", "list", "chain", "inet", "domunet", "antispoof")["stdout"]
+    return int(chain.split("counter packets ")[-1].split()[0])
+
+
+def test_dom0_drops_a_source_the_guest_was_not_given(dom0, guest):
+    dom0.sh("ip netns exec rtr nft 'add table inet watch'; "
+            "ip netns exec rtr nft 'add chain inet watch in { type filter hook prerouting priority 0; }'; "
+            "ip netns exec rtr nft 'add rule inet watch in ip saddr 192.168.0.250 counter'")
+    before = dropped(dom0)
+    guest.sh("ip addr add 192.168.0.250/32 dev enX1; ping -n -c 3 -i 0.3 -W 1 -I 192.168.0.250 203.0.113.10; "
+             "ip addr del 192.168.0.250/32 dev enX1", check=False)
+    at_router = dom0.run("ip", "netns", "exec", "rtr", "nft", "list", "table", "inet", "watch")["stdout"]
+    assert dropped(dom0) >= before + 3
+    assert "counter packets 0 " in at_router, at_router
+
+
+def test_a_hot_plugged_vif_answers_and_its_removal_removes_its_rules(dom0, guest):
+    dom0.run("xl", "network-attach", "guest", "mac=00:16:3e:00:00:14,script=vif-domunet,ip=" + HOTPLUGGED)
+    assert answers(dom0, HOTPLUGGED, timeout=90), "the hot-plugged vif's address does not answer"
+    assert [line for line in domunet_lines(guest) if "oif enX4" in line]
+    devid = dom0.sh("xl network-list guest | awk '$2 == \"00:16:3e:00:00:14\" || $3 ~ /00:16:3e:00:00:14/ "
+                    "{print $1}'")["stdout"].split()
+    assert devid, dom0.run("xl", "network-list", "guest")["stdout"]
+    dom0.run("xl", "network-detach", "guest", devid[0])
+    gone = guest.until("! ip rule | grep -q enX4 && ! ip -6 rule | grep -q enX4", timeout=60)
+    assert gone["rc"] == 0, domunet_lines(guest)
+    assert not [line for line in domunet_lines(guest) if "enX4" in line or HOTPLUGGED in line]
+
+
+def test_after_xl_reboot_the_guest_converges_again(dom0, guest):
+    before = sorted(domunet_lines(guest))
+    dom0.run("xl", "reboot", "guest")
+    dom0.until("xl list guest", timeout=60)
+    from tests.xen import xenlab
+
+    xenlab.wait_ready("guest")
+    assert guest.until("systemctl is-active domunet.service", timeout=120)["rc"] == 0
+    for address in ADDRESSES.values():
+        assert answers(dom0, address, timeout=90), f"{address} does not answer after the reboot"
+    assert sorted(domunet_lines(guest)) == before
+
+
+def test_xl_destroy_leaves_nothing_of_the_guest_in_dom0(dom0):
+    dom0.run("xl", "destroy", "guest")
+    dom0.until("! ip link | grep -q vif", timeout=60)
+    routes = dom0.sh("ip route show table all proto 213; ip -6 route show table all proto 213")["stdout"]
+    proxies = dom0.sh("ip neigh show proxy; ip -6 neigh show proxy")["stdout"]
+    nft = dom0.run("nft", "list", "ruleset")["stdout"]
+    addresses = dom0.sh("ip -o addr show | grep -v -e ' lo ' -e ' eth0 '", check=False)["stdout"]
+    assert routes.strip() == "", routes
+    assert proxies.strip() == "", proxies
+    assert "domunet" not in nft and "vif" not in nft, nft
+    assert addresses.strip() == "", addresses
