@@ -160,10 +160,11 @@ def test_boot_unit_runs_setup_after_the_network_and_does_no_harm_after_the_hooks
 
 
 def test_udev_rule_matches_xen_vifs_and_removal_tears_down(routed_lab, domunet):
-    rules = shipped("data/udev/60-domunet.rules").read_text().splitlines()
+    rules = shipped("data/udev/90-domunet.rules").read_text().splitlines()
     add = next(line for line in rules if 'ACTION=="add"' in line)
     remove = next(line for line in rules if 'ACTION=="remove"' in line)
-    assert 'SUBSYSTEM=="net"' in add and "domunet-iface@$name.service" in add
+    assert 'SUBSYSTEM=="net"' in add
+    assert 'RUN+="/bin/systemctl --no-block start domunet-iface@$name.service"' in add
     # netfront's vifs only (dom0's backend vifs are /devices/xen-backend/...), and only real
     # hotplug: at boot domunet.service configures every NIC at once
     assert 'DEVPATH=="/devices/vif-*"' in add and 'DEVPATH=="/devices/vif-*"' in remove

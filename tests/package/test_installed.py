@@ -43,7 +43,7 @@ def contents(name):
 def test_each_package_holds_its_own_side():
     common, guest, dom0 = contents("domunet-common"), contents("domunet"), contents("domunet-dom0")
     assert "/usr/bin/domunet" in common and "/etc/iproute2/rt_protos.d/domunet.conf" in common
-    assert {"/lib/systemd/system/domunet.service", "/lib/udev/rules.d/60-domunet.rules",
+    assert {"/lib/systemd/system/domunet.service", "/lib/udev/rules.d/90-domunet.rules",
             "/etc/network/if-up.d/domunet"} <= guest
     assert "/etc/xen/scripts/vif-domunet" in dom0
     assert not [path for path in dom0 if "systemd" in path or "udev" in path or "network/" in path]
@@ -52,7 +52,7 @@ def test_each_package_holds_its_own_side():
 def test_files_are_in_place():
     for path in ("usr/bin/domunet", "etc/network/if-up.d/domunet", "etc/network/if-post-down.d/domunet",
                  "lib/systemd/system/domunet.service", "lib/systemd/system/domunet-iface@.service",
-                 "lib/udev/rules.d/60-domunet.rules", "etc/iproute2/rt_protos.d/domunet.conf", "etc/domunet.conf",
+                 "lib/udev/rules.d/90-domunet.rules", "etc/iproute2/rt_protos.d/domunet.conf", "etc/domunet.conf",
                  "usr/share/man/man8/domunet.8.gz", "usr/share/man/man8/vif-domunet.8.gz",
                  "etc/xen/scripts/vif-domunet", "usr/lib/python3/dist-packages/domunet/cli.py"):
         assert (ROOT / path).exists(), path

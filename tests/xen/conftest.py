@@ -45,6 +45,11 @@ class Machine:
 
 @pytest.fixture(scope="session")
 def xen():
+    """A fresh lab for the session. DOMUNET_XEN_LAB_REUSE=1 (by hand, while working on these
+    tests) takes a lab started with `scripts/xen-lab up` as it is and leaves it running."""
+    if os.environ.get("DOMUNET_XEN_LAB_REUSE") == "1" and xenlab.running_pid():
+        yield {"dom0": Machine("dom0"), "guest": Machine("guest")}
+        return
     debs = os.environ.get("DOMUNET_DEBS")
     if xenlab.running_pid():
         xenlab.down()
