@@ -101,7 +101,8 @@ def build_debs(into: Path) -> Path:
 
 def cache_key(debs: Path) -> str:
     digest = hashlib.sha256()
-    for path in sorted([*HERE.glob("*.py"), *FILES.rglob("*"), *debs.glob("*.deb")]):
+    recipe = [HERE / "xenlab.py", HERE / "agent.py", *FILES.rglob("*")]  # not the tests: they need no rebuild
+    for path in sorted([*recipe, *debs.glob("*.deb")]):
         if path.is_file():
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
     policy = subprocess.run(["apt-cache", "policy", *VERSIONED], capture_output=True, text=True).stdout
