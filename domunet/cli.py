@@ -332,7 +332,10 @@ def _guest(args: argparse.Namespace, verb: str, names: list[str], pending: Any =
         changes = diff(desired, owned, scope)
         if verb == "plan":
             for change in changes:
-                print(ip_command(change))
+                source = desired.stands_for.get(change.obj)
+                print(ip_command(change) + (f"  # for {source.describe()}" if source else ""))
+            for route, why in desired.passed_over:
+                log.info("left to the NICs' tables: %s: %s", route.describe(), why)
             if not changes:
                 log.info("nothing to do")
             return EXIT_OK

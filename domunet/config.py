@@ -37,6 +37,8 @@ table_base = integer(min=256, max=4294960000, default=1000)
 priority_base = integer(min=1, max=30000, default=10000)
 gateway_strategy = option('auto', 'temporary-main-route', default='auto')
 main_prefixes = ip_prefix_list(default=list())
+coexistence = boolean(default=True)
+main_exclude = ip_prefix_list(default=list())
 ignore = ifname_glob_list(default=list('lo'))
 default6_interface = ifname(default=None)
 rt_tables_file = string(default='/etc/iproute2/rt_tables.d/domunet.conf')
@@ -72,6 +74,10 @@ class Config:
     priority_base: int = 10000
     gateway_strategy: str = "auto"
     main_prefixes: tuple[IPNetwork, ...] = ()
+    #: Destinations main routes through devices domunet does not manage keep main's route.
+    coexistence: bool = True
+    #: Destinations coexistence leaves to the per-NIC tables (`0.0.0.0/0, ::/0`: all of them).
+    main_exclude: tuple[IPNetwork, ...] = ()
     ignore: tuple[str, ...] = ("lo",)
     default6_interface: str | None = None
     rt_tables_file: str = DEFAULT_RT_TABLES_FILE
@@ -284,6 +290,8 @@ def _typed(parsed: configobj.ConfigObj, path: str) -> Config:
         priority_base=parsed["priority_base"],
         gateway_strategy=parsed["gateway_strategy"],
         main_prefixes=tuple(parsed["main_prefixes"]),
+        coexistence=parsed["coexistence"],
+        main_exclude=tuple(parsed["main_exclude"]),
         ignore=tuple(parsed["ignore"]),
         default6_interface=parsed["default6_interface"],
         rt_tables_file=os.path.normpath(parsed["rt_tables_file"]) if parsed["rt_tables_file"] else "",

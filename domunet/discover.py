@@ -34,6 +34,8 @@ class Facts:
     interfaces: tuple[Interface, ...]
     #: Default routes in the main table that domunet did not make (the admin's, DHCP's, RA's).
     main_defaults: tuple[Route, ...] = ()
+    #: The main table's other routes that domunet did not make: bridges, tunnels, static routes.
+    main_routes: tuple[Route, ...] = ()
     #: What dom0 published in xenstore, per interface name (domunet.xen).
     xen: Mapping[str, VifFacts] = field(default_factory=dict)
 
@@ -91,12 +93,13 @@ def discover(kernel: Kernel) -> tuple[Facts, State]:
             raise
         log.warning("IPv6 is not available in this kernel (ipv6.disable=1?): IPv4 only")
     ours = (PROTO, PROTO_TEMP)
-    main_defaults = tuple(
-        r for r in routes if r.table == TABLE_MAIN and r.dst.prefixlen == 0 and r.proto not in ours
-    )
+    main = [r for r in routes if r.table == TABLE_MAIN and r.proto not in ours]
+    main_defaults = tuple(r for r in main if r.dst.prefixlen == 0)
+    main_routes = tuple(r for r in main if r.dst.prefixlen != 0)
     owned = State(
         routes=frozenset(r for r in routes if r.proto in ours),
         rules=frozenset(r for r in rules if r.proto in ours),
     )
-    facts = Facts(interfaces=tuple(interfaces), main_defaults=main_defaults, xen=discover_xen(interfaces))
+    facts = Facts(interfaces=tuple(interfaces), main_defaults=main_defaults, main_routes=main_routes,
+                  xen=discover_xen(interfaces))
     return facts, owned

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Mapping, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -25,6 +25,8 @@ PROTO_DOM0 = 215
 PROTO_NAMES = {PROTO: "domunet", PROTO_TEMP: "domunet-temp", PROTO_DOM0: "domunet-dom0"}
 
 TABLE_MAIN = 254
+#: Route protocol of the kernel's own routes (a NIC's connected subnets).
+PROTO_KERNEL = 2
 #: Records of what dom0's vif script did (under /run: gone at reboot, like the vifs).
 DEFAULT_STATE_DIR = "/run/domunet"
 #: IPv6 routes without an explicit metric get this one from the kernel.
@@ -88,7 +90,8 @@ class Route:
         via = f" via {self.gateway}" if self.gateway else ""
         src = f" src {self.src}" if self.src else ""
         dst = "default" if self.dst.prefixlen == 0 else str(self.dst)
-        return f"{dst}{via} dev {self.dev} table {self.table}{src}"
+        table = "main" if self.table == TABLE_MAIN else self.table
+        return f"{dst}{via} dev {self.dev} table {table}{src}"
 
 
 @dataclass(frozen=True, order=True)
@@ -137,6 +140,10 @@ class State:
     routes: frozenset[Route] = frozenset()
     rules: frozenset[Rule] = frozenset()
     managed: tuple[ManagedInterface, ...] = field(default=(), compare=False)
+    #: Coexistence: the main-table route that each `lookup main` rule or mirrored route stands for.
+    stands_for: Mapping[Route | Rule, Route] = field(default_factory=dict, compare=False)
+    #: Main-table routes left out of coexistence, with the reason (shown by plan and status).
+    passed_over: tuple[tuple[Route, str], ...] = field(default=(), compare=False)
 
     def tables(self) -> set[int]:
         return {r.table for r in self.routes} | {r.table for r in self.rules}

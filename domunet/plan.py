@@ -21,6 +21,7 @@ from domunet.errors import ConfigError
 from domunet.model import (
     LINK_LOCAL6,
     METRIC6,
+    PROTO_KERNEL,
     TABLE_MAIN,
     Interface,
     IPAddress,
@@ -255,6 +256,76 @@ def _main_default6(config: Config, facts: Facts, candidates: list[_Candidate], t
     return routes
 
 
+def _excluded(config: Config, prefix: IPNetwork) -> bool:
+    return any(prefix.version == e.version and prefix.subnet_of(e) for e in config.main_exclude)  # type: ignore[arg-type]
+
+
+def _mirror_targets(route: Route, candidates: list[_Candidate]) -> list[_Candidate]:
+    """Managed NICs that can carry a main route through a managed NIC: the NIC itself for an
+    on-link or link-local next hop, else every managed NIC whose subnet holds the gateway."""
+    carriers = [c for c in candidates if route.version in c.families]
+    if route.gateway is None or route.gateway.is_link_local:
+        return [c for c in carriers if c.interface.name == route.dev]
+    return [c for c in carriers
+            if any(route.gateway in network for network, _ in _networks(c.interface.addresses_of(route.version)))]
+
+
+def _coexistence(config: Config, facts: Facts, candidates: list[_Candidate], tables: dict[str, int],
+                 planned: list[Route]) -> tuple[list[Rule], list[Route], dict[Route | Rule, Route],
+                                                list[tuple[Route, str]]]:
+    """Keep main's routes through everything domunet does not manage (bridges, tunnels, veths,
+    static routes through them): a `to PREFIX lookup main` rule above the `from` rules, one per
+    prefix. A route in main through a managed NIC (a static or DHCP route via its gateway) is
+    mirrored into the table of each managed NIC that reaches its next hop, so that it applies to
+    that NIC's addresses through that NIC. A prefix that covers a managed subnet or gateway gets
+    no rule (main would take the managed subnet's traffic away from its NIC): passed over."""
+    versions = {v for c in candidates for v in c.families}
+    managed = {c.interface.name for c in candidates}
+    covered: list[IPNetwork] = [network for c in candidates for v in c.families
+                                for network, _ in _networks(c.interface.addresses_of(v))]
+    covered += [host_network(g) for c in candidates for g in (c.gateway, c.gateway6) if g is not None]
+    taken = {(r.table, r.dst, r.metric) for r in planned}
+    exempt: dict[IPNetwork, Route] = {}
+    mirrored: list[Route] = []
+    stands_for: dict[Route | Rule, Route] = {}
+    passed_over: list[tuple[Route, str]] = []
+    for route in sorted(facts.main_routes, key=lambda r: (r.version, r.dst.prefixlen, repr(r))):
+        dst = route.dst
+        if route.version not in versions or dst.is_link_local or dst.is_multicast or not route.dev:
+            continue
+        if _excluded(config, dst):
+            passed_over.append((route, "in main_exclude"))
+            continue
+        if route.dev in managed:
+            if route.proto == PROTO_KERNEL:
+                continue  # the NIC's own subnet: its table has it already
+            targets = _mirror_targets(route, candidates)
+            if not targets:
+                passed_over.append((route, "no managed NIC reaches its gateway on-link"))
+            for target in targets:
+                copy = Route(tables[target.interface.name], dst, target.interface.name, gateway=route.gateway,
+                             metric=route.metric)
+                if (copy.table, copy.dst, copy.metric) not in taken:
+                    taken.add((copy.table, copy.dst, copy.metric))
+                    mirrored.append(copy)
+                    stands_for[copy] = route
+            continue
+        overlap = next((n for n in covered if n.version == dst.version and n.subnet_of(dst)), None)  # type: ignore[arg-type]
+        if dst.prefixlen <= 1:
+            passed_over.append((route, "half of a default (a VPN's redirect-gateway): the NICs' tables keep "
+                                       "their defaults for their own addresses"))
+        elif overlap is not None:
+            passed_over.append((route, f"covers {overlap}, which domunet manages"))
+        elif not any(dst.subnet_of(other) for other in exempt if other.version == dst.version):  # type: ignore[arg-type]
+            exempt[dst] = route
+    rules = []
+    for dst, route in exempt.items():
+        rule = Rule(dst.version, config.priority_base, TABLE_MAIN, dst=dst)
+        rules.append(rule)
+        stands_for[rule] = route
+    return rules, mirrored, stands_for, passed_over
+
+
 def plan(config: Config, facts: Facts) -> State:
     """The complete desired state for this host."""
     usable = _usable(config, facts)
@@ -283,7 +354,14 @@ def plan(config: Config, facts: Facts) -> State:
         Rule(prefix.version, config.priority_base, TABLE_MAIN, dst=prefix)
         for prefix in config.main_prefixes if prefix.version in versions
     ]
-    return State(routes=frozenset(routes), rules=frozenset(rules), managed=tuple(managed))
+    stands_for: dict[Route | Rule, Route] = {}
+    passed_over: list[tuple[Route, str]] = []
+    if config.coexistence:
+        exempt, mirrored, stands_for, passed_over = _coexistence(config, facts, candidates, tables, routes)
+        rules += exempt
+        routes += mirrored
+    return State(routes=frozenset(routes), rules=frozenset(rules), managed=tuple(managed),
+                 stands_for=stands_for, passed_over=tuple(passed_over))
 
 
 def within_reach(owned: State, config: Config) -> State:

@@ -6,7 +6,7 @@ import ipaddress
 from typing import Any, Callable
 
 from domunet.discover import Facts
-from domunet.model import IPAddress, State
+from domunet.model import IPAddress, Route, State
 
 #: Destinations for "a reply from this address leaves through which NIC?" (documentation ranges,
 #: never sent to: the kernel only looks the route up).
@@ -28,6 +28,8 @@ def report(facts: Facts, desired: State, owned: State,
             key=lambda r: (r.version, r.priority, repr(r)),
         )
         addresses = [a for a in interface.addresses if not a.ip.is_link_local]
+        kept = sorted(((obj, route) for obj, route in desired.stands_for.items() if route.dev == interface.name),
+                      key=lambda item: (item[0].version, repr(item[0])))
         rows.append({
             "interface": interface.name,
             "up": interface.up,
@@ -43,6 +45,13 @@ def report(facts: Facts, desired: State, owned: State,
             "rules": [f"ip -{r.version} rule: {r.describe()}" for r in rules],
             "replies_leave_by": {str(a.ip): route_get(PROBES[a.version], a.ip) for a in addresses},
             "in_sync": {r for r in desired.rules if r.oif == interface.name} <= owned.rules,
+            "keeps_main": [{
+                "object": f"ip -{obj.version} {'route' if isinstance(obj, Route) else 'rule'}: {obj.describe()}",
+                "for": route.describe(),
+                "in_kernel": obj in (owned.routes if isinstance(obj, Route) else owned.rules),
+            } for obj, route in kept],
+            "passed_over": [{"route": route.describe(), "why": why}
+                            for route, why in desired.passed_over if route.dev == interface.name],
         })
     return rows
 
@@ -70,4 +79,9 @@ def render(rows: list[dict[str, Any]]) -> str:
             lines.append(f"  address:    {address:<28} replies leave by {leaves}{mark}")
         for rule in row["rules"]:
             lines.append(f"  {rule}")
+        for kept in row["keeps_main"]:
+            missing = "" if kept["in_kernel"] else "  (NOT SET UP: run domunet setup)"
+            lines.append(f"  keeps main: {kept['object']} (for {kept['for']}){missing}")
+        for passed in row["passed_over"]:
+            lines.append(f"  passed over: {passed['route']}: {passed['why']}")
     return "\n".join(lines)

@@ -90,8 +90,8 @@ def test_ipv6_slash128_guest_gets_dom0_host_route_in_main_and_table():
     facts = lab_guest(interfaces=(nic("eth3", 5, "2001:db8:1::50/128"),), main_defaults=())
     settings = config.parse(b"[interfaces]\n[[eth3]]\ngateway6 = 2001:db8:4309:2388::2\n")
     main = sorted(r.describe() for r in plan(settings, facts).routes if r.table == 254)
-    assert main == ["2001:db8:4309:2388::2/128 dev eth3 table 254",
-                    "default via 2001:db8:4309:2388::2 dev eth3 table 254"]
+    assert main == ["2001:db8:4309:2388::2/128 dev eth3 table main",
+                    "default via 2001:db8:4309:2388::2 dev eth3 table main"]
 
 
 def test_existing_ipv6_default_in_main_is_respected():

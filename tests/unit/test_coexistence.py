@@ -1,0 +1,105 @@
+"""Coexistence: main's routes through unmanaged devices keep working from every managed address."""
+
+import ipaddress
+
+from domunet import config
+from domunet.model import PROTO_KERNEL, TABLE_MAIN, Route, Rule
+from domunet.plan import plan
+from tests.unit.factories import lab_guest
+
+LAB_CONFIG = b"[interfaces]\n[[eth3]]\ngateway6 = 2001:db8:4309:2388::2\n"
+
+
+def route(dst, dev, via=None, proto=PROTO_KERNEL, metric=0):
+    return Route(TABLE_MAIN, ipaddress.ip_network(dst), dev,
+                 gateway=ipaddress.ip_address(via) if via else None, metric=metric, proto=proto)
+
+
+def main_rules(state):
+    return {str(r.dst): r for r in state.rules if r.table == TABLE_MAIN}
+
+
+def planned(*routes, text=LAB_CONFIG):
+    return plan(config.parse(text), lab_guest(main_routes=routes))
+
+
+DOCKER = route("172.17.0.0/16", "docker0")
+TUNNEL = route("10.99.0.0/16", "wg0")
+STATIC = route("10.98.0.0/16", "wg0", via="10.99.0.2", proto=4)
+
+
+def test_bridge_tunnel_and_static_route_through_it_get_lookup_main_rules_above_the_from_rules():
+    state = planned(DOCKER, TUNNEL, STATIC)
+    rules = main_rules(state)
+    assert sorted(rules) == ["10.98.0.0/16", "10.99.0.0/16", "172.17.0.0/16"]
+    lowest_from = min(r.priority for r in state.rules if r.src is not None)
+    assert all(r.priority < lowest_from and r.src is None for r in rules.values())
+    assert state.stands_for[rules["10.98.0.0/16"]] == STATIC
+    assert state.stands_for[rules["172.17.0.0/16"]] == DOCKER
+
+
+def test_a_prefix_inside_an_exempted_one_needs_no_rule_of_its_own():
+    pods = [route(f"10.244.0.{n}/32", f"cali{n}") for n in range(1, 51)]
+    state = planned(route("10.244.0.0/16", "cni0"), *pods)
+    assert sorted(main_rules(state)) == ["10.244.0.0/16"]
+    assert len(main_rules(planned(*pods))) == 50
+
+
+def test_a_static_route_via_the_managed_gateway_is_mirrored_into_each_nic_that_reaches_it():
+    static = route("10.50.0.0/16", "eth0", via="192.168.0.1", proto=4)
+    state = planned(static)
+    mirrored = {r for r in state.routes if r.dst == static.dst}
+    assert {r.dev for r in mirrored} == {"eth0", "eth1", "eth2"}
+    tables = {m.name: m.table for m in state.managed}
+    assert all(r.table == tables[r.dev] and r.gateway == static.gateway for r in mirrored)
+    assert not main_rules(state)
+    assert all(state.stands_for[r] == static for r in mirrored)
+
+
+def test_an_on_link_route_through_a_managed_nic_is_mirrored_into_its_table_only():
+    state = planned(route("10.60.0.0/24", "eth1", proto=4))
+    assert {r.dev for r in state.routes if str(r.dst) == "10.60.0.0/24"} == {"eth1"}
+
+
+def test_the_managed_nics_own_subnets_are_not_copied():
+    state = planned(route("192.168.0.0/24", "eth0"), route("2001:db8:4309:2388::/64", "eth3"))
+    assert not state.stands_for and not main_rules(state)
+
+
+def test_a_route_that_covers_a_managed_subnet_is_passed_over_with_the_reason():
+    wide = route("192.0.0.0/8", "tun0", proto=4)
+    state = planned(wide, route("10.0.0.0/8", "tun0", proto=4))
+    assert sorted(main_rules(state)) == ["10.0.0.0/8"]
+    assert "covers 192.168.0.0/24" in dict(state.passed_over)[wide]
+
+
+def test_a_vpn_default_in_two_halves_leaves_the_nics_their_defaults():
+    halves = route("0.0.0.0/1", "tun0", proto=4), route("128.0.0.0/1", "tun0", proto=4)
+    state = planned(*halves)
+    assert not main_rules(state)
+    assert all("redirect-gateway" in reason for _, reason in state.passed_over)
+
+
+def test_main_exclude_and_coexistence_off():
+    state = planned(DOCKER, TUNNEL, text=b"main_exclude = 172.16.0.0/12\n" + LAB_CONFIG)
+    assert sorted(main_rules(state)) == ["10.99.0.0/16"]
+    assert dict(state.passed_over)[DOCKER] == "in main_exclude"
+    assert not main_rules(planned(DOCKER, text=b"coexistence = no\n" + LAB_CONFIG))
+
+
+def test_ipv6_unmanaged_routes_get_rules_link_local_does_not():
+    state = planned(route("fd00:172:17::/64", "docker0"), route("fe80::/64", "docker0"))
+    assert sorted(main_rules(state)) == ["fd00:172:17::/64"]
+
+
+def test_families_domunet_does_not_manage_get_no_rules():
+    facts = lab_guest(main_routes=(DOCKER,))
+    facts = type(facts)(interfaces=facts.interfaces[:1] + facts.interfaces[4:], main_routes=(DOCKER,))
+    state = plan(config.parse(LAB_CONFIG), facts)
+    assert {m.name for m in state.managed} == {"eth3"}
+    assert not main_rules(state)
+
+
+def test_explicit_main_prefixes_and_derived_rules_do_not_duplicate():
+    state = planned(DOCKER, text=LAB_CONFIG.replace(b"[interfaces]", b"main_prefixes = 172.17.0.0/16\n[interfaces]"))
+    assert [r for r in state.rules if r.dst is not None] == [Rule(4, 10000, TABLE_MAIN, dst=DOCKER.dst)]
