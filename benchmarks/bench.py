@@ -155,6 +155,83 @@ def bench_hook(repeats: int) -> dict[str, float]:
     return result
 
 
+def _proc(pid: int) -> dict[str, int]:
+    """CPU ticks, wake-ups (voluntary context switches) and peak RSS of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return {"ticks": int(fields[11]) + int(fields[12]),
+            "wakeups": int(status["voluntary_ctxt_switches"]) + int(status["nonvoluntary_ctxt_switches"]),
+            "hwm_kib": int(status["VmHWM"].split()[0])}
+
+
+def bench_watch(changes: int, idle: float) -> dict[str, object]:
+    """`domunet watch` in the lab's guest: latency from one address change to converged, what an
+    idle watch costs, peak RSS, and a storm of 1,000 address changes in under a second."""
+    import queue
+    import re
+    import threading
+
+    from domunet.lab import Lab
+
+    converged = re.compile(r"converged: .* \(run (\d+)\)")
+    with Lab() as lab:
+        lab.route_dom0_statically()
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        argv = ["ip", "netns", "exec", lab.ns["guest"], sys.executable, "-m", "domunet", "-v", "--config",
+                str(lab.workdir / "domunet.conf"), "--state-dir", str(lab.state_dir), "watch"]
+        process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True)
+        runs: queue.Queue[float] = queue.Queue()
+
+        def read() -> None:
+            for line in process.stderr:  # type: ignore[union-attr]
+                if converged.search(line):
+                    runs.put(time.perf_counter())
+
+        threading.Thread(target=read, daemon=True).start()
+        try:
+            runs.get(timeout=30)
+            latencies = []
+            for n in range(changes):
+                verb = "add" if n % 2 == 0 else "del"
+                started = time.perf_counter()
+                lab.batch("guest", [f"addr {verb} 192.168.0.240/24 dev eth1"])
+                latencies.append(runs.get(timeout=10) - started)
+                time.sleep(0.1)
+            time.sleep(1)
+            before = _proc(process.pid)
+            time.sleep(idle)
+            after = _proc(process.pid)
+            lines = []
+            for n in range(500):
+                address = f"192.168.{100 + n // 250}.{n % 250 + 1}/24"
+                lines += [f"addr add {address} dev eth1", f"addr del {address} dev eth1"]
+            while not runs.empty():
+                runs.get()
+            started = time.perf_counter()
+            lab.batch("guest", lines)
+            storm_runs, last = 0, started
+            while True:
+                try:
+                    last = runs.get(timeout=2.0)
+                    storm_runs += 1
+                except queue.Empty:
+                    break
+        finally:
+            process.terminate()
+            process.wait(10)
+    latencies.sort()
+    return {
+        "latency_p50_s": latencies[len(latencies) // 2],
+        "latency_p95_s": latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))],
+        "idle_seconds": idle,
+        "idle_cpu_ticks": after["ticks"] - before["ticks"],
+        "idle_wakeups": after["wakeups"] - before["wakeups"],
+        "peak_rss_mb": after["hwm_kib"] / 1024,
+        "storm_runs": storm_runs,
+        "storm_seconds": last - started,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=5)
@@ -172,10 +249,11 @@ def main() -> int:
         print(f"measured {nics}x{addresses6}", file=sys.stderr)
     dom0 = bench_dom0(64, args.repeats)
     hook = bench_hook(20)
+    watch = bench_watch(20 if args.quick else 40, 5.0 if args.quick else 30.0)
     found = versions()
     report = {"versions": found, "python": found["python"], "pyroute2": found["pyroute2"],
               "machine": platform.machine(), "cpus": os.cpu_count(), "guest": guest, "dom0": dom0,
-              "hook_seconds": hook, "ratios": ratios(guest, dom0)}
+              "hook_seconds": hook, "watch": watch, "ratios": ratios(guest, dom0)}
     print(render(report))
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nwritten to {args.json}")
@@ -218,7 +296,15 @@ def render(report: dict) -> str:
     lines += ["", f"dom0 online, 64 IPv6 addresses: seed script {d['seed']:.3f} s, "
                   f"vif-domunet {d['vif-domunet']:.3f} s",
               "ifupdown hook: " + ", ".join(f"IFACE={k} {v * 1000:.1f} ms" for k, v in report["hook_seconds"].items()),
-              "", "ratios:"]
+              ""]
+    w = report.get("watch")
+    if w:
+        lines += [f"watch: one address change to converged p50 {w['latency_p50_s'] * 1000:.0f} ms, "
+                  f"p95 {w['latency_p95_s'] * 1000:.0f} ms (goal p95 < 300); idle {w['idle_seconds']:.0f} s: "
+                  f"{w['idle_cpu_ticks']} CPU ticks, {w['idle_wakeups']} wake-ups (goal 0); peak RSS "
+                  f"{w['peak_rss_mb']:.1f} MB (goal < 40); storm of 1,000 changes: {w['storm_runs']} runs, "
+                  f"converged {w['storm_seconds']:.2f} s after it began", ""]
+    lines += ["ratios:"]
     lines += [f"  {name}: {value:.2f}" for name, value in report["ratios"].items()]
     return "\n".join(lines)
 

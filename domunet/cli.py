@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
         verb(name, text).add_argument("interfaces", nargs="*", metavar="IFACE")
     status = verb("status", "show per interface what domunet does and what the kernel does")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    verb("watch", "follow the kernel's changes and converge after each (a long-running service)")
     verb("lab", "demo: build a Xen-like lab in network namespaces, run domunet, clean up")
     verb("ifupdown", "the ifupdown hook's entry point: reads IFACE, MODE, IF_* from the environment")
     dom0 = verb("dom0", "dom0 side: route, proxy and guard a routed vif's guest addresses")
@@ -247,6 +248,11 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK if demo() else EXIT_FAILED
     if args.verb == "ifupdown":
         return _ifupdown(args)
+    if args.verb == "watch":
+        from domunet import watch
+
+        watch.run(args.config, args.state_dir)
+        return EXIT_OK
     return _guest(args, args.verb, _interface_names(getattr(args, "interfaces", None) or []))
 
 
@@ -280,71 +286,26 @@ def _ifupdown(args: argparse.Namespace) -> int:
     return _guest(args, "teardown", [call.iface])
 
 
-def _forget_vanished(kernel: Any, config: Any, names: list[str]) -> list[Any]:
-    """Interfaces that went away during this run (after their routes were in): drop the rules
-    and routes made for them, so that nothing half-made stays."""
-    from domunet.apply import apply
-    from domunet.diff import diff, scope_for
-    from domunet.discover import discover
-    from domunet.model import State
-    from domunet.plan import within_reach
-
-    owned = within_reach(discover(kernel)[1], config)
-    log.warning("%s: vanished during this run; removing what was made for it", ", ".join(names))
-    return apply(diff(State(), owned, scope_for(names, State(), owned)), kernel)
-
-
 def _guest(args: argparse.Namespace, verb: str, names: list[str], pending: Any = None) -> int:
-    """setup, teardown, plan, status. `pending`: stanza options of an interface coming up; kept
-    for later runs only once a plan with them has been made (a conflict changes nothing)."""
-    from domunet import config as configuration
-    from domunet.apply import apply
-    from domunet.diff import Scope, diff, scope_for
-    from domunet.discover import discover
-    from domunet.ifupdown import load_hints, save_hints
-    from domunet.kernel import Kernel
-    from domunet.lock import locked
-    from domunet.model import State
-    from domunet.names import table_names_after, write_table_names
-    from domunet.plan import plan, within_reach
-    from domunet.render import ip_command
+    """setup, teardown, plan, status: the pipeline is domunet.guest; here only the printing."""
+    from domunet import guest
 
-    hints = [h for h in load_hints(args.state_dir) if not pending or (h.iface, h.addrfam) != (
-        pending.iface, pending.addrfam)]
-    config = configuration.with_hints(configuration.load(args.config), hints + ([pending] if pending else []))
-    with locked(args.state_dir, shared=verb in ("plan", "status")), Kernel() as kernel:
-        facts, owned = discover(kernel)
-        owned = within_reach(owned, config)
-        if verb in ("setup", "plan"):
-            missing = [n for n in names if facts.interface(n) is None]
-            if missing:
-                raise UsageError(f"no such interface: {', '.join(missing)}")
-        if verb == "status":
-            from domunet.status import render, report
+    outcome = guest.run(verb, guest.load_config(args.config, args.state_dir, pending), args.state_dir, names,
+                        pending)
+    if verb == "status":
+        from domunet.status import render
 
-            rows = report(facts, plan(config, facts), owned, kernel.route_get)
-            print(json.dumps(rows, indent=2) if args.json else render(rows))
-            return EXIT_OK
-        desired = plan(config, facts) if verb != "teardown" else State()
-        if pending:
-            save_hints(args.state_dir, pending)
-        scope: Scope | None = scope_for(names, desired, owned) if names else None
-        changes = diff(desired, owned, scope)
-        if verb == "plan":
-            for change in changes:
-                source = desired.stands_for.get(change.obj)
-                print(ip_command(change) + (f"  # for {source.describe()}" if source else ""))
-            for route, why in desired.passed_over:
-                log.info("left to the NICs' tables: %s: %s", route.describe(), why)
-            if not changes:
-                log.info("nothing to do")
-            return EXIT_OK
-        done = apply(changes, kernel, config.gateway_strategy)
-        gone = sorted({m.name for m in desired.managed} - set(kernel.links(refresh=True)))
-        if gone:
-            done += _forget_vanished(kernel, config, gone)
-        write_table_names(config.rt_tables_file, table_names_after(owned, done))
-        log.info("%s: %d change(s)", verb, len(done))
+        print(json.dumps(outcome.rows, indent=2) if args.json else render(outcome.rows or []))
+    elif verb == "plan":
+        from domunet.render import ip_command
+
+        for change in outcome.changes:
+            source = outcome.desired.stands_for.get(change.obj)
+            print(ip_command(change) + (f"  # for {source.describe()}" if source else ""))
+        for route, why in outcome.desired.passed_over:
+            log.info("left to the NICs' tables: %s: %s", route.describe(), why)
+        if not outcome.changes:
+            log.info("nothing to do")
     return EXIT_OK
 
 

@@ -141,44 +141,50 @@ class Kernel:
                 return link.name
         return f"if{index}"
 
+    def route_from(self, msg: Any) -> Route | None:
+        """A route message (dump or event) as a Route; None for what domunet never makes
+        (local, broadcast, multicast, blackhole, multipath)."""
+        if msg["type"] != RTN_UNICAST or msg.get_attr("RTA_MULTIPATH") is not None:
+            return None
+        version = 4 if msg["family"] == socket.AF_INET else 6
+        dst = msg.get_attr("RTA_DST")
+        gateway = msg.get_attr("RTA_GATEWAY")
+        src = msg.get_attr("RTA_PREFSRC")
+        return Route(
+            table=_attr(msg, "RTA_TABLE", msg["table"]),
+            dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}") if dst else default_network(version),
+            dev=self._name(msg.get_attr("RTA_OIF")),
+            gateway=ipaddress.ip_address(gateway) if gateway else None,
+            src=ipaddress.ip_address(src) if src else None,
+            metric=_attr(msg, "RTA_PRIORITY", 0),
+            proto=msg["proto"],
+        )
+
+    def rule_from(self, msg: Any) -> Rule | None:
+        """A rule message (dump or event) as a Rule; None unless it sends traffic to a table."""
+        if msg["action"] != FR_ACT_TO_TBL:
+            return None
+        src = msg.get_attr("FRA_SRC")
+        dst = msg.get_attr("FRA_DST")
+        return Rule(
+            version=4 if msg["family"] == socket.AF_INET else 6,
+            priority=_attr(msg, "FRA_PRIORITY", 0),
+            table=_attr(msg, "FRA_TABLE", msg["table"]),
+            src=ipaddress.ip_network(f"{src}/{msg['src_len']}") if src else None,
+            dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}") if dst else None,
+            oif=msg.get_attr("FRA_OIFNAME"),
+            proto=_attr(msg, "FRA_PROTOCOL", 0),
+        )
+
     def routes(self, version: int) -> list[Route]:
         """All unicast routes of one family, in every table, as Route objects."""
-        routes = []
-        for msg in self._dump(f"the IPv{version} routes", self._ipr.get_routes, family=FAMILY[version]):
-            if msg["type"] != RTN_UNICAST or msg.get_attr("RTA_MULTIPATH") is not None:
-                continue
-            dst = msg.get_attr("RTA_DST")
-            gateway = msg.get_attr("RTA_GATEWAY")
-            src = msg.get_attr("RTA_PREFSRC")
-            routes.append(Route(
-                table=_attr(msg, "RTA_TABLE", msg["table"]),
-                dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}") if dst else default_network(version),
-                dev=self._name(msg.get_attr("RTA_OIF")),
-                gateway=ipaddress.ip_address(gateway) if gateway else None,
-                src=ipaddress.ip_address(src) if src else None,
-                metric=_attr(msg, "RTA_PRIORITY", 0),
-                proto=msg["proto"],
-            ))
-        return routes
+        messages = self._dump(f"the IPv{version} routes", self._ipr.get_routes, family=FAMILY[version])
+        return [route for route in map(self.route_from, messages) if route is not None]
 
     def rules(self, version: int) -> list[Rule]:
         """All rules of one family that send traffic to a table."""
-        rules = []
-        for msg in self._dump(f"the IPv{version} rules", self._ipr.get_rules, family=FAMILY[version]):
-            if msg["action"] != FR_ACT_TO_TBL:
-                continue
-            src = msg.get_attr("FRA_SRC")
-            dst = msg.get_attr("FRA_DST")
-            rules.append(Rule(
-                version=version,
-                priority=_attr(msg, "FRA_PRIORITY", 0),
-                table=_attr(msg, "FRA_TABLE", msg["table"]),
-                src=ipaddress.ip_network(f"{src}/{msg['src_len']}") if src else None,
-                dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}") if dst else None,
-                oif=msg.get_attr("FRA_OIFNAME"),
-                proto=_attr(msg, "FRA_PROTOCOL", 0),
-            ))
-        return rules
+        messages = self._dump(f"the IPv{version} rules", self._ipr.get_rules, family=FAMILY[version])
+        return [rule for rule in map(self.rule_from, messages) if rule is not None]
 
     def route_get(self, dst: IPAddress, src: IPAddress | None = None) -> str:
         """The kernel's own answer: which interface would a packet to dst (from src) leave by?"""
@@ -322,3 +328,54 @@ class Kernel:
             if route.table == 254 and route.dst.prefixlen == 0 and route.dev:
                 return route.dev
         return None
+
+
+#: rtnetlink multicast groups (1 << (RTNLGRP_x - 1)): links, addresses, routes, rules of both families.
+RTMGRP_LINK, RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE = 0x1, 0x10, 0x40, 0x80
+RTMGRP_IPV6_IFADDR, RTMGRP_IPV6_ROUTE, RTMGRP_IPV6_RULE = 0x100, 0x400, 1 << 18
+WATCHED_GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE
+                  | RTMGRP_IPV6_ROUTE | RTMGRP_IPV4_RULE | RTMGRP_IPV6_RULE)
+#: Kernel-side queue for a burst of events (1,000 address changes in a second fit many times).
+_EVENT_BUFFER = 8 << 20
+
+
+class EventsLost(KernelError):
+    """The kernel dropped events (ENOBUFS): what changed is unknown, converge from scratch."""
+
+
+class Events:
+    """The kernel's change notifications: a plain netlink socket to select() on, messages decoded
+    by pyroute2's own marshal (the same classes in 0.7 and 0.9)."""
+
+    def __init__(self, groups: int = WATCHED_GROUPS) -> None:
+        from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+        self._marshal = MarshalRtnl()
+        self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        try:
+            force = getattr(socket, "SO_RCVBUFFORCE", 33)
+            self._socket.setsockopt(socket.SOL_SOCKET, force, _EVENT_BUFFER)
+        except OSError:
+            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _EVENT_BUFFER)
+        self._socket.bind((0, groups))
+        self._socket.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def read(self) -> list[Any]:
+        """Every message queued now (never blocks)."""
+        messages: list[Any] = []
+        while True:
+            try:
+                data = self._socket.recv(1 << 20)
+            except BlockingIOError:
+                return messages
+            except OSError as error:
+                if error.errno == errno.ENOBUFS:
+                    raise EventsLost("the kernel dropped change events (a burst)", error.errno) from None
+                raise KernelError(f"cannot read change events: {error.strerror}", error.errno) from None
+            messages.extend(self._marshal.parse(data))

@@ -14,6 +14,7 @@ _INSTALLED = {
     "hooks/xen/vif-domunet": "etc/xen/scripts/vif-domunet",
     "data/systemd/domunet.service": "lib/systemd/system/domunet.service",
     "data/systemd/domunet-iface@.service": "lib/systemd/system/domunet-iface@.service",
+    "data/systemd/domunet-watch.service": "lib/systemd/system/domunet-watch.service",
     "data/udev/90-domunet.rules": "lib/udev/rules.d/90-domunet.rules",
     "data/networkd/domunet.conf": "usr/lib/systemd/networkd.conf.d/domunet.conf",
 }

@@ -230,7 +230,7 @@ def test_the_hook_finds_a_domunet_outside_ifupdowns_path(ifupdown_lab, defaults)
 
 @pytest.mark.parametrize(("features", "runs"), [("00002705", True), ("00000801", False), ("0000a9f5", False),
                                                 (None, True)], ids=["domU", "dom0", "dom0, more bits", "no Xen"])
-@pytest.mark.parametrize("unit", ["domunet.service", "domunet-iface@.service"])
+@pytest.mark.parametrize("unit", ["domunet.service", "domunet-iface@.service", "domunet-watch.service"])
 def test_the_guest_units_never_run_on_a_dom0(tmp_path, unit, features, runs):
     """Xen's feature bit 11 (XENFEAT_dom0) marks dom0: there the units' condition fails, and the
     vifs stay vif-domunet's (issue 13's real-Xen finding)."""
@@ -241,3 +241,11 @@ def test_the_guest_units_never_run_on_a_dom0(tmp_path, unit, features, runs):
     script = shlex.split(command)[2].replace("/sys/hypervisor/properties/features", str(path))
     result = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True)
     assert (result.returncode == 0) == runs, result.stderr
+
+
+def test_the_watch_unit_runs_domunet_watch_with_readiness_and_reload():
+    service = _unit("domunet-watch.service")["Service"]
+    assert service["ExecStart"] == "/usr/bin/domunet watch"
+    assert service["Type"] == "notify" and service["Restart"] == "on-failure"
+    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert "is-active domunet-watch.service" in _unit("domunet-iface@.service")["Service"]["ExecCondition"]

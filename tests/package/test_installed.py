@@ -52,6 +52,7 @@ def test_each_package_holds_its_own_side():
 def test_files_are_in_place():
     for path in ("usr/bin/domunet", "etc/network/if-up.d/domunet", "etc/network/if-post-down.d/domunet",
                  "lib/systemd/system/domunet.service", "lib/systemd/system/domunet-iface@.service",
+                 "lib/systemd/system/domunet-watch.service",
                  "lib/udev/rules.d/90-domunet.rules", "etc/iproute2/rt_protos.d/domunet.conf", "etc/domunet.conf",
                  "usr/share/man/man8/domunet.8.gz", "usr/share/man/man8/vif-domunet.8.gz",
                  "etc/xen/scripts/vif-domunet", "usr/lib/python3/dist-packages/domunet/cli.py"):

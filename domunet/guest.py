@@ -1,0 +1,96 @@
+"""The guest pipeline, once: merge hints, lock, discover, plan, diff, apply, forget vanished NICs,
+write table names. `domunet setup/teardown/plan/status`, the ifupdown hook and `domunet watch`
+all come through here; it returns what happened and never prints or exits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from domunet import config as configuration
+from domunet.apply import apply
+from domunet.diff import Change, Scope, diff, scope_for
+from domunet.discover import discover
+from domunet.errors import UsageError
+from domunet.ifupdown import HookCall, load_hints, save_hints
+from domunet.kernel import Kernel
+from domunet.lock import locked
+from domunet.model import State
+from domunet.names import table_names_after, write_table_names
+from domunet.plan import plan, within_reach
+
+log = logging.getLogger(__name__)
+
+VERBS = ("setup", "teardown", "plan", "status")
+
+
+@dataclass
+class Outcome:
+    """changes: applied (setup, teardown) or to apply (plan); rows: status."""
+
+    desired: State
+    changes: list[Change] = field(default_factory=list)
+    rows: list[dict[str, Any]] | None = None
+
+
+def load_config(path: str | None, state_dir: str, pending: HookCall | None = None) -> configuration.Config:
+    """The config file with the kept ifupdown stanza options; `pending` (an interface coming up)
+    replaces its own earlier hint."""
+    hints = [h for h in load_hints(state_dir)
+             if not pending or (h.iface, h.addrfam) != (pending.iface, pending.addrfam)]
+    return configuration.with_hints(configuration.load(path), hints + ([pending] if pending else []))
+
+
+def with_current_hints(config: configuration.Config, state_dir: str) -> configuration.Config:
+    """A config already loaded (watch keeps the last good one) with the hints kept right now."""
+    return configuration.with_hints(config, load_hints(state_dir))
+
+
+def _forget_vanished(kernel: Kernel, config: configuration.Config, names: list[str]) -> list[Change]:
+    """Interfaces that went away during this run (after their routes were in): drop the rules
+    and routes made for them, so that nothing half-made stays."""
+    owned = within_reach(discover(kernel)[1], config)
+    log.warning("%s: vanished during this run; removing what was made for it", ", ".join(names))
+    return apply(diff(State(), owned, scope_for(names, State(), owned)), kernel)
+
+
+def run(verb: str, config: configuration.Config, state_dir: str, names: Sequence[str] = (),
+        pending: HookCall | None = None, kernel: Kernel | None = None) -> Outcome:
+    """One run of a verb. `pending`: stanza options of an interface coming up, kept for later
+    runs only once a plan with them has been made (a conflict changes nothing). `kernel`: a
+    socket to reuse (watch); else one is opened for this run."""
+    with locked(state_dir, shared=verb in ("plan", "status")):
+        if kernel is not None:
+            return _run(verb, config, state_dir, list(names), pending, kernel)
+        with Kernel() as own:
+            return _run(verb, config, state_dir, list(names), pending, own)
+
+
+def _run(verb: str, config: configuration.Config, state_dir: str, names: list[str],
+         pending: HookCall | None, kernel: Kernel) -> Outcome:
+    facts, owned = discover(kernel)
+    owned = within_reach(owned, config)
+    if verb in ("setup", "plan"):
+        missing = [n for n in names if facts.interface(n) is None]
+        if missing:
+            raise UsageError(f"no such interface: {', '.join(missing)}")
+    if verb == "status":
+        from domunet.status import report
+
+        desired = plan(config, facts)
+        return Outcome(desired, rows=report(facts, desired, owned, kernel.route_get))
+    desired = plan(config, facts) if verb != "teardown" else State()
+    if pending:
+        save_hints(state_dir, pending)
+    scope: Scope | None = scope_for(names, desired, owned) if names else None
+    changes = diff(desired, owned, scope)
+    if verb == "plan":
+        return Outcome(desired, changes)
+    done = apply(changes, kernel, config.gateway_strategy)
+    gone = sorted({m.name for m in desired.managed} - set(kernel.links(refresh=True)))
+    if gone:
+        done += _forget_vanished(kernel, config, gone)
+    write_table_names(config.rt_tables_file, table_names_after(owned, done))
+    log.info("%s: %d change(s)", verb, len(done))
+    return Outcome(desired, done)

@@ -1,0 +1,238 @@
+"""`domunet watch`: follow the kernel's changes and converge with the same engine as `setup`.
+
+It listens to rtnetlink's link, address, route and rule groups, coalesces a burst into one run,
+and ignores the echo of its own changes (no feedback loop), so an idle guest costs nothing: the
+process sleeps in select() with no timeout. Someone deleting domunet's rule, a DHCP renewal,
+SLAAC, a hot-plugged vif, a bridge or a CNI veth: each is an event, and one run converges.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from domunet.diff import Change
+from domunet.errors import ConfigError, DomunetError
+from domunet.model import PROTO, PROTO_TEMP, TABLE_MAIN, Route, Rule
+
+log = logging.getLogger(__name__)
+
+RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR = 16, 17, 20, 21
+RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWRULE, RTM_DELRULE = 24, 25, 32, 33
+TABLE_LOCAL = 255
+
+#: A burst is over after this much quiet...
+SETTLE = 0.05
+#: ...or this long after its first event, whichever comes first (a storm still converges).
+MAX_DELAY = 0.5
+#: After a failed run: retry after this, doubling up to RETRY_MAX, until a run succeeds.
+RETRY_FIRST, RETRY_MAX = 2.0, 60.0
+
+Echoes = Counter  # (action, Route | Rule) -> how many of our own changes still to hear about
+
+
+@dataclass(frozen=True)
+class Event:
+    """One kernel notification, reduced to what decides whether to converge."""
+
+    kind: str  # "link", "address", "route", "rule"
+    action: str  # "add" or "remove"
+    obj: Route | Rule | None = None
+
+
+def matters(event: Event, echoes: Echoes) -> bool:
+    """Does this event call for a run? Pure. The echo of a change domunet just made is consumed
+    and ignored; a route or rule of domunet's that someone else removed (or added) matters."""
+    obj = event.obj
+    if event.kind in ("link", "address"):
+        return True
+    if obj is None:
+        return False
+    if obj.proto == PROTO_TEMP:
+        return False  # made and removed within one run of ours
+    if obj.proto == PROTO:
+        key = (event.action, obj)
+        if echoes[key] > 0:
+            echoes[key] -= 1
+            return False
+        return True
+    if isinstance(obj, Route):  # foreign routes: main's feed coexistence and the default gateways
+        return obj.table == TABLE_MAIN
+    return False  # foreign rules do not change the plan
+
+
+def echoes_of(changes: Iterable[Change]) -> Echoes:
+    return Counter((change.action, change.obj) for change in changes)
+
+
+def event_from(message: Any, kernel: Any) -> Event | None:
+    """A pyroute2 message as an Event (None for kinds domunet does not follow)."""
+    kind = message["header"]["type"]
+    if kind in (RTM_NEWLINK, RTM_DELLINK):
+        return Event("link", "add" if kind == RTM_NEWLINK else "remove")
+    if kind in (RTM_NEWADDR, RTM_DELADDR):
+        return Event("address", "add" if kind == RTM_NEWADDR else "remove")
+    if kind in (RTM_NEWROUTE, RTM_DELROUTE):
+        route = kernel.route_from(message)
+        if route is None or route.table == TABLE_LOCAL:
+            return None
+        return Event("route", "add" if kind == RTM_NEWROUTE else "remove", route)
+    if kind in (RTM_NEWRULE, RTM_DELRULE):
+        rule = kernel.rule_from(message)
+        return None if rule is None else Event("rule", "add" if kind == RTM_NEWRULE else "remove", rule)
+    return None
+
+
+def notify(state: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET (nothing when unset)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.sendto(state.encode(), address)
+    except OSError as error:
+        log.debug("cannot notify systemd (%s): %s", address, error)
+
+
+class Watch:
+    """The loop. `converge` runs the engine once and returns the changes it made; `reload`
+    returns a fresh config (raising ConfigError for a bad one)."""
+
+    def __init__(self, events: Any, kernel: Any, converge: Callable[[], list[Change]],
+                 reload: Callable[[], None]) -> None:
+        self.events = events
+        self.kernel = kernel
+        self.converge = converge
+        self.reload = reload
+        self.echoes: Echoes = Counter()
+        self.runs = 0
+        self.stopping = False
+        self.reloading = False
+        self.retry_in: float | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def _on_signal(self, number: int, _frame: Any) -> None:
+        if number == signal.SIGHUP:
+            self.reloading = True
+        else:
+            self.stopping = True
+
+    def install_signals(self) -> None:
+        for number in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(number, self._on_signal)
+        signal.set_wakeup_fd(self._wake_w)
+
+    def _pending(self) -> bool:
+        """Read what is queued; True if any of it calls for a run."""
+        try:
+            messages = self.events.read()
+        except DomunetError as error:  # ENOBUFS: a burst overflowed, state unknown
+            log.info("%s: converging from scratch", error)
+            self.echoes.clear()
+            return True
+        wanted = False
+        for message in messages:
+            event = event_from(message, self.kernel)
+            if event is not None and matters(event, self.echoes):
+                log.debug("change: %s %s %s", event.action, event.kind, event.obj.describe() if event.obj else "")
+                wanted = True
+        return wanted
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Sleep until an event, a signal or the timeout; True when the netlink socket is readable."""
+        readable, _, _ = select.select([self.events, self._wake_r], [], [], timeout)
+        if self._wake_r in readable:
+            while True:
+                try:
+                    if not os.read(self._wake_r, 64):
+                        break
+                except BlockingIOError:
+                    break
+        return self.events in readable
+
+    def _run_once(self) -> None:
+        self._pending()  # echoes of the last run still queued are consumed, not run for
+        started = time.monotonic()
+        try:
+            changes = self.converge()
+        except DomunetError as error:
+            self.retry_in = min(RETRY_MAX, self.retry_in * 2) if self.retry_in else RETRY_FIRST
+            log.error("%s (trying again in %.0f s or at the next change)", error, self.retry_in)
+            self.echoes.clear()
+            return
+        self.retry_in = None
+        self.runs += 1
+        self.echoes = echoes_of(changes)
+        log.info("converged: %d change(s) in %.1f ms (run %d)", len(changes),
+                 (time.monotonic() - started) * 1000, self.runs)
+
+    def _do_reload(self) -> None:
+        self.reloading = False
+        notify("RELOADING=1")
+        try:
+            self.reload()
+            log.info("configuration re-read")
+        except ConfigError as error:
+            log.error("configuration not re-read, the last good one stays: %s", error)
+        notify("READY=1")
+
+    def loop(self) -> None:
+        self._run_once()
+        notify("READY=1")
+        while not self.stopping:
+            if self.reloading:
+                self._do_reload()
+                self._run_once()
+                continue
+            if not self._wait(self.retry_in):
+                if self.retry_in is not None and not self.stopping and not self.reloading:
+                    self._run_once()
+                continue
+            if not self._pending():
+                continue
+            first = time.monotonic()
+            while time.monotonic() - first < MAX_DELAY and not self.stopping:
+                if not self._wait(SETTLE):
+                    break
+                self._pending()
+            if not self.stopping:
+                self._run_once()
+        notify("STOPPING=1")
+        log.info("stopping after %d run(s); the converged state stays in place", self.runs)
+
+
+def run(config_path: str | None, state_dir: str) -> None:
+    """`domunet watch`: a bad config at start is an error (exit 2); later, SIGHUP re-reads it."""
+    from domunet import config as configuration
+    from domunet import guest
+    from domunet.kernel import Events, Kernel
+
+    current = {"config": configuration.load(config_path)}
+
+    def reload() -> None:
+        current["config"] = configuration.load(config_path)
+
+    events = Events()
+    with Kernel() as kernel:
+        def converge() -> list[Change]:
+            config = guest.with_current_hints(current["config"], state_dir)
+            return guest.run("setup", config, state_dir, kernel=kernel).changes
+
+        watch = Watch(events, kernel, converge, reload)
+        watch.install_signals()
+        try:
+            watch.loop()
+        finally:
+            events.close()

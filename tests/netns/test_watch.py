@@ -1,0 +1,247 @@
+"""`domunet watch` in the lab: every change converges, with real traffic through strict rp_filter."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from domunet.lab import NICS, _package_root
+from tests.netns.test_coexistence import CONTAINER4, GUEST4, Neighbours
+from tests.netns.test_guest import assert_ok
+
+CONVERGED = re.compile(r"converged: (\d+) change\(s\) in [\d.]+ ms \(run (\d+)\)")
+
+
+class Watcher:
+    """`domunet watch` in the guest namespace; its stderr is collected as it comes."""
+
+    def __init__(self, lab, config=None, extra=(), env=None):
+        self.lab = lab
+        self.config = config or str(lab.workdir / "domunet.conf")
+        env = dict(os.environ, PYTHONPATH=_package_root(), **(env or {}))
+        argv = ["ip", "netns", "exec", lab.ns["guest"], sys.executable, "-m", "domunet", "-v", *extra,
+                "--config", self.config, "--state-dir", str(lab.state_dir), "watch"]
+        self.process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True,
+                                        stdin=subprocess.DEVNULL)
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.until(lambda: self.runs() >= 1, "the first run")
+
+    def _read(self):
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def runs(self):
+        return sum(1 for line in self.lines if CONVERGED.search(line))
+
+    def until(self, condition, what, timeout=2.0):
+        """The issue's bound: converged within 2 s of a change."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            assert self.process.poll() is None, "watch ended: " + "\n".join(self.lines)
+            time.sleep(0.02)
+        raise AssertionError(f"not within {timeout} s: {what}\n" + "\n".join(self.lines[-30:]))
+
+    def settle(self, quiet=0.5):
+        """Wait until no run has started for `quiet` seconds."""
+        runs, since = self.runs(), time.monotonic()
+        while time.monotonic() - since < quiet:
+            time.sleep(0.05)
+            if self.runs() != runs:
+                runs, since = self.runs(), time.monotonic()
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(5)
+        return self.process.returncode
+
+
+@pytest.fixture
+def watch(routed_lab):
+    started = []
+
+    def start(**kwargs):
+        started.append(Watcher(routed_lab, **kwargs))
+        return started[-1]
+
+    yield start
+    for watcher in started:
+        watcher.stop(signal.SIGKILL)
+
+
+def rules(lab):
+    return lab.run("guest", "ip", "rule").stdout
+
+
+def test_watch_converges_at_start_and_leaves_the_state_in_place_on_sigterm(routed_lab, domunet, watch):
+    watcher = watch()
+    assert routed_lab.answers() == dict.fromkeys([n.address for n in NICS], True)
+    converged = routed_lab.dump()
+    assert watcher.stop() == 0
+    assert "the converged state stays in place" in watcher.lines[-1]
+    assert routed_lab.dump() == converged
+    assert domunet("plan").stdout == ""
+
+
+def test_a_deleted_rule_is_put_back_and_its_own_changes_cause_no_more_runs(routed_lab, watch):
+    watcher = watch()
+    watcher.settle()
+    assert watcher.runs() == 1, watcher.lines
+    line = next(line for line in rules(routed_lab).splitlines() if "from 192.168.0.201 " in line)
+    routed_lab.run("guest", "ip", "rule", "del", "from", "192.168.0.201", "priority", line.split(":")[0])
+    watcher.until(lambda: "from 192.168.0.201 " in rules(routed_lab), "the rule back")
+    assert routed_lab.ping("192.168.0.201")
+    watcher.settle()
+    assert watcher.runs() == 2, watcher.lines  # no feedback loop: the rule it added caused no run
+
+
+def test_address_added_changed_and_removed_on_a_shared_nic(routed_lab, watch):
+    watcher = watch()
+    routed_lab.run("dom0", "ip", "route", "add", "192.168.0.221/32", "dev", "vif1.1", "src", "192.168.0.100")
+    routed_lab.run("guest", "ip", "addr", "add", "192.168.0.221/24", "dev", "eth1")
+    watcher.until(lambda: "from 192.168.0.221 " in rules(routed_lab), "a rule for the new address")
+    assert routed_lab.ping("192.168.0.221")
+    routed_lab.run("guest", "ip", "addr", "del", "192.168.0.221/24", "dev", "eth1")
+    watcher.until(lambda: "192.168.0.221" not in rules(routed_lab), "its rule gone")
+    routed_lab.run("guest", "ip", "addr", "del", "192.168.0.202/24", "dev", "eth2")
+    routed_lab.run("guest", "ip", "addr", "add", "192.168.0.221/24", "dev", "eth2")  # a DHCP renewal's new lease
+    routed_lab.run("dom0", "ip", "route", "replace", "192.168.0.221/32", "dev", "vif1.2", "src", "192.168.0.100")
+    watcher.until(lambda: "from 192.168.0.221 " in rules(routed_lab) and "192.168.0.202" not in rules(routed_lab),
+                  "the new lease's rule, the old one's gone")
+    assert routed_lab.ping("192.168.0.221")
+
+
+def test_a_hot_plugged_nic_is_managed_and_its_removal_cleaned_up(routed_lab, watch):
+    watcher = watch()
+    routed_lab.run("dom0", "ip", "route", "add", "192.168.0.204/32", "dev", "vif1.4", "src", "192.168.0.100",
+                   check=False)
+    routed_lab.add_guest_nic("eth4", "vif1.4", "192.168.0.204/24")
+    routed_lab.run("dom0", "ip", "route", "replace", "192.168.0.204/32", "dev", "vif1.4", "src", "192.168.0.100")
+    routed_lab.sysctl("dom0", ["net/ipv4/conf/vif1.4/rp_filter=1", "net/ipv4/conf/vif1.4/proxy_arp=1"])
+    watcher.until(lambda: "oif eth4" in rules(routed_lab), "eth4's rules")
+    assert routed_lab.ping("192.168.0.204")
+    routed_lab.run("dom0", "ip", "link", "del", "vif1.4")
+    watcher.until(lambda: "eth4" not in rules(routed_lab) and "192.168.0.204" not in rules(routed_lab),
+                  "eth4's rules gone")
+    assert routed_lab.answers() == dict.fromkeys([n.address for n in NICS], True)
+
+
+def test_a_bridge_created_later_and_50_cni_links_coming_and_going(routed_lab, watch):
+    watcher = watch()
+    neighbours = Neighbours(routed_lab)
+    try:
+        neighbours.create()
+        watcher.until(lambda: "to 172.17.0.0/16 lookup main" in rules(routed_lab), "the bridge's rule")
+        assert all(neighbours.ping("ctr", address) for address in GUEST4)
+        assert all(neighbours.ping("guest", CONTAINER4, source) for source in GUEST4)
+    finally:
+        neighbours.destroy()
+    links = [f"link add cni{n} type veth peer name cnp{n}" for n in range(50)]
+    links += [f"link set cni{n} up" for n in range(50)] + [f"link set cnp{n} up" for n in range(50)]
+    routed_lab.batch("guest", links + [f"route add 10.244.{n}.2/32 dev cni{n}" for n in range(50)])
+    watcher.until(lambda: rules(routed_lab).count("10.244.") == 50, "50 pod rules")
+    routed_lab.batch("guest", [f"link del cni{n}" for n in range(50)])
+    watcher.until(lambda: "10.244." not in rules(routed_lab), "the pods' rules gone")
+
+
+def test_a_storm_of_1000_address_changes_ends_in_a_handful_of_runs(routed_lab, domunet, watch):
+    watcher = watch()
+    watcher.settle()
+    before = watcher.runs()
+    lines = []
+    for n in range(500):
+        address = f"192.168.{100 + n // 250}.{n % 250 + 1}/24"
+        lines += [f"addr add {address} dev eth1", f"addr del {address} dev eth1"]
+    started = time.monotonic()
+    routed_lab.batch("guest", lines)
+    assert time.monotonic() - started < 1.0
+    watcher.settle(quiet=1.0)
+    assert 1 <= watcher.runs() - before <= 6, watcher.lines[-10:]
+    assert domunet("plan").stdout == ""
+    assert routed_lab.answers() == dict.fromkeys([n.address for n in NICS], True)
+
+
+def test_sighup_rereads_the_config_and_keeps_the_last_good_one(routed_lab, watch):
+    config = routed_lab.workdir / "watch.conf"
+    good = (routed_lab.workdir / "domunet.conf").read_text()
+    config.write_text(good)
+    watcher = watch(config=str(config))
+    config.write_text("table_base = banana\n")
+    watcher.process.send_signal(signal.SIGHUP)
+    watcher.until(lambda: any("last good one stays" in line for line in watcher.lines), "the refusal")
+    assert any("key 'table_base'" in line for line in watcher.lines)
+    assert routed_lab.answers()["2001:db8:4309:2388::50"]
+    config.write_text(good.replace("[[eth3]]", "[[eth2]]\nmanage = no\n[[eth3]]"))
+    watcher.process.send_signal(signal.SIGHUP)
+    watcher.until(lambda: "oif eth2" not in rules(routed_lab), "eth2 no longer managed")
+    assert "oif eth1" in rules(routed_lab)
+
+
+def test_killed_in_the_middle_and_started_again_leaves_no_temporary_route(routed_lab, domunet, watch):
+    config = routed_lab.workdir / "temporary.conf"
+    config.write_text("gateway_strategy = temporary-main-route\n" + (routed_lab.workdir / "domunet.conf").read_text())
+    for delay in (0.005, 0.02, 0.05):
+        watcher = Watcher(routed_lab, config=str(config)) if delay != 0.005 else watch(config=str(config))
+        assert_ok(domunet("teardown"))
+        time.sleep(delay)
+        watcher.stop(signal.SIGKILL)
+    watcher = watch(config=str(config))
+    watcher.settle()
+    assert "proto 214" not in routed_lab.run("guest", "ip", "-N", "route", "show", "table", "main").stdout
+    assert domunet("plan", config=str(config)).stdout == ""
+    assert routed_lab.answers() == dict.fromkeys([n.address for n in NICS], True)
+
+
+def test_watch_the_hook_and_setup_at_once(routed_lab, domunet, watch):
+    watcher = watch()
+    results = []
+    hook = {**routed_lab.hook_env(), "IFACE": "eth2", "LOGICAL": "eth2", "MODE": "start", "PHASE": "post-up",
+            "ADDRFAM": "inet", "METHOD": "static"}
+
+    def setup():
+        results.append(domunet("setup"))
+
+    def ifup():
+        results.append(routed_lab.run("guest", str(routed_lab.bin / "domunet"), "ifupdown", check=False, env=hook))
+
+    threads = [threading.Thread(target=task) for task in (setup, ifup, setup, ifup)]
+    routed_lab.run("guest", "ip", "addr", "add", "192.168.0.231/24", "dev", "eth2")
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    watcher.settle()
+    assert all(r.returncode == 0 and "Traceback" not in r.stderr for r in results), [r.stderr for r in results]
+    listed = rules(routed_lab).splitlines()
+    assert len(listed) == len(set(listed))
+    assert not [line for line in watcher.lines if "error" in line.lower()]
+    assert domunet("plan").stdout == ""
+
+
+def test_readiness_reload_and_stop_are_reported_to_systemd(routed_lab, watch, tmp_path):
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        listener.settimeout(5)
+        watcher = watch(env={"NOTIFY_SOCKET": path})
+        assert listener.recv(100) == b"READY=1"
+        assert "oif eth1" in rules(routed_lab)  # ready means converged
+        watcher.process.send_signal(signal.SIGHUP)
+        assert [listener.recv(100), listener.recv(100)] == [b"RELOADING=1", b"READY=1"]
+        assert watcher.stop() == 0
+        assert listener.recv(100) == b"STOPPING=1"

@@ -1,0 +1,42 @@
+"""watch's decisions, without a kernel: which events call for a run, and the echo of its own."""
+
+import ipaddress
+
+from domunet.diff import Change
+from domunet.model import PROTO, PROTO_TEMP, TABLE_MAIN, Route, Rule
+from domunet.watch import Event, echoes_of, matters
+
+OURS = Rule(4, 10012, 1001, src=ipaddress.ip_network("192.168.0.201/32"))
+TABLE_ROUTE = Route(1001, ipaddress.ip_network("0.0.0.0/0"), "eth1", gateway=ipaddress.ip_address("192.168.0.1"))
+
+
+def test_the_echo_of_its_own_change_is_heard_once_and_ignored():
+    echoes = echoes_of([Change("add", OURS), Change("add", TABLE_ROUTE)])
+    assert not matters(Event("rule", "add", OURS), echoes)
+    assert not matters(Event("route", "add", TABLE_ROUTE), echoes)
+    assert matters(Event("rule", "add", OURS), echoes)  # a second add is not ours
+
+
+def test_someone_removing_domunets_rule_matters():
+    echoes = echoes_of([Change("add", OURS)])
+    assert matters(Event("rule", "remove", OURS), echoes)
+
+
+def test_links_and_addresses_always_matter():
+    assert matters(Event("link", "add"), echoes_of([]))
+    assert matters(Event("address", "remove"), echoes_of([]))
+
+
+def test_foreign_routes_matter_in_main_only_and_temporary_routes_never():
+    bridge = Route(TABLE_MAIN, ipaddress.ip_network("172.17.0.0/16"), "docker0", proto=2)
+    elsewhere = Route(51820, ipaddress.ip_network("0.0.0.0/0"), "wg0", proto=3)
+    temporary = Route(TABLE_MAIN, ipaddress.ip_network("192.168.0.1/32"), "eth1", proto=PROTO_TEMP)
+    assert matters(Event("route", "add", bridge), echoes_of([]))
+    assert not matters(Event("route", "add", elsewhere), echoes_of([]))
+    assert not matters(Event("route", "remove", temporary), echoes_of([]))
+
+
+def test_foreign_rules_do_not_matter():
+    wg_quick = Rule(4, 32764, TABLE_MAIN, proto=0)
+    assert not matters(Event("rule", "add", wg_quick), echoes_of([]))
+    assert OURS.proto == PROTO
