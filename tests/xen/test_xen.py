@@ -41,6 +41,16 @@ def test_the_boot_unit_ran_and_every_address_answers_from_outside(dom0, guest):
         assert tcp_works(dom0, address), f"{address} does not answer TCP from outside"
 
 
+def test_watch_runs_in_the_guest_and_puts_back_a_deleted_rule(dom0, guest):
+    state = guest.until("systemctl is-active domunet-watch.service", timeout=120)
+    assert state["stdout"].strip() == "active", guest.run("journalctl", "-u", "domunet-watch", check=False)
+    line = next(line for line in guest.run("ip", "rule")["stdout"].splitlines() if "from 192.168.0.201 " in line)
+    guest.sh(f"ip rule del priority {line.split(':')[0]} from 192.168.0.201")
+    back = guest.until("ip rule | grep -q 'from 192.168.0.201 '", timeout=10)
+    assert back["rc"] == 0, guest.run("journalctl", "-u", "domunet-watch", check=False)
+    assert answers(dom0, ADDRESSES["enX1"])
+
+
 def test_dom0_carries_no_guest_units_and_keeps_vif_domunets_routes(dom0):
     """On real Xen the guest's udev rule and units, pulled into dom0 by a dependency, ran the
     guest engine there, which deleted vif-domunet's routes seconds after they were made."""
