@@ -1,3 +1,3 @@
 """domunet: per-interface policy routing for Xen guests, and its dom0 companion."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
