@@ -302,9 +302,11 @@ def _guest(args: argparse.Namespace, verb: str, names: list[str], pending: Any =
         for change in outcome.changes:
             source = outcome.desired.stands_for.get(change.obj)
             print(ip_command(change) + (f"  # for {source.describe()}" if source else ""))
+        for line in outcome.marks:
+            print(line)
         for route, why in outcome.desired.passed_over:
             log.info("left to the NICs' tables: %s: %s", route.describe(), why)
-        if not outcome.changes:
+        if not outcome.changes and not outcome.marks:
             log.info("nothing to do")
     return EXIT_OK
 

@@ -27,6 +27,8 @@ DEFAULT_RT_TABLES_FILE = "/etc/iproute2/rt_tables.d/domunet.conf"
 #: Tables from table_base on; one slot per managed interface (see plan.allocate_tables).
 TABLE_SLOTS = 1000
 STRATEGIES = ("auto", "temporary-main-route")
+#: Bits 16..25: clear of Kubernetes' 0x4000/0x8000 and Cilium's 0x0f00 (Calico's 0xffff0000 is not: see README).
+DEFAULT_FWMARK_MASK = 0x03FF0000
 
 #: Interface names as admins write them (the kernel allows more, shells and tools do not).
 _IFNAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,15}$")
@@ -39,6 +41,8 @@ gateway_strategy = option('auto', 'temporary-main-route', default='auto')
 main_prefixes = ip_prefix_list(default=list())
 coexistence = boolean(default=True)
 main_exclude = ip_prefix_list(default=list())
+connmark = boolean(default=True)
+fwmark_mask = fwmark_mask(default='0x03ff0000')
 ignore = ifname_glob_list(default=list('lo'))
 default6_interface = ifname(default=None)
 rt_tables_file = string(default='/etc/iproute2/rt_tables.d/domunet.conf')
@@ -78,6 +82,10 @@ class Config:
     coexistence: bool = True
     #: Destinations coexistence leaves to the per-NIC tables (`0.0.0.0/0, ::/0`: all of them).
     main_exclude: tuple[IPNetwork, ...] = ()
+    #: Forwarded connections (DNAT to a container) answer by the NIC they came in on (domunet.connmark).
+    connmark: bool = True
+    #: The packet and connection mark bits domunet uses for that: 10 contiguous bits at least.
+    fwmark_mask: int = DEFAULT_FWMARK_MASK
     ignore: tuple[str, ...] = ("lo",)
     default6_interface: str | None = None
     rt_tables_file: str = DEFAULT_RT_TABLES_FILE
@@ -121,6 +129,22 @@ def _ifname(value: Any, pattern: re.Pattern[str] = _IFNAME) -> str | None:
     return value
 
 
+def _fwmark_mask(value: Any) -> int:
+    """A 32-bit mask whose lowest set bit starts a run of at least 10 bits (1000 tables' marks)."""
+    if not isinstance(value, str):
+        raise validate.VdtTypeError(value)
+    try:
+        mask = int(value.strip(), 0)
+    except ValueError:
+        raise _Invalid(f"{value!r} is not a number such as 0x03ff0000") from None
+    if not 0 < mask <= 0xFFFFFFFF:
+        raise _Invalid(f"{value!r} is not a 32-bit mask")
+    shift = (mask & -mask).bit_length() - 1
+    if (((1 << 10) - 1) << shift) & ~mask:
+        raise _Invalid(f"{value!r}: needs 10 contiguous bits from its lowest one (marks for 1000 tables)")
+    return mask
+
+
 def _as_list(value: Any) -> list[Any]:
     if isinstance(value, str):
         return [value] if value.strip() else []
@@ -150,6 +174,7 @@ _VALIDATOR = validate.Validator(
         "ifname": _ifname,
         "ip_prefix_list": _prefix_list,
         "ifname_glob_list": _ifname_glob_list,
+        "fwmark_mask": _fwmark_mask,
     }
 )
 
@@ -292,6 +317,8 @@ def _typed(parsed: configobj.ConfigObj, path: str) -> Config:
         main_prefixes=tuple(parsed["main_prefixes"]),
         coexistence=parsed["coexistence"],
         main_exclude=tuple(parsed["main_exclude"]),
+        connmark=parsed["connmark"],
+        fwmark_mask=parsed["fwmark_mask"],
         ignore=tuple(parsed["ignore"]),
         default6_interface=parsed["default6_interface"],
         rt_tables_file=os.path.normpath(parsed["rt_tables_file"]) if parsed["rt_tables_file"] else "",

@@ -16,6 +16,7 @@ from typing import Mapping
 
 import netifaces
 
+from domunet import sysctl, tools
 from domunet.errors import KernelError
 from domunet.kernel import Kernel
 from domunet.model import PROTO, PROTO_TEMP, TABLE_MAIN, Interface, IPInterface, Route, State
@@ -38,6 +39,10 @@ class Facts:
     main_routes: tuple[Route, ...] = ()
     #: What dom0 published in xenstore, per interface name (domunet.xen).
     xen: Mapping[str, VifFacts] = field(default_factory=dict)
+    #: IP versions this host forwards (a container host, a router): those get connection marks.
+    forwarding: frozenset[int] = frozenset()
+    #: Whether `nft` is installed (connection marks need it).
+    nft: bool = False
 
     def interface(self, name: str) -> Interface | None:
         return next((i for i in self.interfaces if i.name == name), None)
@@ -100,6 +105,9 @@ def discover(kernel: Kernel) -> tuple[Facts, State]:
         routes=frozenset(r for r in routes if r.proto in ours),
         rules=frozenset(r for r in rules if r.proto in ours),
     )
+    forwarding = frozenset(v for v, key in ((4, "net/ipv4/ip_forward"), (6, "net/ipv6/conf/all/forwarding"))
+                           if sysctl.read(key) == "1")
     facts = Facts(interfaces=tuple(interfaces), main_defaults=main_defaults, main_routes=main_routes,
-                  xen=discover_xen(interfaces))
+                  xen=discover_xen(interfaces), forwarding=forwarding,
+                  nft=bool(forwarding) and tools.find("nft") is not None)
     return facts, owned

@@ -10,9 +10,10 @@ from typing import Any, Sequence
 
 from domunet import config as configuration
 from domunet.apply import apply
+from domunet.connmark import Marks
 from domunet.diff import Change, Scope, diff, scope_for
 from domunet.discover import discover
-from domunet.errors import UsageError
+from domunet.errors import DomunetError, UsageError
 from domunet.ifupdown import HookCall, load_hints, save_hints
 from domunet.kernel import Kernel
 from domunet.lock import locked
@@ -32,6 +33,8 @@ class Outcome:
     desired: State
     changes: list[Change] = field(default_factory=list)
     rows: list[dict[str, Any]] | None = None
+    #: Connection marks and their sysctls (domunet.connmark): done, or to do for plan.
+    marks: list[str] = field(default_factory=list)
 
 
 def load_config(path: str | None, state_dir: str, pending: HookCall | None = None) -> configuration.Config:
@@ -85,12 +88,21 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
         save_hints(state_dir, pending)
     scope: Scope | None = scope_for(names, desired, owned) if names else None
     changes = diff(desired, owned, scope)
+    marks = Marks(state_dir)
     if verb == "plan":
-        return Outcome(desired, changes)
+        return Outcome(desired, changes, marks=marks.changes(desired.marks, desired.fwmask))
     done = apply(changes, kernel, config.gateway_strategy)
+    marked: list[str] = []
+    if verb == "setup" or not names:
+        try:
+            marked = marks.converge(desired.marks, desired.fwmask)
+        except DomunetError:
+            undone = [Change("remove" if c.action == "add" else "add", c.obj) for c in reversed(done)]
+            apply(undone, kernel, config.gateway_strategy)
+            raise
     gone = sorted({m.name for m in desired.managed} - set(kernel.links(refresh=True)))
     if gone:
         done += _forget_vanished(kernel, config, gone)
     write_table_names(config.rt_tables_file, table_names_after(owned, done))
-    log.info("%s: %d change(s)", verb, len(done))
-    return Outcome(desired, done)
+    log.info("%s: %d change(s)", verb, len(done) + len(marked))
+    return Outcome(desired, done, marks=marked)

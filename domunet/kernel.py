@@ -166,6 +166,7 @@ class Kernel:
             return None
         src = msg.get_attr("FRA_SRC")
         dst = msg.get_attr("FRA_DST")
+        fwmark = msg.get_attr("FRA_FWMARK")
         return Rule(
             version=4 if msg["family"] == socket.AF_INET else 6,
             priority=_attr(msg, "FRA_PRIORITY", 0),
@@ -173,6 +174,8 @@ class Kernel:
             src=ipaddress.ip_network(f"{src}/{msg['src_len']}") if src else None,
             dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}") if dst else None,
             oif=msg.get_attr("FRA_OIFNAME"),
+            fwmark=fwmark if fwmark else None,
+            fwmask=_attr(msg, "FRA_FWMASK", 0xFFFFFFFF) if fwmark else None,
             proto=_attr(msg, "FRA_PROTOCOL", 0),
         )
 
@@ -258,6 +261,8 @@ class Kernel:
             args.update(dst=str(rule.dst.network_address), dst_len=rule.dst.prefixlen)
         if rule.oif is not None:
             args["oifname"] = rule.oif
+        if rule.fwmark is not None:
+            args.update(fwmark=rule.fwmark, fwmask=rule.fwmask if rule.fwmask is not None else 0xFFFFFFFF)
         return args
 
     def add_rule(self, rule: Rule) -> None:

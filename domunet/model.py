@@ -104,6 +104,9 @@ class Rule:
     src: IPNetwork | None = None
     dst: IPNetwork | None = None
     oif: str | None = None
+    #: Packet mark and mask: replies of forwarded connections, marked by the NIC they came in on.
+    fwmark: int | None = None
+    fwmask: int | None = None
     proto: int = PROTO
 
     def describe(self) -> str:
@@ -111,6 +114,8 @@ class Rule:
         parts.append(f"from {self.src}" if self.src else "from all")
         if self.dst:
             parts.append(f"to {self.dst}")
+        if self.fwmark is not None:
+            parts.append(f"fwmark {self.fwmark:#x}/{self.fwmask if self.fwmask is not None else 0xFFFFFFFF:#x}")
         if self.oif:
             parts.append(f"oif {self.oif}")
         parts.append(f"lookup {'main' if self.table == TABLE_MAIN else self.table}")
@@ -144,6 +149,9 @@ class State:
     stands_for: Mapping[Route | Rule, Route] = field(default_factory=dict, compare=False)
     #: Main-table routes left out of coexistence, with the reason (shown by plan and status).
     passed_over: tuple[tuple[Route, str], ...] = field(default=(), compare=False)
+    #: Connection marks per NIC (domunet.connmark): forwarded connections answer by the NIC they came in on.
+    marks: Mapping[str, int] = field(default_factory=dict, compare=False)
+    fwmask: int = 0
 
     def tables(self) -> set[int]:
         return {r.table for r in self.routes} | {r.table for r in self.rules}

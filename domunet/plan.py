@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 XEN_SLOTS = 256
 #: Rule priorities: priority_base holds the main-table exemptions, interfaces start here after it.
 FIRST_INTERFACE_PRIORITY = 10
+#: ...and priority_base + 1 the connection-mark rules (after the exemptions, before every NIC's own).
+MARK_PRIORITY = 1
 
 
 @dataclass(frozen=True)
@@ -326,6 +328,22 @@ def _coexistence(config: Config, facts: Facts, candidates: list[_Candidate], tab
     return rules, mirrored, stands_for, passed_over
 
 
+def _marks(config: Config, facts: Facts, candidates: list[_Candidate], tables: dict[str, int]) -> dict[str, int]:
+    """A connection mark per managed NIC, when the host forwards: a reply to a connection that came
+    in on a NIC (a port published with DNAT to a container) still has the container's source when
+    it is routed, so no `from` rule matches; its mark sends it back out the NIC it came in on."""
+    if not config.connmark or not facts.forwarding:
+        return {}
+    if not facts.nft:
+        log.warning("this host forwards, but nft is not installed: replies of forwarded connections "
+                    "(DNAT to containers) on secondary addresses may leave by the wrong NIC "
+                    "(apt-get install nftables)")
+        return {}
+    shift = (config.fwmark_mask & -config.fwmark_mask).bit_length() - 1
+    return {c.interface.name: (tables[c.interface.name] - config.table_base + 1) << shift
+            for c in candidates if set(c.families) & facts.forwarding}
+
+
 def plan(config: Config, facts: Facts) -> State:
     """The complete desired state for this host."""
     usable = _usable(config, facts)
@@ -354,6 +372,10 @@ def plan(config: Config, facts: Facts) -> State:
         Rule(prefix.version, config.priority_base, TABLE_MAIN, dst=prefix)
         for prefix in config.main_prefixes if prefix.version in versions
     ]
+    marks = _marks(config, facts, candidates, tables)
+    rules += [Rule(version, config.priority_base + MARK_PRIORITY, tables[name], fwmark=mark, fwmask=config.fwmark_mask)
+              for c in candidates for name, mark in marks.items() if c.interface.name == name
+              for version in c.families if version in facts.forwarding]
     stands_for: dict[Route | Rule, Route] = {}
     passed_over: list[tuple[Route, str]] = []
     if config.coexistence:
@@ -361,7 +383,7 @@ def plan(config: Config, facts: Facts) -> State:
         rules += exempt
         routes += mirrored
     return State(routes=frozenset(routes), rules=frozenset(rules), managed=tuple(managed),
-                 stands_for=stands_for, passed_over=tuple(passed_over))
+                 stands_for=stands_for, passed_over=tuple(passed_over), marks=marks, fwmask=config.fwmark_mask)
 
 
 def within_reach(owned: State, config: Config) -> State:

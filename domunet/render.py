@@ -29,6 +29,9 @@ def rule_args(rule: Rule) -> list[str]:
     words += ["from", str(rule.src) if rule.src else "all"]
     if rule.dst is not None:
         words += ["to", str(rule.dst)]
+    if rule.fwmark is not None:
+        mask = rule.fwmask if rule.fwmask is not None else 0xFFFFFFFF
+        words += ["fwmark", f"{rule.fwmark:#x}/{mask:#x}"]
     if rule.oif is not None:
         words += ["oif", rule.oif]
     return words + ["lookup", _table(rule.table), "proto", str(rule.proto)]

@@ -50,6 +50,7 @@ def report(facts: Facts, desired: State, owned: State,
                 "for": route.describe(),
                 "in_kernel": obj in (owned.routes if isinstance(obj, Route) else owned.rules),
             } for obj, route in kept],
+            "connmark": f"{desired.marks[interface.name]:#x}" if interface.name in desired.marks else None,
             "passed_over": [{"route": route.describe(), "why": why}
                             for route, why in desired.passed_over if route.dev == interface.name],
         })
@@ -79,6 +80,8 @@ def render(rows: list[dict[str, Any]]) -> str:
             lines.append(f"  address:    {address:<28} replies leave by {leaves}{mark}")
         for rule in row["rules"]:
             lines.append(f"  {rule}")
+        if row["connmark"]:
+            lines.append(f"  connmark:   {row['connmark']} (forwarded connections that came in here answer here)")
         for kept in row["keeps_main"]:
             missing = "" if kept["in_kernel"] else "  (NOT SET UP: run domunet setup)"
             lines.append(f"  keeps main: {kept['object']} (for {kept['for']}){missing}")

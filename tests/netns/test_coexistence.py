@@ -105,13 +105,13 @@ class Neighbours:
         argv = ["ping", "-n", "-q", "-c", "1", "-W", "2", *(["-I", source] if source else []), address]
         return any(self.run(role, *argv, check=False).returncode == 0 for _ in range(tries))
 
-    def tcp(self, server_role, listen, client_role, connect, source=None, port=8080):
+    def tcp(self, server_role, listen, client_role, connect, source=None, port=8080, connect_port=None):
         """A TCP connection, accepted and answered; the server says whom it saw."""
         server = subprocess.Popen(self._argv(server_role, "-c", _SERVER, listen, str(port)), text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             assert server.stdout.readline().strip() == "listening", server.stderr.read()
-            client = self.run(client_role, sys.executable, "-c", _CLIENT, connect, str(port),
+            client = self.run(client_role, sys.executable, "-c", _CLIENT, connect, str(connect_port or port),
                               *([source] if source else []), check=False)
             return client.returncode == 0 and client.stdout.startswith("hello")
         finally:
@@ -213,3 +213,44 @@ def test_without_coexistence_the_container_loses_the_guest_as_the_issue_found(ro
     assert not paths["192.168.0.201 -> behind the peer (static route)"]
     assert_ok(domunet("setup"))
     assert all(neighbours.paths().values())
+
+
+DNAT = ("add chain ip lab-nat pre { type nat hook prerouting priority -100; }; "
+        f"add rule ip lab-nat pre tcp dport 8080 dnat to {CONTAINER4}:80")
+
+
+def guest_state(lab):
+    """Rules, routes, nftables and the sysctls connection marks touch."""
+    sysctls = lab.run("guest", "sh", "-c", "grep . /proc/sys/net/ipv4/conf/eth*/src_valid_mark").stdout
+    return lab.dump() + lab.run("guest", "nft", "list", "ruleset").stdout + sysctls
+
+
+def test_a_port_published_with_dnat_answers_on_every_guest_address(routed_lab, domunet, neighbours):
+    routed_lab.run("guest", "nft", DNAT)
+    assert_ok(domunet("setup"))
+    for address in GUEST4:
+        assert neighbours.tcp("ctr", "0.0.0.0", "out", address, port=80, connect_port=8080), address
+    assert_ok(domunet("setup"))
+    assert domunet("plan").stdout == ""
+    config = routed_lab.workdir / "nomarks.conf"
+    config.write_text("connmark = no\n" + (routed_lab.workdir / "domunet.conf").read_text())
+    assert_ok(domunet("setup", config=str(config)))
+    assert not neighbours.tcp("ctr", "0.0.0.0", "out", "192.168.0.201", port=80, connect_port=8080)
+
+
+def test_connection_marks_go_with_teardown_and_the_sysctls_are_put_back(routed_lab, domunet, neighbours):
+    routed_lab.sysctl("guest", ["net/ipv4/conf/eth2/src_valid_mark=1"])  # the admin's own: stays
+    before = guest_state(routed_lab)
+    assert_ok(domunet("setup"))
+    during = guest_state(routed_lab)
+    assert "table inet domunet-guest" in during and "eth1/src_valid_mark:1" in during
+    status = domunet("status")
+    assert "connmark:" in status.stdout
+    assert_ok(domunet("teardown"))
+    assert guest_state(routed_lab) == before
+
+
+def test_without_forwarding_no_marks_and_no_nft_table(routed_lab, domunet):
+    assert_ok(domunet("setup"))
+    assert "domunet-guest" not in routed_lab.run("guest", "nft", "list", "ruleset").stdout
+    assert "fwmark" not in routed_lab.run("guest", "ip", "rule").stdout

@@ -103,3 +103,39 @@ def test_families_domunet_does_not_manage_get_no_rules():
 def test_explicit_main_prefixes_and_derived_rules_do_not_duplicate():
     state = planned(DOCKER, text=LAB_CONFIG.replace(b"[interfaces]", b"main_prefixes = 172.17.0.0/16\n[interfaces]"))
     assert [r for r in state.rules if r.dst is not None] == [Rule(4, 10000, TABLE_MAIN, dst=DOCKER.dst)]
+
+
+def test_a_forwarding_host_gets_a_connection_mark_and_a_fwmark_rule_per_managed_nic():
+    facts = lab_guest(forwarding=frozenset({4}), nft=True)
+    state = plan(config.parse(LAB_CONFIG), facts)
+    tables = {m.name: m.table for m in state.managed}
+    assert set(state.marks) == {"eth0", "eth1", "eth2"}  # eth3 is IPv6 only, and only IPv4 is forwarded
+    assert all(state.marks[n] == (tables[n] - 1000 + 1) << 16 for n in state.marks)
+    marked = {r.table: r for r in state.rules if r.fwmark is not None}
+    assert {tables[n] for n in ("eth0", "eth1", "eth2")} == set(marked)
+    assert all(r.priority == 10001 and r.fwmask == 0x03FF0000 and r.version == 4 for r in marked.values())
+
+
+def test_no_marks_without_forwarding_without_nft_or_when_switched_off():
+    assert not plan(config.parse(LAB_CONFIG), lab_guest()).marks
+    assert not plan(config.parse(LAB_CONFIG), lab_guest(forwarding=frozenset({4}), nft=False)).marks
+    off = config.parse(b"connmark = no\n" + LAB_CONFIG)
+    assert not plan(off, lab_guest(forwarding=frozenset({4}), nft=True)).marks
+
+
+def test_the_mark_table_text_is_stable_and_names_each_nic():
+    from domunet.connmark import digest_of, ruleset
+
+    text = ruleset({"eth1": 0x20000, "eth0": 0x10000}, 0x03FF0000)
+    assert text == ruleset({"eth0": 0x10000, "eth1": 0x20000}, 0x03FF0000)
+    assert 'iifname "eth1" ct state new ct mark set ct mark and 0xfc00ffff or 0x00020000' in text
+    assert digest_of(text) != digest_of(ruleset({"eth0": 0x10000}, 0x03FF0000))
+
+
+def test_fwmark_rules_render_as_ip_commands():
+    from domunet.diff import Change
+    from domunet.render import ip_command
+
+    rule = Rule(4, 10001, 1001, fwmark=0x20000, fwmask=0x03FF0000)
+    assert ip_command(Change("add", rule)) == (
+        "ip -4 rule add priority 10001 from all fwmark 0x20000/0x3ff0000 lookup 1001 proto 213")

@@ -84,3 +84,10 @@ def test_missing_default_file_means_defaults(tmp_path, monkeypatch):
 def test_missing_explicit_file_is_an_error(tmp_path):
     with pytest.raises(ConfigError, match="no such file"):
         config.load(str(tmp_path / "none.conf"))
+
+
+def test_fwmark_mask_needs_room_for_a_thousand_marks():
+    assert config.parse(b"fwmark_mask = 0x3ff\n").fwmark_mask == 0x3FF
+    for bad in (b"0xff", b"0", b"banana", b"0x1ff00000", b"0x1ffffffff"):
+        with pytest.raises(ConfigError, match="key 'fwmark_mask'"):
+            config.parse(b"fwmark_mask = " + bad + b"\n")

@@ -1,0 +1,155 @@
+"""Connection marks in the guest: a forwarded connection answers by the NIC it came in on.
+
+A port published with DNAT on a secondary address (192.168.0.201:8080 -> a container) gets its
+reply routed while the source is still the container's (NAT is undone after routing), so no
+`from` rule matches and it would leave by main's NIC, where dom0 drops it. One nftables table of
+domunet's own marks each new connection with its arrival NIC and copies the connection's mark
+onto its packets; a `fwmark` rule per NIC (made by the planner) routes them through that NIC's
+table. Strict rp_filter checks the arriving packets with their mark only with src_valid_mark, so
+that is set on the marked NICs and put back as it was when the marks go.
+
+The table carries a digest of its text as its comment, so a run that would write the same table
+knows it from the kernel and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import subprocess
+from pathlib import Path
+from typing import Mapping
+
+from domunet import sysctl, tools
+from domunet.errors import KernelError
+
+log = logging.getLogger(__name__)
+
+TABLE = "domunet-guest"
+_COMMENT = re.compile(r'comment "domunet:([0-9a-f]+)"')
+#: Under the state dir: the src_valid_mark values before domunet set them, and that the table is ours.
+ORIGIN = "connmark.json"
+
+
+def ruleset(marks: Mapping[str, int], mask: int) -> str:
+    """The whole table for these NICs and marks (pure)."""
+    keep = 0xFFFFFFFF & ~mask
+    body = [
+        "    chain prerouting {",
+        "        type filter hook prerouting priority mangle; policy accept;",
+        *(f'        iifname "{name}" ct state new ct mark set ct mark and {keep:#010x} or {mark:#010x}'
+          for name, mark in sorted(marks.items())),
+        f"        ct mark and {mask:#010x} != 0 meta mark 0 meta mark set ct mark and {mask:#010x}",
+        "    }",
+    ]
+    digest = hashlib.sha256("\n".join(body).encode()).hexdigest()[:16]
+    return "\n".join([f"table inet {TABLE} {{", f'    comment "domunet:{digest}"', *body, "}", ""])
+
+
+def digest_of(text: str) -> str | None:
+    match = _COMMENT.search(text)
+    return match.group(1) if match else None
+
+
+def _nft(*args: str, text: str | None = None) -> subprocess.CompletedProcess[str]:
+    nft = tools.require("connection marks", "nft")["nft"]
+    try:
+        return subprocess.run([nft, *args], input=text, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise KernelError(f"cannot run nft: {error}") from None
+
+
+def current_digest() -> str | None:
+    """The digest of domunet's table in the kernel; None when there is none."""
+    result = _nft("list", "table", "inet", TABLE)
+    return digest_of(result.stdout) if result.returncode == 0 else None
+
+
+class Marks:
+    """What the table and the sysctls are now, and how to make them what the plan says."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.origin = Path(state_dir) / ORIGIN
+
+    def _saved(self) -> dict[str, str]:
+        try:
+            value = json.loads(self.origin.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            log.warning("%s: unreadable (%s); starting from the kernel's state", self.origin, error)
+            return {}
+        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+    def _save(self, saved: dict[str, str]) -> None:
+        temporary = self.origin.with_name(ORIGIN + ".tmp")
+        with open(temporary, "w", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW, 0o644)) as handle:
+            json.dump(saved, handle)
+        os.replace(temporary, self.origin)
+
+    def changes(self, marks: Mapping[str, int], mask: int) -> list[str]:
+        """What `converge` would do, as commands (for `domunet plan`)."""
+        if not marks and not self.origin.exists():
+            return []
+        wanted = ruleset(marks, mask) if marks else None
+        out = []
+        if (digest_of(wanted) if wanted else None) != current_digest():
+            out.append(f"nft -f - <<< 'table inet {TABLE} ...' # marks {_listed(marks)}" if marks
+                       else f"nft delete table inet {TABLE}")
+        saved = self._saved()
+        for name in sorted(marks):
+            key = _key(name)
+            if sysctl.read(key) != "1":
+                out.append(f"sysctl -w {key.replace('/', '.')}=1")
+        out += [f"sysctl -w {key.replace('/', '.')}={value}" for key, value in sorted(saved.items())
+                if key not in {_key(n) for n in marks}]
+        return out
+
+    def converge(self, marks: Mapping[str, int], mask: int) -> list[str]:
+        """Make it so; returns what was done. Nothing at all (not even an nft run) when there are
+        no marks and domunet never made any."""
+        if not marks and not self.origin.exists():
+            return []
+        done = []
+        wanted = ruleset(marks, mask) if marks else None
+        if (digest_of(wanted) if wanted else None) != current_digest():
+            text = f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n" + (wanted or "")
+            result = _nft("-f", "-", text=text)
+            if result.returncode != 0:
+                raise KernelError(f"nft refused the connection-mark table: {result.stderr.strip()}")
+            done.append(f"connection marks: {_listed(marks)}" if marks else "connection marks removed")
+        saved = self._saved()
+        wanted_keys = {_key(name) for name in marks}
+        for key in sorted(wanted_keys):
+            value = sysctl.read(key)
+            if value is None or value == "1":
+                continue
+            saved.setdefault(key, value)
+            self._save(saved)
+            sysctl.write(key, "1")
+            done.append(f"{key.replace('/', '.')} = 1")
+        for key in sorted(set(saved) - wanted_keys):
+            try:
+                sysctl.write(key, saved[key])
+                done.append(f"{key.replace('/', '.')} = {saved[key]} (as before)")
+            except KernelError:
+                log.info("%s: gone with its interface", key.replace("/", "."))
+            del saved[key]
+        if marks:
+            self._save(saved)
+        else:
+            self.origin.unlink(missing_ok=True)
+        for line in done:
+            log.info("%s", line)
+        return done
+
+
+def _key(name: str) -> str:
+    return f"net/ipv4/conf/{name}/src_valid_mark"
+
+
+def _listed(marks: Mapping[str, int]) -> str:
+    return ", ".join(f"{name}={mark:#x}" for name, mark in sorted(marks.items()))
