@@ -16,7 +16,7 @@ from domunet.discover import discover
 from domunet.errors import DomunetError, UsageError
 from domunet.ifupdown import HookCall, load_hints, save_hints
 from domunet.kernel import Kernel
-from domunet.lock import locked
+from domunet.lock import locked, watch_running
 from domunet.model import State
 from domunet.names import table_names_after, write_table_names
 from domunet.plan import plan, within_reach
@@ -91,6 +91,9 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
     marks = Marks(state_dir)
     if verb == "plan":
         return Outcome(desired, changes, marks=marks.changes(desired.marks, desired.fwmask))
+    if verb == "teardown" and changes and watch_running(state_dir):
+        log.warning("domunet watch is running and will set this up again at the next change: "
+                    "systemctl stop domunet-watch first")
     done = apply(changes, kernel, config.gateway_strategy)
     marked: list[str] = []
     if verb == "setup" or not names:

@@ -33,3 +33,29 @@ def locked(state_dir: str, shared: bool = False) -> Iterator[None]:
     with handle:
         fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
+
+
+WATCH_LOCK = "watch.lock"
+
+
+@contextmanager
+def watching(state_dir: str) -> Iterator[None]:
+    """Held by `domunet watch` for its lifetime: one watch at a time, and others can tell it runs."""
+    os.makedirs(state_dir, mode=0o755, exist_ok=True)
+    with open(os.path.join(state_dir, WATCH_LOCK), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"another domunet watch is running (it holds {state_dir}/{WATCH_LOCK})") from None
+        yield
+
+
+def watch_running(state_dir: str) -> bool:
+    try:
+        with open(os.path.join(state_dir, WATCH_LOCK)) as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False

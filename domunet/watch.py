@@ -218,6 +218,7 @@ def run(config_path: str | None, state_dir: str) -> None:
     from domunet import config as configuration
     from domunet import guest
     from domunet.kernel import Events, Kernel
+    from domunet.lock import watching
 
     current = {"config": configuration.load(config_path)}
 
@@ -225,7 +226,7 @@ def run(config_path: str | None, state_dir: str) -> None:
         current["config"] = configuration.load(config_path)
 
     events = Events()
-    with Kernel() as kernel:
+    with watching(state_dir), Kernel() as kernel:
         def converge() -> list[Change]:
             config = guest.with_current_hints(current["config"], state_dir)
             return guest.run("setup", config, state_dir, kernel=kernel).changes

@@ -245,3 +245,11 @@ def test_readiness_reload_and_stop_are_reported_to_systemd(routed_lab, watch, tm
         assert [listener.recv(100), listener.recv(100)] == [b"RELOADING=1", b"READY=1"]
         assert watcher.stop() == 0
         assert listener.recv(100) == b"STOPPING=1"
+
+
+def test_one_watch_at_a_time_and_teardown_warns_that_watch_will_undo_it(routed_lab, domunet, watch):
+    watch()
+    second = routed_lab.domunet("watch", python=sys.executable)
+    assert second.returncode == 2 and "another domunet watch is running" in second.stderr
+    result = domunet("teardown")
+    assert result.returncode == 0 and "systemctl stop domunet-watch" in result.stderr
