@@ -279,7 +279,7 @@ def _ifupdown(args: argparse.Namespace) -> int:
     if call is None:
         return EXIT_OK
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(logging.Formatter(f"domunet: {call.iface}: %(message)s"))
+        handler.setFormatter(_OneLine(f"domunet: {call.iface}: %(message)s"))
     if call.mode == "start":
         return _guest(args, "setup", [], pending=call)
     ifupdown.remove_hints(args.state_dir, call.iface)

@@ -10,6 +10,7 @@ import ipaddress
 import logging
 import os
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
@@ -18,7 +19,7 @@ import configobj
 import validate
 
 from domunet.errors import ConfigError
-from domunet.model import IPAddress, IPNetwork
+from domunet.model import IPAddress, IPNetwork, parse_network
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ connmark = boolean(default=True)
 fwmark_mask = fwmark_mask(default='0x03ff0000')
 ignore = ifname_glob_list(default=list('lo'))
 default6_interface = ifname(default=None)
-rt_tables_file = string(default='/etc/iproute2/rt_tables.d/domunet.conf')
+rt_tables_file = rt_tables_file(default='/etc/iproute2/rt_tables.d/domunet.conf')
 [interfaces]
 [[__many__]]
 manage = option('auto', 'yes', 'no', default='auto')
@@ -90,6 +91,8 @@ class Config:
     default6_interface: str | None = None
     rt_tables_file: str = DEFAULT_RT_TABLES_FILE
     interfaces: Mapping[str, InterfaceConfig] = field(default_factory=lambda: MappingProxyType({}))
+    #: Stanza options refused (interface, why): `domunet status` shows them.
+    refused: tuple[tuple[str, str], ...] = ()
 
     def for_interface(self, name: str) -> InterfaceConfig:
         return self.interfaces.get(name) or InterfaceConfig(name)
@@ -145,6 +148,21 @@ def _fwmark_mask(value: Any) -> int:
     return mask
 
 
+def _rt_tables_file(value: Any) -> str:
+    """"" (no names), or a .conf file directly in an rt_tables.d directory: iproute2's drop-ins,
+    never rt_tables itself nor anything else root could be made to overwrite."""
+    if not isinstance(value, str):
+        raise validate.VdtTypeError(value)
+    if value == "":
+        return ""
+    path = os.path.normpath(value)
+    if not value.isprintable() or not os.path.isabs(value) or os.path.basename(os.path.dirname(path)) != \
+            "rt_tables.d" or not path.endswith(".conf") or path != value:
+        raise _Invalid(f"{value!r}: give an absolute path NAME.conf in an rt_tables.d directory "
+                       "(such as /etc/iproute2/rt_tables.d/domunet.conf), or \"\" for none")
+    return path
+
+
 def _as_list(value: Any) -> list[Any]:
     if isinstance(value, str):
         return [value] if value.strip() else []
@@ -157,7 +175,7 @@ def _prefix_list(value: Any) -> list[IPNetwork]:
     prefixes = []
     for item in _as_list(value):
         try:
-            prefixes.append(ipaddress.ip_network(str(item).strip(), strict=True))
+            prefixes.append(parse_network(str(item)))
         except ValueError:
             raise _Invalid(f"{item!r} is not an IP prefix such as 172.16.0.0/12") from None
     return prefixes
@@ -175,6 +193,7 @@ _VALIDATOR = validate.Validator(
         "ip_prefix_list": _prefix_list,
         "ifname_glob_list": _ifname_glob_list,
         "fwmark_mask": _fwmark_mask,
+        "rt_tables_file": _rt_tables_file,
     }
 )
 
@@ -186,11 +205,19 @@ def check_value(check: str, value: str) -> object:
 
 
 def with_hints(config: Config, hints: Iterable[Any], source: str = "ifupdown") -> Config:
-    """Fill what the config file leaves open from other sources (stanza options); the file wins."""
+    """Fill what the config file leaves open from other sources (stanza options); the file wins.
+    A hint that cannot be used with this config (a table outside table_base's range, or one
+    already given to another interface) is refused: listed in Config.refused, never applied."""
     interfaces = dict(config.interfaces)
+    refused = list(config.refused)
     for hint in hints:
         current = interfaces.get(hint.iface) or InterfaceConfig(hint.iface)
         updates: dict[str, Any] = {}
+        problem = _table_problem(config, interfaces, hint.iface, hint.table) if hint.table is not None else None
+        if problem:
+            refused.append((hint.iface, f"domunet-table {hint.table} ({source}): {problem}"))
+            log.warning("%s: domunet-table %s from %s is refused: %s", hint.iface, hint.table, source, problem)
+            continue
         for key in ("gateway", "gateway6", "table"):
             value = getattr(hint, key)
             if value is None:
@@ -206,7 +233,17 @@ def with_hints(config: Config, hints: Iterable[Any], source: str = "ifupdown") -
             updates["manage"] = hint.manage
         if updates:
             interfaces[hint.iface] = replace(current, **updates)
-    return replace(config, interfaces=MappingProxyType(interfaces))
+    return replace(config, interfaces=MappingProxyType(interfaces), refused=tuple(refused))
+
+
+def _table_problem(config: Config, interfaces: Mapping[str, InterfaceConfig], name: str, table: int) -> str | None:
+    if not config.table_base <= table < config.table_base + TABLE_SLOTS:
+        return (f"outside domunet's tables {config.table_base}..{config.table_base + TABLE_SLOTS - 1} "
+                f"(table_base in {config.path})")
+    other = next((i.name for i in interfaces.values() if i.table == table and i.name != name), None)
+    if other:
+        return f"table {table} is already {other}'s"
+    return None
 
 
 def _where(sections: list[str], key: str | None) -> str:
@@ -219,8 +256,11 @@ def load(path: str | None = None) -> Config:
     explicit = path is not None
     path = path or DEFAULT_PATH
     try:
-        with open(path, "rb") as handle:
-            raw = handle.read(1 << 20 + 1)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not hang the boot
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ConfigError(path, "", "not a regular file")
+            raw = handle.read((1 << 20) + 1)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(path, "", "no such file") from None
@@ -321,6 +361,6 @@ def _typed(parsed: configobj.ConfigObj, path: str) -> Config:
         fwmark_mask=parsed["fwmark_mask"],
         ignore=tuple(parsed["ignore"]),
         default6_interface=parsed["default6_interface"],
-        rt_tables_file=os.path.normpath(parsed["rt_tables_file"]) if parsed["rt_tables_file"] else "",
+        rt_tables_file=parsed["rt_tables_file"],
         interfaces=MappingProxyType(interfaces),
     )

@@ -78,9 +78,14 @@ def parse_netifaces(entries: dict[int, list[dict[str, str]]]) -> tuple[IPInterfa
 def discover(kernel: Kernel) -> tuple[Facts, State]:
     """Read interfaces, addresses and routes once; return the facts and what domunet owns."""
     interfaces = []
-    for link in sorted(kernel.links(refresh=True).values(), key=lambda link: link.index):
+    links = kernel.links(refresh=True)
+    labels = kernel.address_labels()
+    for link in sorted(links.values(), key=lambda link: link.index):
         try:
             entries = netifaces.ifaddresses(link.name)
+            for label in labels.get(link.name, []):
+                for family, values in netifaces.ifaddresses(label).items():
+                    entries.setdefault(family, []).extend(values)
         except ValueError:  # vanished between the link dump and now
             log.info("%s: interface vanished during discovery", link.name)
             continue

@@ -14,9 +14,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import ipaddress
-import json
 import logging
-import os
 import re
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
@@ -27,7 +25,18 @@ from domunet import nft, sysctl, tools
 from domunet.errors import DomunetError, KernelError, ObjectExists, ObjectMissing, UsageError
 from domunet.kernel import Kernel
 from domunet.lock import locked
-from domunet.model import DEFAULT_STATE_DIR, METRIC6, PROTO_DOM0, TABLE_MAIN, IPInterface, IPNetwork, Route
+from domunet.model import (
+    DEFAULT_STATE_DIR,
+    METRIC6,
+    PROTO_DOM0,
+    TABLE_MAIN,
+    IPInterface,
+    IPNetwork,
+    Route,
+    parse_address,
+    parse_network,
+)
+from domunet.state import CorruptState, read_json, set_aside, write_json
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +66,10 @@ def parse_addresses(text: str | None, what: str) -> tuple[IPNetwork, ...]:
         raise UsageError(f"{what}: value is too long")
     networks: list[IPNetwork] = []
     for token in text.split():
+        if "%" in token:
+            raise UsageError(f"{what}: {token!r} has a %zone id; give the address without it")
         try:
-            network = ipaddress.ip_network(token, strict=True)
+            network = parse_network(token)
         except ValueError:
             raise UsageError(f"{what}: {token!r} is not an IPv4/IPv6 address or prefix") from None
         if network.is_multicast or network.is_loopback or network.is_link_local or network.is_unspecified \
@@ -156,18 +167,21 @@ class Dom0:
         return self.dir / f"vif-{key}.json"
 
     def records(self) -> list[VifRecord]:
+        """The records; a corrupt one is set aside (kept as .corrupt) and the rest go on."""
         found = []
         for path in sorted(self.dir.glob("vif-*.json")):
             try:
-                found.append(VifRecord(**json.loads(path.read_text())))
-            except (OSError, ValueError, TypeError) as error:
-                log.error("ignoring unreadable record %s: %s", path, error)
+                found.append(record_from(read_json(path)))
+            except CorruptState as error:
+                set_aside(path, str(error))
+            except (ValueError, TypeError, UsageError) as error:
+                set_aside(path, f"not a valid record ({error})")
+            except OSError as error:
+                log.error("ignoring unreadable record %s: %s", path, error.strerror)
         return found
 
     def _save(self, record: VifRecord) -> None:
-        temporary = self._path(record.key).with_suffix(".tmp")
-        temporary.write_text(json.dumps(asdict(record), indent=1))
-        os.replace(temporary, self._path(record.key))
+        write_json(self._path(record.key), asdict(record))
 
     def _guarded(self, records: list[VifRecord]) -> dict[str, list[IPNetwork]]:
         return {r.vif: r.networks() for r in records}
@@ -269,11 +283,10 @@ class Dom0:
                 f"net/ipv6/conf/{uplink}/proxy_ndp": "1",
                 "net/ipv6/conf/all/proxy_ndp": "1",  # unicast reachability probes check 'all'
             })
-        origin = self.dir / "sysctl-origin.json"
-        saved: dict[str, str] = json.loads(origin.read_text()) if origin.exists() else {}
+        saved = self._sysctl_origin()
         fresh = {k: v for k in wanted if k not in saved and (v := sysctl.read(k)) is not None}
         if fresh:
-            origin.write_text(json.dumps({**saved, **fresh}, indent=1))
+            write_json(self.dir / SYSCTL_ORIGIN, {**saved, **fresh})
         if not others:
             undo.append(self._restore_sysctls)
         for key, value in wanted.items():
@@ -282,16 +295,25 @@ class Dom0:
         record.vif_sysctls = {key: sysctl.read(key) or "0"}
         sysctl.write(key, "1")
 
+    def _sysctl_origin(self) -> dict[str, str]:
+        """The sysctls' values before the first vif; a corrupt file is set aside (nothing to restore)."""
+        path = self.dir / SYSCTL_ORIGIN
+        try:
+            data = read_json(path)
+            return {} if data is None else sysctls_from(data)
+        except CorruptState as error:
+            set_aside(path, str(error))
+        except ValueError as error:
+            set_aside(path, f"not a list of sysctl values ({error})")
+        return {}
+
     def _restore_sysctls(self) -> None:
-        origin = self.dir / "sysctl-origin.json"
-        if not origin.exists():
-            return
-        for key, value in json.loads(origin.read_text()).items():
+        for key, value in self._sysctl_origin().items():
             try:
                 sysctl.write(key, value)
             except KernelError as error:
                 log.warning("could not restore %s: %s", key, error)
-        origin.unlink()
+        (self.dir / SYSCTL_ORIGIN).unlink(missing_ok=True)
 
     # --- offline ---------------------------------------------------------------------------
 
@@ -306,6 +328,7 @@ class Dom0:
         record = next((r for r in records if r.key == key), None)
         if record is None:
             log.info("%s: offline: nothing recorded, nothing to undo", key)
+            self._path(key).unlink(missing_ok=True)
             return False
         others = [r for r in records if r.key != key]
         kernel, vif = self.kernel, record.vif
@@ -358,6 +381,51 @@ class Dom0:
                         log.warning("%s: uplink %s is missing; proxy %s not restored", record.vif, record.uplink, text)
             nft.load(nft.ruleset(self._guarded(records)))
             return len(records)
+
+
+SYSCTL_ORIGIN = "sysctl-origin.json"
+_RECORD_KEY = re.compile(r"^(xen-\d{1,5}-\d{1,5}|[A-Za-z0-9_.@-]{1,15})$")
+_SYSCTL_KEY = re.compile(r"^net/ipv[46]/(ip_forward|conf/[A-Za-z0-9_.@-]{1,15}/[a-z_]{1,32})$")
+_SYSCTL_VALUE = re.compile(r"^-?\d{1,10}$")
+
+
+def sysctls_from(data: object) -> dict[str, str]:
+    """Saved sysctl values, checked: only net/ipv4|6 keys domunet sets, only numbers."""
+    if not isinstance(data, dict):
+        raise ValueError("not a mapping")
+    for key, value in data.items():
+        if not isinstance(key, str) or not _SYSCTL_KEY.match(key) or not isinstance(value, str) \
+                or not _SYSCTL_VALUE.match(value):
+            raise ValueError(f"{str(key)[:60]!r} = {str(value)[:20]!r}")
+    return dict(data)
+
+
+def record_from(data: object) -> VifRecord:
+    """A record as read back, checked as strictly as online's own input (ValueError if not)."""
+    if not isinstance(data, dict):
+        raise ValueError("not a mapping")
+    record = VifRecord(**data)
+    if not isinstance(record.key, str) or not _RECORD_KEY.match(record.key):
+        raise ValueError(f"key {record.key!r}")
+    for name in (record.vif, record.uplink, *([record.original_name] if record.original_name else [])):
+        check_ifname(name, "record")
+    if record.xenbus_path is not None:
+        check_xenbus_path(record.xenbus_path)
+    strings = [*record.guest, *record.dom0_addresses, *record.proxies]
+    if not all(isinstance(text, str) for text in strings) or not isinstance(record.routes, list):
+        raise ValueError("addresses are not strings")
+    for text in record.guest:
+        parse_network(text)
+    for text in record.dom0_addresses:
+        parse_network(text, strict=False)
+    for text in record.proxies:
+        parse_address(text)
+    for entry in record.routes:
+        if not isinstance(entry, list) or not 2 <= len(entry) <= 3 or not all(isinstance(e, str) for e in entry):
+            raise ValueError(f"route {str(entry)[:60]!r}")
+        _route(record.vif, *entry)
+    sysctls_from(record.vif_sysctls)
+    return record
 
 
 def published_keys(record: VifRecord) -> dict[str, str]:

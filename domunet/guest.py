@@ -42,7 +42,13 @@ def load_config(path: str | None, state_dir: str, pending: HookCall | None = Non
     replaces its own earlier hint."""
     hints = [h for h in load_hints(state_dir)
              if not pending or (h.iface, h.addrfam) != (pending.iface, pending.addrfam)]
-    return configuration.with_hints(configuration.load(path), hints + ([pending] if pending else []))
+    config = configuration.with_hints(configuration.load(path), hints)
+    if pending:
+        merged = configuration.with_hints(config, [pending])
+        if len(merged.refused) > len(config.refused):
+            raise UsageError(f"{pending.iface}: stanza option {merged.refused[-1][1]}; not kept")
+        config = merged
+    return config
 
 
 def with_current_hints(config: configuration.Config, state_dir: str) -> configuration.Config:
@@ -82,7 +88,7 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
         from domunet.status import report
 
         desired = plan(config, facts)
-        return Outcome(desired, rows=report(facts, desired, owned, kernel.route_get))
+        return Outcome(desired, rows=report(facts, desired, owned, kernel.route_get, config.refused))
     desired = plan(config, facts) if verb != "teardown" else State()
     if pending:
         save_hints(state_dir, pending)

@@ -11,9 +11,7 @@ that every later run (boot unit, udev, the admin) plans with them too.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
@@ -22,6 +20,7 @@ import validate
 
 from domunet import config as configuration
 from domunet.errors import UsageError
+from domunet.state import CorruptState, check_dir, read_json, set_aside, write_json
 
 log = logging.getLogger(__name__)
 
@@ -91,12 +90,8 @@ def _directory(state_dir: str) -> Path:
 
 
 def save_hints(state_dir: str, call: HookCall) -> None:
-    directory = _directory(state_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{call.iface}.{call.addrfam}.json"
-    temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(asdict(call)))
-    os.replace(temporary, path)
+    directory = check_dir(_directory(state_dir))
+    write_json(directory / f"{call.iface}.{call.addrfam}.json", asdict(call))
 
 
 def remove_hints(state_dir: str, iface: str) -> None:
@@ -104,8 +99,30 @@ def remove_hints(state_dir: str, iface: str) -> None:
         path.unlink(missing_ok=True)
 
 
+def hint_from(data: object) -> HookCall:
+    """A kept hint, checked as strictly as the stanza it came from (ValueError if it is not)."""
+    if not isinstance(data, dict) or set(data) - set(HookCall.__dataclass_fields__) or "iface" not in data:
+        raise ValueError("not a domunet hint")
+    iface, addrfam, mode = data.get("iface"), data.get("addrfam"), data.get("mode")
+    try:
+        configuration.check_value("ifname", iface)
+        for key, check in (("gateway", "ipv4"), ("gateway6", "ipv6"), ("manage", "manage")):
+            if data.get(key) is not None:
+                configuration.check_value(check, data[key])
+        table = data.get("table")
+        if table is not None and (isinstance(table, bool) or not isinstance(table, int)):
+            raise ValueError(f"table {table!r} is not a number")
+        if table is not None:
+            configuration.check_value("table", str(table))
+    except validate.ValidateError as error:
+        raise ValueError(str(error)) from None
+    if addrfam not in FAMILIES or mode not in MODES:
+        raise ValueError(f"addrfam {addrfam!r} or mode {mode!r} is not one ifupdown gives")
+    return HookCall(**data)
+
+
 def load_hints(state_dir: str) -> list[HookCall]:
-    """The stanza options of interfaces ifupdown has up; unreadable files are skipped, loudly."""
+    """The stanza options of interfaces ifupdown has up; a corrupt file is set aside, loudly."""
     calls = []
     try:
         paths = sorted(_directory(state_dir).glob("*.json"))
@@ -114,7 +131,11 @@ def load_hints(state_dir: str) -> list[HookCall]:
         return []
     for path in paths:
         try:
-            calls.append(HookCall(**json.loads(path.read_text())))
-        except (OSError, ValueError, TypeError) as error:
-            log.warning("ignoring %s: %s", path, error)
+            calls.append(hint_from(read_json(path)))
+        except CorruptState as error:
+            set_aside(path, str(error))
+        except ValueError as error:
+            set_aside(path, f"not a valid hint ({error})")
+        except OSError as error:
+            log.warning("ignoring %s: %s", path, error.strerror)
     return calls

@@ -119,6 +119,10 @@ class Kernel:
             links = {}
             for msg in self._dump("the interfaces", self._ipr.get_links):
                 name = _attr(msg, "IFLA_IFNAME")
+                if not isinstance(name, str) or not name.isprintable():
+                    log.warning("interface %d: its name %r is not printable UTF-8; skipped (rename it to "
+                                "have domunet serve it)", msg["index"], name)
+                    continue
                 flags = msg["flags"]
                 links[name] = Link(
                     index=msg["index"], name=name, mac=_attr(msg, "IFLA_ADDRESS", ""),
@@ -140,6 +144,19 @@ class Kernel:
             if link.index == index:
                 return link.name
         return f"if{index}"
+
+    def address_labels(self) -> dict[str, list[str]]:
+        """IPv4 address labels other than the interface's own name (`eth2:0`, as ifupdown's alias
+        stanzas make them), per interface: netifaces lists those addresses under the label only."""
+        labels: dict[str, list[str]] = {}
+        names = {link.index: link.name for link in self.links().values()}
+        for msg in self._dump("the IPv4 addresses", self._ipr.get_addr, family=socket.AF_INET):
+            name = names.get(msg["index"])
+            label = msg.get_attr("IFA_LABEL")
+            if name and isinstance(label, str) and label != name and label.startswith(name + ":") \
+                    and label not in labels.get(name, []):
+                labels.setdefault(name, []).append(label)
+        return labels
 
     def route_from(self, msg: Any) -> Route | None:
         """A route message (dump or event) as a Route; None for what domunet never makes

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from domunet.errors import UsageError
+from domunet.state import check_dir, open_nofollow
 
 log = logging.getLogger(__name__)
 
@@ -19,20 +20,26 @@ log = logging.getLogger(__name__)
 def locked(state_dir: str, shared: bool = False) -> Iterator[None]:
     """Exclusive for changes; shared for read-only verbs (plan, status) so they see no half state."""
     try:
-        os.makedirs(state_dir, mode=0o755, exist_ok=True)
-        handle = open(os.path.join(state_dir, "lock"), "a")  # noqa: SIM115 (closed by the with below)
-    except OSError as error:
-        if shared:  # a reader without write access (plan or status as a user) goes on unlocked
-            if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-                log.warning("state directory %s: cannot open its lock (%s); reading without it",
-                            state_dir, error.strerror)
+        directory = check_dir(state_dir, create=not shared or os.geteuid() == 0)
+        fd = open_nofollow(directory / "lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    except (OSError, UsageError) as error:
+        if shared:  # a reader without access (plan or status as a user) goes on unlocked
+            if not (isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)) \
+                    and not (isinstance(error, UsageError) and os.geteuid() != 0):
+                log.warning("%s; reading without the lock", _text(error, state_dir))
             yield
             return
-        raise UsageError(f"state directory {state_dir}: cannot open its lock: {error.strerror} "
-                         "(see --state-dir, $DOMUNET_STATE_DIR)") from None
-    with handle:
+        raise UsageError(_text(error, state_dir)) from None
+    with os.fdopen(fd, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
+
+
+def _text(error: Exception, state_dir: str) -> str:
+    if isinstance(error, OSError):
+        return (f"state directory {state_dir}: cannot open its lock: {error.strerror} "
+                "(see --state-dir, $DOMUNET_STATE_DIR)")
+    return str(error)
 
 
 WATCH_LOCK = "watch.lock"
@@ -41,8 +48,8 @@ WATCH_LOCK = "watch.lock"
 @contextmanager
 def watching(state_dir: str) -> Iterator[None]:
     """Held by `domunet watch` for its lifetime: one watch at a time, and others can tell it runs."""
-    os.makedirs(state_dir, mode=0o755, exist_ok=True)
-    with open(os.path.join(state_dir, WATCH_LOCK), "a") as handle:
+    fd = open_nofollow(check_dir(state_dir) / WATCH_LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    with os.fdopen(fd, "a") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

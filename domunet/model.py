@@ -38,6 +38,19 @@ DEFAULT4 = ipaddress.IPv4Network("0.0.0.0/0")
 DEFAULT6 = ipaddress.IPv6Network("::/0")
 
 
+def parse_address(text: str) -> IPAddress:
+    """ipaddress.ip_address, without what Python accepts and the kernel does not: a %zone."""
+    if "%" in text:
+        raise ValueError(f"{text!r}: an address with a %zone id (give it without)")
+    return ipaddress.ip_address(text.strip())
+
+
+def parse_network(text: str, strict: bool = True) -> IPNetwork:
+    if "%" in text:
+        raise ValueError(f"{text!r}: an address with a %zone id (give it without)")
+    return ipaddress.ip_network(text.strip(), strict=strict)
+
+
 def default_network(version: int) -> IPNetwork:
     return DEFAULT4 if version == 4 else DEFAULT6
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import tempfile
 from typing import Iterable, Mapping
 
@@ -37,22 +38,38 @@ def render_table_names(tables: Mapping[int, str]) -> str:
     return HEADER + "".join(f"{table}\tdomunet-{name}\n" for table, name in sorted(tables.items()))
 
 
+def _ours(path: str) -> bool | None:
+    """True: domunet's file; False: someone else's (never touched); None: no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as handle:
+        return stat.S_ISREG(os.fstat(handle.fileno()).st_mode) and handle.read(len(HEADER)) == HEADER.encode()
+
+
 def write_table_names(path: str, tables: Mapping[int, str]) -> None:
-    """Replace the names file atomically; remove it when no table is left. Never fatal."""
+    """Replace the names file atomically; remove it when no table is left. Never fatal, and never
+    a file domunet did not write (it starts with HEADER)."""
     if not path:
         return
     try:
+        ours = _ours(path)
+        if ours is False:
+            log.warning("%s: not written by domunet; left alone (table names not updated; see rt_tables_file)",
+                        path)
+            return
         if not tables:
-            if os.path.exists(path):
+            if ours:
                 os.unlink(path)
             return
         text = render_table_names(tables)
-        try:
+        if ours:
             with open(path, encoding="utf-8") as handle:
                 if handle.read() == text:
                     return
-        except OSError:
-            pass
         directory = os.path.dirname(path) or "."
         os.makedirs(directory, exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=directory, prefix=".domunet-")

@@ -132,9 +132,16 @@ def _gateway4(settings: InterfaceConfig, facts: Facts, interface: Interface,
 
 
 def _check_gateway(config: Config, interface: Interface, key: str, gateway: IPAddress | None) -> None:
-    if gateway is not None and gateway in [a.ip for a in interface.addresses]:
-        raise ConfigError(config.path, f"[interfaces] [[{interface.name}]] key '{key}'",
-                          f"{gateway} is an address of {interface.name} itself, not a gateway")
+    if gateway is None:
+        return
+    where = f"[interfaces] [[{interface.name}]] key '{key}'"
+    if gateway in [a.ip for a in interface.addresses]:
+        raise ConfigError(config.path, where, f"{gateway} is an address of {interface.name} itself, not a gateway")
+    for address in interface.addresses_of(4):
+        network = address.network
+        if network.prefixlen < 31 and gateway in (network.network_address, network.broadcast_address):
+            raise ConfigError(config.path, where, f"{gateway} is the network or broadcast address of "
+                                                  f"{network} on {interface.name}, not a gateway")
 
 
 def _usable(config: Config, facts: Facts) -> list[Interface]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 from domunet.diff import Change
 from domunet.model import TABLE_MAIN, Route, Rule
 
@@ -14,7 +16,7 @@ def route_args(route: Route) -> list[str]:
     words = ["default" if route.dst.prefixlen == 0 else str(route.dst)]
     if route.gateway is not None:
         words += ["via", str(route.gateway)]
-    words += ["dev", route.dev, "table", _table(route.table), "proto", str(route.proto)]
+    words += ["dev", shlex.quote(route.dev), "table", _table(route.table), "proto", str(route.proto)]
     if route.version == 4 and route.gateway is None:
         words += ["scope", "link"]
     if route.metric:
@@ -33,7 +35,7 @@ def rule_args(rule: Rule) -> list[str]:
         mask = rule.fwmask if rule.fwmask is not None else 0xFFFFFFFF
         words += ["fwmark", f"{rule.fwmark:#x}/{mask:#x}"]
     if rule.oif is not None:
-        words += ["oif", rule.oif]
+        words += ["oif", shlex.quote(rule.oif)]
     return words + ["lookup", _table(rule.table), "proto", str(rule.proto)]
 
 

@@ -14,7 +14,8 @@ PROBES = {4: ipaddress.ip_address("192.0.2.1"), 6: ipaddress.ip_address("2001:db
 
 
 def report(facts: Facts, desired: State, owned: State,
-           route_get: Callable[[IPAddress, IPAddress], str]) -> list[dict[str, Any]]:
+           route_get: Callable[[IPAddress, IPAddress], str],
+           refused: tuple[tuple[str, str], ...] = ()) -> list[dict[str, Any]]:
     managed = {m.name: m for m in desired.managed}
     rows = []
     for interface in facts.interfaces:
@@ -50,6 +51,7 @@ def report(facts: Facts, desired: State, owned: State,
                 "for": route.describe(),
                 "in_kernel": obj in (owned.routes if isinstance(obj, Route) else owned.rules),
             } for obj, route in kept],
+            "refused": [why for name, why in refused if name == interface.name],
             "connmark": f"{desired.marks[interface.name]:#x}" if interface.name in desired.marks else None,
             "passed_over": [{"route": route.describe(), "why": why}
                             for route, why in desired.passed_over if route.dev == interface.name],
@@ -80,6 +82,8 @@ def render(rows: list[dict[str, Any]]) -> str:
             lines.append(f"  address:    {address:<28} replies leave by {leaves}{mark}")
         for rule in row["rules"]:
             lines.append(f"  {rule}")
+        for why in row["refused"]:
+            lines.append(f"  REFUSED:    {why}")
         if row["connmark"]:
             lines.append(f"  connmark:   {row['connmark']} (forwarded connections that came in here answer here)")
         for kept in row["keeps_main"]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from domunet import xenstore
-from domunet.model import Interface, IPAddress, IPNetwork
+from domunet.model import Interface, IPAddress, IPNetwork, parse_address, parse_network
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def _address(value: str | None, version: int, key: str) -> IPAddress | None:
     if value is None or value == "":
         return None
     try:
-        address = ipaddress.ip_address(value.strip())
+        address = parse_address(value)
     except ValueError:
         address = None
     if address is None or address.version != version or address.is_multicast or address.is_unspecified:
@@ -52,7 +52,7 @@ def _networks(value: str | None, key: str) -> tuple[IPNetwork, ...]:
     if not value:
         return ()
     try:
-        return tuple(ipaddress.ip_network(token, strict=True) for token in value.split())
+        return tuple(parse_network(token) for token in value.split())
     except ValueError:
         log.warning("xenstore %s: %r is not a list of addresses; ignored", key, value[:80])
         return ()

@@ -1,4 +1,5 @@
 import ipaddress
+import os
 
 import pytest
 
@@ -70,10 +71,54 @@ def test_errors_name_file_section_and_key(text, where):
     assert "\n" not in message
 
 
-@pytest.mark.parametrize("raw", [b"\xff\xfe", b"a = 1\x00\n", b"x" * (1 << 20 + 1)])
-def test_undecodable_or_huge_input_is_a_config_error(raw):
+@pytest.mark.parametrize("raw", [b"\xff\xfe", b"a = 1\x00\n"])
+def test_undecodable_input_is_a_config_error(raw):
     with pytest.raises(ConfigError):
         config.parse(raw, "/x.conf")
+
+
+def test_the_size_limit_is_one_mib_exactly(tmp_path):
+    at_limit = b"#" * ((1 << 20) - 1) + b"\n"
+    assert config.parse(at_limit, "/x.conf").interfaces == {}
+    with pytest.raises(ConfigError, match="larger than 1 MiB"):
+        config.parse(at_limit + b"\n", "/x.conf")
+    path = tmp_path / "big.conf"
+    path.write_bytes(at_limit + b"#" * 10)
+    with pytest.raises(ConfigError, match="larger than 1 MiB"):
+        config.load(str(path))
+
+
+def test_a_fifo_as_config_is_refused_at_once(tmp_path):
+    path = tmp_path / "fifo.conf"
+    os.mkfifo(path)
+    with pytest.raises(ConfigError, match="not a regular file"):
+        config.load(str(path))
+
+
+@pytest.mark.parametrize("value", ["etc/iproute2/rt_tables.d/x.conf", "/etc/iproute2/rt_tables",
+                                   "/etc/passwd", "/etc/iproute2/rt_tables.d/../rt_tables.conf",
+                                   "/etc/iproute2/rt_tables.d/x", "'''/etc/iproute2/rt_tables.d/a\nb.conf'''"])
+def test_rt_tables_file_must_be_a_drop_in(value):
+    with pytest.raises(ConfigError, match="key 'rt_tables_file'"):
+        config.parse(f"rt_tables_file = {value}\n".encode())
+
+
+def test_zone_ids_are_refused_in_prefixes():
+    with pytest.raises(ConfigError, match="main_prefixes"):
+        config.parse(b"main_prefixes = fd00::%eth0/8\n")
+
+
+def test_a_stanza_table_outside_the_range_or_taken_is_refused():
+    from domunet.ifupdown import HookCall
+
+    base = config.parse(b"[interfaces]\n[[eth0]]\ntable = 1005\n")
+    hints = [HookCall("eth1", "inet", "start", table=4294967295), HookCall("eth2", "inet", "start", table=1005),
+             HookCall("eth3", "inet", "start", table=1007), HookCall("eth4", "inet", "start", table=1007)]
+    merged = config.with_hints(base, hints)
+    assert [name for name, _ in merged.refused] == ["eth1", "eth2", "eth4"]
+    assert "outside domunet's tables 1000..1999" in merged.refused[0][1]
+    assert "already eth0's" in merged.refused[1][1] and "already eth3's" in merged.refused[2][1]
+    assert merged.for_interface("eth3").table == 1007 and merged.for_interface("eth1").table is None
 
 
 def test_missing_default_file_means_defaults(tmp_path, monkeypatch):

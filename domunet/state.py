@@ -1,0 +1,101 @@
+"""Everything domunet keeps under /run, in one place: the directory's checks, one atomic and
+symlink-safe JSON write, one reader that tells a corrupt file from a missing one.
+
+The state directory is root's: domunet refuses one that is a symlink, not a directory, not
+owned by root or writable by others (a local user could otherwise plant a file root then
+trusts, or a symlink root then writes through). Files are opened with O_NOFOLLOW, temporary
+files with O_EXCL, and replaced with rename(2): a crash leaves the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from domunet.errors import DomunetError, UsageError
+
+log = logging.getLogger(__name__)
+
+
+class CorruptState(DomunetError):
+    """A state file that cannot be used as it is: set aside, the run goes on from the kernel."""
+
+
+def check_dir(path: str | Path, create: bool = True) -> Path:
+    """The state directory (or a subdirectory), created if missing, checked as described above."""
+    directory = Path(path)
+    try:
+        if create:
+            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        info = os.lstat(directory)
+    except FileExistsError:
+        raise UsageError(f"state directory {directory}: exists and is not a directory "
+                         "(see --state-dir, $DOMUNET_STATE_DIR)") from None
+    except OSError as error:
+        raise UsageError(f"state directory {directory}: {error.strerror} (see --state-dir, $DOMUNET_STATE_DIR)") \
+            from None
+    if stat.S_ISLNK(info.st_mode):
+        raise UsageError(f"state directory {directory}: is a symlink; give the real directory")
+    if not stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"state directory {directory}: exists and is not a directory")
+    if os.geteuid() == 0 and (info.st_uid != 0 or info.st_mode & 0o022):
+        raise UsageError(f"state directory {directory}: must be owned by root and writable by root only "
+                         f"(owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})")
+    return directory
+
+
+def open_nofollow(path: str | Path, flags: int, mode: int = 0o644) -> int:
+    """os.open that refuses a symlink as the last component (ELOOP becomes a clear error)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UsageError(f"{path}: is a symlink; domunet does not follow symlinks in its state") from None
+        raise
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Atomically replace path with data as JSON, never through a symlink."""
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)  # a stale one, or a planted symlink: unlink removes the link itself
+    fd = open_nofollow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1)
+    os.replace(temporary, path)
+
+
+def read_json(path: str | Path) -> Any:
+    """The parsed file; None when it does not exist; CorruptState when it is not JSON or not a
+    regular file."""
+    try:
+        fd = open_nofollow(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except UsageError as error:
+        raise CorruptState(str(error)) from None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise CorruptState(f"{path}: not a regular file")
+        raw = handle.read(1 << 20)
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise CorruptState(f"{path}: not valid JSON ({error})") from None
+
+
+def set_aside(path: str | Path, reason: str) -> None:
+    """Move a corrupt file out of the way (kept as .corrupt for the admin) and say so."""
+    path = Path(path)
+    log.warning("%s: %s; set aside as %s.corrupt, going on from the kernel's state", path, reason, path.name)
+    try:
+        os.replace(path, path.with_name(path.name + ".corrupt"))
+    except OSError as error:
+        log.warning("cannot set %s aside: %s", path, error.strerror)

@@ -1,0 +1,255 @@
+"""Hostile input and corrupt state (issue 15): each case failed before, in namespaces, real tools."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from domunet.lab import NICS, _package_root, dom0_dump
+from tests.netns.conftest import write_config
+from tests.netns.test_dom0 import status
+from tests.netns.test_guest import assert_ok
+
+ALL = [nic.address for nic in NICS]
+ZONED = "2001:db8:4309:2388::50%eth0"
+
+
+def no_traceback(result):
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
+
+
+# --- 1: zone ids ------------------------------------------------------------------------------
+
+def test_a_zone_id_in_a_vifs_ip_is_refused_and_nothing_is_left(lab):
+    lab.xenstore_write("backend/vif/1/3/ip", ZONED)
+    before = dom0_dump(lab)
+    result = lab.vif_hotplug("online", "vif1.3", 3)
+    no_traceback(result)
+    assert status(lab, 3) == "error"
+    assert "zone" in lab.xenstore_read("backend/vif/1/3/hotplug-error")
+    assert dom0_dump(lab) == before
+    assert not list(lab.state_dir.glob("dom0/vif-*.json"))
+    offline = lab.vif_hotplug("offline", "vif1.3", 3)
+    assert offline.returncode == 0
+    no_traceback(offline)
+
+
+def test_a_zone_id_on_the_command_line_is_a_usage_error(lab, domunet):
+    result = lab.domunet("dom0", "online", "--vif", "vif1.3", "--ip", ZONED, role="dom0", python=sys.executable)
+    assert result.returncode == 2 and "zone" in result.stderr
+    no_traceback(result)
+
+
+def test_a_zone_id_published_as_gateway6_is_reported_and_ignored(routed_lab, domunet):
+    lab = routed_lab
+    mac = lab.run("guest", "cat", "/sys/class/net/eth3/address").stdout.strip()
+    lab.xenstore_write("device/vif/3/backend", "/local/domain/0/backend/vif/1/3", domain=1)
+    lab.xenstore_write("device/vif/3/mac", mac, domain=1)
+    lab.xenstore_write("backend/vif/1/3/domunet-gateway6", "2001:db8:4309:2388::2%eth0")
+    env = {**lab.xen_env(1), "PYTHONPATH": _package_root()}
+    result = lab.run("guest", sys.executable, "-m", "domunet", "--state-dir", str(lab.state_dir), "setup",
+                     check=False, env=env)
+    assert result.returncode == 0 and "domunet-gateway6" in result.stderr
+    no_traceback(result)
+    rules = lab.run("guest", "ip", "-6", "rule").stdout
+    assert "oif eth3" not in rules  # ignored, so eth3 is not managed: no routes without rules
+
+
+# --- 2: stanza tables -------------------------------------------------------------------------
+
+def hint(lab, iface, **values):
+    directory = lab.state_dir / "ifupdown"
+    directory.mkdir(parents=True, exist_ok=True)
+    data = {"iface": iface, "addrfam": "inet", "mode": "start", **values}
+    (directory / f"{iface}.inet.json").write_text(json.dumps(data))
+
+
+def test_a_kept_table_outside_the_range_is_refused_shown_and_changes_nothing(routed_lab, domunet):
+    hint(routed_lab, "eth1", table=4294967295)
+    hint(routed_lab, "eth0", table=1500)
+    hint(routed_lab, "eth2", table=1500)
+    assert_ok(domunet("setup"))
+    assert routed_lab.answers() == dict.fromkeys(ALL, True)
+    report = domunet("status")
+    assert "REFUSED:    domunet-table 4294967295 (ifupdown): outside domunet's tables 1000..1999" in report.stdout
+    assert "REFUSED:    domunet-table 1500 (ifupdown): table 1500 is already eth0's" in report.stdout
+    assert_ok(domunet("setup"))
+    assert domunet("plan").stdout == ""
+
+
+def test_the_hook_refuses_an_out_of_range_table_and_does_not_keep_it(routed_lab):
+    lab = routed_lab
+    before = lab.dump()
+    env = {**lab.hook_env(), "IFACE": "eth1", "LOGICAL": "eth1", "MODE": "start", "PHASE": "post-up",
+           "ADDRFAM": "inet", "METHOD": "static", "IF_DOMUNET_TABLE": "4294967295"}
+    result = lab.run("guest", str(lab.bin / "domunet"), "ifupdown", check=False, env=env)
+    assert result.returncode == 2 and "domunet-table 4294967295" in result.stderr
+    no_traceback(result)
+    assert lab.dump() == before
+    assert not list((lab.state_dir / "ifupdown").glob("eth1.*"))
+
+
+# --- 3: labels --------------------------------------------------------------------------------
+
+def test_an_address_with_a_label_counts_for_its_nic(routed_lab, domunet):
+    lab = routed_lab
+    lab.run("guest", "ip", "addr", "del", "192.168.0.202/24", "dev", "eth2")
+    lab.run("guest", "ip", "addr", "add", "192.168.0.202/24", "dev", "eth2", "label", "eth2:0")
+    assert_ok(domunet("setup"))
+    assert "oif eth2" in lab.run("guest", "ip", "rule").stdout
+    assert lab.answers() == dict.fromkeys(ALL, True)
+
+
+# --- 5: names ---------------------------------------------------------------------------------
+
+def test_a_nic_whose_name_is_not_utf8_is_skipped_and_the_others_served(routed_lab, domunet):
+    lab = routed_lab
+    subprocess.run(["ip", "-n", lab.ns["guest"], "link", "add", b"x\xffy", "type", "veth", "peer", "name", "xpeer"],
+                   check=True)
+    for verb in ("setup", "status", "plan", "teardown", "setup"):
+        result = domunet(verb)
+        assert result.returncode == 0, (verb, result.stderr)
+        no_traceback(result)
+    assert "not printable UTF-8" in result.stderr
+    assert lab.answers() == dict.fromkeys(ALL, True)
+
+
+# --- 6: corrupt state -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("values", [{"gateway": "garbage"}, {"table": "abc"}, {"table": 77},
+                                    {"gateway6": "2001:db8::1%eth0"}, {"nonsense": 1}])
+def test_a_corrupt_hint_is_set_aside_and_every_verb_goes_on(routed_lab, domunet, values):
+    hint(routed_lab, "eth1", **values)
+    for verb in ("status", "setup", "plan", "teardown", "setup"):
+        result = domunet(verb)
+        assert result.returncode == 0, (verb, result.stderr)
+        no_traceback(result)
+    assert (routed_lab.state_dir / "ifupdown" / "eth1.inet.json.corrupt").exists()
+    assert routed_lab.answers() == dict.fromkeys(ALL, True)
+
+
+@pytest.fixture
+def dom0_online(lab):
+    lab.xenstore_write("backend/vif/1/0/ip", "192.168.0.200")
+    lab.xenstore_write("backend/vif/1/1/ip", "192.168.0.201")
+    before = dom0_dump(lab)
+    assert lab.vif_hotplug("online", "vif1.0", 0).returncode == 0
+    return before
+
+
+@pytest.mark.parametrize("corrupt", ["guest", "sysctl", "json"])
+def test_corrupt_dom0_state_is_set_aside_and_online_offline_reconcile_go_on(lab, dom0_online, corrupt):
+    records = lab.state_dir / "dom0"
+    record = records / "vif-xen-1-0.json"
+    if corrupt == "guest":
+        data = json.loads(record.read_text())
+        data["guest"] = ["garbage", 5]
+        record.write_text(json.dumps(data))
+    elif corrupt == "sysctl":
+        (records / "sysctl-origin.json").write_text(json.dumps({"/etc/shadow": "x"}))
+    else:
+        record.write_text("{not json")
+    result = lab.vif_hotplug("online", "vif1.1", 1)
+    no_traceback(result)
+    assert status(lab, 1) == "connected", result.stderr
+    reconcile = lab.domunet("dom0", "reconcile", role="dom0", python=sys.executable)
+    assert reconcile.returncode == 0
+    no_traceback(reconcile)
+    for devid in (0, 1):
+        offline = lab.vif_hotplug("offline", f"vif1.{devid}", devid)
+        assert offline.returncode == 0
+        no_traceback(offline)
+    assert list(records.glob("*.corrupt"))
+    assert not list(records.glob("vif-*.json"))
+
+
+# --- 7: rt_tables_file ------------------------------------------------------------------------
+
+def test_a_foreign_names_file_is_never_replaced_nor_deleted(routed_lab, domunet):
+    foreign = routed_lab.etc / "iproute2" / "rt_tables.d" / "admin.conf"
+    foreign.write_text("200\tadmin-table\n")
+    config = write_config(routed_lab, "rt_tables_file = /etc/iproute2/rt_tables.d/admin.conf\n"
+                          + (routed_lab.workdir / "domunet.conf").read_text())
+    for verb in ("setup", "teardown"):
+        result = domunet(verb, config=config)
+        assert result.returncode == 0
+        assert foreign.read_text() == "200\tadmin-table\n"
+    assert "not written by domunet" in result.stderr
+
+
+# --- 8: symlinks and the state directory ------------------------------------------------------
+
+def test_a_symlinked_temporary_file_does_not_redirect_roots_write(routed_lab):
+    lab = routed_lab
+    target = lab.workdir / "precious"
+    target.write_text("precious\n")
+    directory = lab.state_dir / "ifupdown"
+    directory.mkdir(parents=True, exist_ok=True)
+    os.symlink(target, directory / "eth1.inet.json.tmp")
+    os.symlink(target, directory / "eth1.inet.tmp")  # the name 0.2 used
+    env = {**lab.hook_env(), "IFACE": "eth1", "LOGICAL": "eth1", "MODE": "start", "PHASE": "post-up",
+           "ADDRFAM": "inet", "METHOD": "static", "IF_DOMUNET_MANAGE": "yes"}
+    result = lab.run("guest", str(lab.bin / "domunet"), "ifupdown", check=False, env=env)
+    assert result.returncode == 0, result.stderr
+    assert target.read_text() == "precious\n"
+    assert json.loads((directory / "eth1.inet.json").read_text())["manage"] == "yes"
+
+
+@pytest.mark.parametrize("kind", ["symlink", "world-writable", "a file", "lock symlink"])
+def test_an_unsafe_state_directory_is_refused_before_anything_changes(routed_lab, kind):
+    lab = routed_lab
+    real = lab.workdir / "real-state"
+    real.mkdir()
+    state = lab.workdir / "state"
+    if kind == "symlink":
+        os.symlink(real, state)
+    elif kind == "world-writable":
+        state.mkdir()
+        os.chmod(state, 0o777)
+    elif kind == "a file":
+        state.write_text("")
+    else:
+        state.mkdir(mode=0o755)
+        os.symlink(lab.workdir / "elsewhere", state / "lock")
+    before = lab.dump()
+    result = lab.run("guest", sys.executable, "-m", "domunet", "--config", str(lab.workdir / "domunet.conf"),
+                     "--state-dir", str(state), "setup", check=False, env={**os.environ, "PYTHONPATH": _package_root()})
+    assert result.returncode == 2, result.stderr
+    assert "state directory" in result.stderr or "symlink" in result.stderr
+    no_traceback(result)
+    assert lab.dump() == before
+    assert not (lab.workdir / "elsewhere").exists()
+
+
+# --- 9: smaller -------------------------------------------------------------------------------
+
+def test_a_newline_in_iface_stays_one_line(routed_lab):
+    lab = routed_lab
+    env = {**lab.hook_env(), "IFACE": "eth1\nforged line", "MODE": "start", "ADDRFAM": "inet", "METHOD": "static"}
+    result = lab.run("guest", str(lab.bin / "domunet"), "ifupdown", check=False, env=env)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_broadcast_address_is_no_gateway(routed_lab, domunet):
+    config = write_config(routed_lab, "[interfaces]\n[[eth1]]\ngateway = 192.168.0.255\n")
+    before = routed_lab.dump()
+    result = domunet("setup", config=config)
+    assert result.returncode == 2 and "broadcast" in result.stderr
+    assert routed_lab.dump() == before
+
+
+@pytest.mark.parametrize("argv", [["setup"], ["teardown"], ["dom0", "reconcile"],
+                                  ["dom0", "offline", "--vif", "vif1.0"]])
+def test_a_state_directory_that_is_a_file_is_a_usage_error_for_every_verb(routed_lab, argv):
+    lab = routed_lab
+    state = lab.workdir / "state-file"
+    state.write_text("")
+    role = "dom0" if argv[0] == "dom0" else "guest"
+    result = lab.run(role, sys.executable, "-m", "domunet", "--config", str(lab.workdir / "domunet.conf"),
+                     "--state-dir", str(state), *argv, check=False, env={**os.environ, "PYTHONPATH": _package_root()})
+    assert result.returncode == 2, result.stderr
+    assert "state directory" in result.stderr
+    no_traceback(result)
