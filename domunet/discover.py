@@ -43,6 +43,8 @@ class Facts:
     forwarding: frozenset[int] = frozenset()
     #: Whether `nft` is installed (connection marks need it).
     nft: bool = False
+    #: Tables (other than main, local, default) that hold routes domunet did not make: never adopted.
+    foreign_tables: frozenset[int] = frozenset()
 
     def interface(self, name: str) -> Interface | None:
         return next((i for i in self.interfaces if i.name == name), None)
@@ -110,9 +112,11 @@ def discover(kernel: Kernel) -> tuple[Facts, State]:
         routes=frozenset(r for r in routes if r.proto in ours),
         rules=frozenset(r for r in rules if r.proto in ours),
     )
+    foreign_tables = frozenset(r.table for r in routes if r.proto not in ours and r.table not in (253, 254, 255)) \
+        - {r.table for r in routes if r.proto in ours}  # a table domunet holds already stays its own
     forwarding = frozenset(v for v, key in ((4, "net/ipv4/ip_forward"), (6, "net/ipv6/conf/all/forwarding"))
                            if sysctl.read(key) == "1")
     facts = Facts(interfaces=tuple(interfaces), main_defaults=main_defaults, main_routes=main_routes,
                   xen=discover_xen(interfaces), forwarding=forwarding,
-                  nft=bool(forwarding) and tools.find("nft") is not None)
+                  nft=bool(forwarding) and tools.find("nft") is not None, foreign_tables=foreign_tables)
     return facts, owned

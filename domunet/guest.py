@@ -13,7 +13,7 @@ from domunet.apply import apply
 from domunet.connmark import Marks
 from domunet.diff import Change, Scope, diff, scope_for
 from domunet.discover import discover
-from domunet.errors import DomunetError, UsageError
+from domunet.errors import ApplyError, DomunetError, UsageError
 from domunet.ifupdown import HookCall, load_hints, save_hints
 from domunet.kernel import Kernel
 from domunet.lock import locked, watch_running
@@ -77,7 +77,7 @@ def run(verb: str, config: configuration.Config, state_dir: str, names: Sequence
 
 
 def _run(verb: str, config: configuration.Config, state_dir: str, names: list[str],
-         pending: HookCall | None, kernel: Kernel) -> Outcome:
+         pending: HookCall | None, kernel: Kernel, again: bool = True) -> Outcome:
     facts, owned = discover(kernel)
     owned = within_reach(owned, config)
     if verb in ("setup", "plan"):
@@ -100,7 +100,15 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
     if verb == "teardown" and changes and watch_running(state_dir):
         log.warning("domunet watch is running and will set this up again at the next change: "
                     "systemctl stop domunet-watch first")
-    done = apply(changes, kernel, config.gateway_strategy)
+    try:
+        done = apply(changes, kernel, config.gateway_strategy)
+    except ApplyError as error:
+        if again and verb == "setup" and discover(kernel)[0].interfaces != facts.interfaces:
+            # an address (or a NIC) came or went while this run applied: what was made is rolled
+            # back; converge with what is there now, as for a NIC that vanishes
+            log.warning("the interfaces changed during this run (%s); converging with what is there now", error)
+            return _run(verb, config, state_dir, names, None, kernel, again=False)
+        raise
     marked: list[str] = []
     if verb == "setup" or not names:
         try:

@@ -22,6 +22,7 @@ from domunet.model import (
     LINK_LOCAL6,
     METRIC6,
     PROTO_KERNEL,
+    PROTO_TEMP,
     TABLE_MAIN,
     Interface,
     IPAddress,
@@ -65,10 +66,12 @@ def preferred_slot(interface: Interface) -> int:
     return XEN_SLOTS + zlib.crc32(key) % (TABLE_SLOTS - XEN_SLOTS)
 
 
-def allocate_tables(config: Config, interfaces: list[Interface]) -> dict[str, int]:
-    """Table per interface: explicit config first, then preferred slots, collisions probed in MAC order."""
+def allocate_tables(config: Config, interfaces: list[Interface], foreign: frozenset[int] = frozenset(),
+                    ) -> dict[str, int]:
+    """Table per interface: explicit config first, then preferred slots, collisions probed in MAC order.
+    A table with someone else's routes in it is never picked by itself (only when the config names it)."""
     tables: dict[str, int] = {}
-    taken: set[int] = set()
+    taken: set[int] = set(foreign)
     for interface in interfaces:
         explicit = config.for_interface(interface.name).table
         if explicit is not None:
@@ -85,8 +88,9 @@ def allocate_tables(config: Config, interfaces: list[Interface]) -> dict[str, in
             slot = (slot + 1) % TABLE_SLOTS
             table = config.table_base + slot
         if slot != preferred_slot(interface):
-            log.info("%s: table %d was taken, using %d", interface.name,
-                        config.table_base + preferred_slot(interface), table)
+            first = config.table_base + preferred_slot(interface)
+            log.info("%s: table %d %s, using %d", interface.name, first,
+                     "holds routes domunet did not make" if first in foreign else "was taken", table)
         tables[interface.name] = table
         taken.add(table)
     return tables
@@ -356,7 +360,7 @@ def plan(config: Config, facts: Facts) -> State:
     usable = _usable(config, facts)
     shared = _shared(usable)
     candidates = _candidates(config, facts, usable, shared)
-    tables = allocate_tables(config, [c.interface for c in candidates])
+    tables = allocate_tables(config, [c.interface for c in candidates], facts.foreign_tables)
     routes: list[Route] = []
     rules: list[Rule] = []
     managed = []
@@ -394,17 +398,43 @@ def plan(config: Config, facts: Facts) -> State:
 
 
 def within_reach(owned: State, config: Config) -> State:
-    """Of the objects that carry domunet's protocols, those its plan could have made: routes in
-    its tables, temporary routes and host or default routes in main; rules in its priority
-    block. Anything else with these numbers (made by hand, by another tool) is left alone."""
-    tables = range(config.table_base, config.table_base + TABLE_SLOTS)
-    priorities = range(config.priority_base, config.priority_base + FIRST_INTERFACE_PRIORITY + 2 * TABLE_SLOTS)
-    routes = frozenset(
-        r for r in owned.routes
-        if r.table in tables or (r.table == TABLE_MAIN and r.dst.prefixlen in (0, r.dst.max_prefixlen))
-    )
-    rules = frozenset(r for r in owned.rules if r.priority in priorities)
+    """Of the objects that carry domunet's protocols, those its plan could have made, by shape:
+    routes in its tables; in main only the temporary host routes and the IPv6 default and /128
+    via dom0 (never an IPv4 default: main's default route is never removed); rules in its priority
+    block that look like its own (`to PREFIX lookup main` at priority_base, `fwmark` at +1, `from`
+    or `oif` rules into its tables). Anything else with these numbers (made by hand, by another
+    tool) is left alone."""
+    routes = frozenset(r for r in owned.routes if _route_in_reach(r, config))
+    rules = frozenset(r for r in owned.rules if _rule_in_reach(r, config))
     left = len(owned.routes) - len(routes) + len(owned.rules) - len(rules)
     if left:
         log.info("leaving alone %d route(s) or rule(s) with domunet's protocol that it would not make", left)
     return State(routes=routes, rules=rules)
+
+
+def _ours(table: int, config: Config) -> bool:
+    return config.table_base <= table < config.table_base + TABLE_SLOTS
+
+
+def _route_in_reach(route: Route, config: Config) -> bool:
+    if _ours(route.table, config):
+        return True
+    if route.table != TABLE_MAIN:
+        return False
+    host = route.dst.prefixlen == route.dst.max_prefixlen
+    if route.proto == PROTO_TEMP:
+        return host
+    return route.version == 6 and (host or route.dst.prefixlen == 0)
+
+
+def _rule_in_reach(rule: Rule, config: Config) -> bool:
+    base = config.priority_base
+    if rule.table == TABLE_MAIN:
+        return rule.priority == base and rule.dst is not None and not (rule.src or rule.oif or rule.fwmark)
+    if not _ours(rule.table, config):
+        return False
+    if rule.fwmark is not None:
+        return rule.priority == base + MARK_PRIORITY and not (rule.src or rule.dst or rule.oif)
+    last = base + FIRST_INTERFACE_PRIORITY + 2 * TABLE_SLOTS
+    return base + FIRST_INTERFACE_PRIORITY <= rule.priority < last and rule.dst is None \
+        and (rule.src is None) != (rule.oif is None)

@@ -253,3 +253,27 @@ def test_a_state_directory_that_is_a_file_is_a_usage_error_for_every_verb(routed
     assert result.returncode == 2, result.stderr
     assert "state directory" in result.stderr
     no_traceback(result)
+
+
+# --- gaps -------------------------------------------------------------------------------------
+
+def test_a_table_the_admin_uses_is_not_adopted(routed_lab, domunet):
+    lab = routed_lab
+    assert_ok(domunet("setup"))
+    wanted = int(next(line.split("lookup ")[1].split()[0] for line in lab.run("guest", "ip", "-N", "rule").stdout
+                      .splitlines() if "oif eth1 " in line))
+    assert_ok(domunet("teardown"))
+    lab.run("guest", "ip", "route", "add", "192.168.0.201/32", "dev", "eth0", "table", str(wanted))
+    assert_ok(domunet("setup"))
+    assert f"lookup {wanted} " not in lab.run("guest", "ip", "-N", "rule").stdout + " "
+    admins = lab.run("guest", "ip", "route", "show", "table", str(wanted)).stdout
+    assert admins == "192.168.0.201 dev eth0 scope link \n"
+    assert lab.answers() == dict.fromkeys(ALL, True)
+
+
+def test_a_hand_made_default_route_with_domunets_protocol_is_never_removed(routed_lab, domunet):
+    lab = routed_lab
+    lab.run("guest", "ip", "route", "replace", "default", "via", "192.168.0.1", "dev", "eth0", "proto", "213")
+    assert_ok(domunet("setup"))
+    assert_ok(domunet("teardown"))
+    assert "default via 192.168.0.1 dev eth0 proto 213" in lab.run("guest", "ip", "-N", "route").stdout

@@ -273,3 +273,28 @@ def test_dom0_crash_mid_online_then_offline_cleans_up(lab):
         run.wait()
         assert lab.vif_hotplug("offline", "vif1.3", 3).returncode == 0
         assert dom0_dump(lab) == before, f"crash {k}"
+
+
+def test_an_address_deleted_while_setup_runs_is_converged_around():
+    """Issue 15: an address that vanishes mid-run was a rollback of every NIC; like a vanishing
+    NIC, the run now converges with what is there."""
+    with ScaleLab(16, 16) as lab:
+        assert lab.domunet("setup").returncode == 0
+        last = max(re.findall(r"oif (eth\d+) lookup (\d+)", lab.dump()), key=lambda found: int(found[1]))[0]
+        address = f"10.0.0.{10 + int(last[3:])}/24"
+        assert lab.domunet("teardown").returncode == 0
+        monitor = subprocess.Popen(["ip", "-n", lab.ns["guest"], "monitor", "route", "rule"],
+                                   stdout=subprocess.PIPE, text=True)
+        time.sleep(0.2)
+        run = subprocess.Popen(lab.argv("setup"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for line in monitor.stdout:
+            if "213" in line or "domunet" in line:
+                subprocess.run(["ip", "-n", lab.ns["guest"], "addr", "del", address, "dev", last], check=True)
+                break
+        monitor.terminate()
+        _, stderr = run.communicate(timeout=60)
+        assert run.returncode == 0, stderr
+        assert "Traceback" not in stderr
+        planned = lab.domunet("plan")
+        assert planned.returncode == 0 and planned.stdout == "", planned.stdout
+        assert address.split("/")[0] not in lab.dump()

@@ -126,3 +126,36 @@ def test_gateway_equal_to_own_address_is_a_config_error():
     settings = config.parse(b"[interfaces]\n[[eth1]]\ngateway = 192.168.0.201\n")
     with pytest.raises(ConfigError, match=r"\[\[eth1\]\] key 'gateway'"):
         plan(settings, lab_guest())
+
+
+def test_only_objects_of_domunets_own_shapes_are_within_reach():
+    from domunet.model import PROTO_TEMP, TABLE_MAIN, Rule, State
+    from domunet.plan import within_reach
+
+    net = ipaddress.ip_network
+    desired = plan(LAB_CONFIG, lab_guest())
+    foreign = {
+        Route(TABLE_MAIN, net("0.0.0.0/0"), "eth0", gateway=ip("192.168.0.1")),  # by hand, proto 213
+        Route(TABLE_MAIN, net("10.0.0.0/8"), "eth0", proto=PROTO_TEMP),
+        Route(5000, net("0.0.0.0/0"), "eth0", gateway=ip("192.168.0.1")),
+    }
+    odd_rules = {
+        Rule(4, 10000, TABLE_MAIN, src=net("10.0.0.0/8")),
+        Rule(4, 10500, 5000, src=net("10.0.0.0/8")),
+        Rule(4, 10500, 1001, src=net("10.0.0.0/8"), dst=net("10.1.0.0/16")),
+        Rule(4, 10001, 1001, src=net("10.0.0.0/8"), fwmark=1, fwmask=1),
+        Rule(4, 9000, 1001, oif="eth0"),
+    }
+    owned = State(routes=desired.routes | foreign, rules=desired.rules | odd_rules)
+    reach = within_reach(owned, LAB_CONFIG)
+    assert reach.routes == desired.routes and reach.rules == desired.rules
+
+
+def test_a_table_with_foreign_routes_is_not_adopted_unless_the_config_names_it():
+    from domunet.plan import allocate_tables
+
+    nics = [nic("eth1", 3, "192.168.0.201/24", xen_devid=1)]
+    assert allocate_tables(config.parse(b""), nics) == {"eth1": 1001}
+    assert allocate_tables(config.parse(b""), nics, frozenset({1001})) == {"eth1": 1002}
+    named = config.parse(b"[interfaces]\n[[eth1]]\ntable = 1001\n")
+    assert allocate_tables(named, nics, frozenset({1001})) == {"eth1": 1001}
