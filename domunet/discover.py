@@ -77,8 +77,18 @@ def parse_netifaces(entries: dict[int, list[dict[str, str]]]) -> tuple[IPInterfa
     return tuple(addresses)
 
 
-def discover(kernel: Kernel) -> tuple[Facts, State]:
-    """Read interfaces, addresses and routes once; return the facts and what domunet owns."""
+def xen_facts(kernel: Kernel) -> Mapping[str, VifFacts]:
+    """What dom0 published, read on its own (before the lock is taken: xenstore may be slow);
+    only the links' names, MACs and vif ids are needed for it, not their addresses."""
+    links = [Interface(name=link.name, index=link.index, mac=link.mac, up=link.up,
+                       xen_devid=xen_devid(link.name), loopback=link.loopback)
+             for link in kernel.links(refresh=True).values()]
+    return discover_xen(links)
+
+
+def discover(kernel: Kernel, xen: Mapping[str, VifFacts] | None = None) -> tuple[Facts, State]:
+    """Read interfaces, addresses and routes once; return the facts and what domunet owns.
+    `xen`: xenstore's facts read earlier (xen_facts), else read here."""
     interfaces = []
     links = kernel.links(refresh=True)
     labels = kernel.address_labels()
@@ -117,6 +127,6 @@ def discover(kernel: Kernel) -> tuple[Facts, State]:
     forwarding = frozenset(v for v, key in ((4, "net/ipv4/ip_forward"), (6, "net/ipv6/conf/all/forwarding"))
                            if sysctl.read(key) == "1")
     facts = Facts(interfaces=tuple(interfaces), main_defaults=main_defaults, main_routes=main_routes,
-                  xen=discover_xen(interfaces), forwarding=forwarding,
+                  xen=discover_xen(interfaces) if xen is None else xen, forwarding=forwarding,
                   nft=bool(forwarding) and tools.find("nft") is not None, foreign_tables=foreign_tables)
     return facts, owned

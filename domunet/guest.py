@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from domunet import config as configuration
 from domunet.apply import apply
 from domunet.connmark import Marks
 from domunet.diff import Change, Scope, diff, scope_for
-from domunet.discover import discover
+from domunet.discover import discover, xen_facts
 from domunet.errors import ApplyError, DomunetError, UsageError
 from domunet.ifupdown import HookCall, load_hints, save_hints
 from domunet.kernel import Kernel
@@ -20,6 +20,7 @@ from domunet.lock import locked, watch_running
 from domunet.model import State
 from domunet.names import table_names_after, write_table_names
 from domunet.plan import plan, within_reach
+from domunet.xen import VifFacts
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def with_current_hints(config: configuration.Config, state_dir: str) -> configur
 def _forget_vanished(kernel: Kernel, config: configuration.Config, names: list[str]) -> list[Change]:
     """Interfaces that went away during this run (after their routes were in): drop the rules
     and routes made for them, so that nothing half-made stays."""
-    owned = within_reach(discover(kernel)[1], config)
+    owned = within_reach(discover(kernel, {})[1], config)
     log.warning("%s: vanished during this run; removing what was made for it", ", ".join(names))
     return apply(diff(State(), owned, scope_for(names, State(), owned)), kernel)
 
@@ -69,16 +70,24 @@ def run(verb: str, config: configuration.Config, state_dir: str, names: Sequence
     """One run of a verb. `pending`: stanza options of an interface coming up, kept for later
     runs only once a plan with them has been made (a conflict changes nothing). `kernel`: a
     socket to reuse (watch); else one is opened for this run."""
+    if kernel is not None:
+        return _locked(verb, config, state_dir, list(names), pending, kernel)
+    with Kernel() as own:
+        return _locked(verb, config, state_dir, list(names), pending, own)
+
+
+def _locked(verb: str, config: configuration.Config, state_dir: str, names: list[str],
+            pending: HookCall | None, kernel: Kernel) -> Outcome:
+    """xenstore first (a hung one costs at most its deadline, and never while others wait for the
+    lock; teardown needs none of it), then everything else under the lock."""
+    xen = xen_facts(kernel) if verb != "teardown" else {}
     with locked(state_dir, shared=verb in ("plan", "status")):
-        if kernel is not None:
-            return _run(verb, config, state_dir, list(names), pending, kernel)
-        with Kernel() as own:
-            return _run(verb, config, state_dir, list(names), pending, own)
+        return _run(verb, config, state_dir, names, pending, kernel, xen)
 
 
 def _run(verb: str, config: configuration.Config, state_dir: str, names: list[str],
-         pending: HookCall | None, kernel: Kernel, again: bool = True) -> Outcome:
-    facts, owned = discover(kernel)
+         pending: HookCall | None, kernel: Kernel, xen: Mapping[str, VifFacts], again: bool = True) -> Outcome:
+    facts, owned = discover(kernel, xen)
     owned = within_reach(owned, config)
     if verb in ("setup", "plan"):
         missing = [n for n in names if facts.interface(n) is None]
@@ -103,11 +112,11 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
     try:
         done = apply(changes, kernel, config.gateway_strategy)
     except ApplyError as error:
-        if again and verb == "setup" and discover(kernel)[0].interfaces != facts.interfaces:
+        if again and verb == "setup" and discover(kernel, xen)[0].interfaces != facts.interfaces:
             # an address (or a NIC) came or went while this run applied: what was made is rolled
             # back; converge with what is there now, as for a NIC that vanishes
             log.warning("the interfaces changed during this run (%s); converging with what is there now", error)
-            return _run(verb, config, state_dir, names, None, kernel, again=False)
+            return _run(verb, config, state_dir, names, None, kernel, xen, again=False)
         raise
     marked: list[str] = []
     if verb == "setup" or not names:

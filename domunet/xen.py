@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from domunet import xenstore
 from domunet.model import Interface, IPAddress, IPNetwork, parse_address, parse_network
@@ -81,13 +82,19 @@ def _backend(devid: int, read: Callable[[str], str | None]) -> str | None:
     return backend
 
 
+#: All of xenstore's answers for one run must come within this (a hung xenstored must not hold
+#: up boot, nor the lock other runs wait for).
+DEADLINE = 5.0
+
+
 def discover(interfaces: Iterable[Interface], read: Callable[[str], str | None] | None = None,
-             listing: Callable[[str], list[str]] | None = None) -> dict[str, VifFacts]:
+             listing: Callable[[str], list[str]] | None = None, deadline: float = DEADLINE) -> dict[str, VifFacts]:
     """Facts per interface name, for the NICs that are Xen vifs with a readable backend."""
     if read is None:
         if not xenstore.available():
             return {}
-        read, listing = _safe(xenstore.read), _safe_list(xenstore.directory)
+        clock = _Deadline(deadline)
+        read, listing = _safe(clock.bound(xenstore.read)), _safe_list(clock.bound(xenstore.directory))
     listing = listing or (lambda path: [])
     by_mac: dict[str, int] | None = None
     found = {}
@@ -112,10 +119,43 @@ def discover(interfaces: Iterable[Interface], read: Callable[[str], str | None] 
     return found
 
 
+class _OutOfTime(xenstore.XenstoreError):
+    pass
+
+
+class _Deadline:
+    """One deadline for many calls: each gets what is left; once it is spent, none is made."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + seconds
+        self.spent = False
+
+    def bound(self, call: Callable[..., Any]) -> Callable[[str], Any]:
+        def bounded(path: str) -> Any:
+            left = self.end - time.monotonic()
+            if left <= 0:
+                self._spend()
+            try:
+                return call(path, timeout=left)
+            except xenstore.XenstoreError:
+                if time.monotonic() >= self.end:
+                    self._spend()
+                raise
+        return bounded
+
+    def _spend(self) -> None:
+        if not self.spent:
+            self.spent = True
+            log.warning("xenstore did not answer within %.0f s; going on without the rest of it", DEADLINE)
+        raise _OutOfTime("xenstore: out of time")
+
+
 def _safe(read: Callable[[str], str | None]) -> Callable[[str], str | None]:
     def wrapped(path: str) -> str | None:
         try:
             return read(path)
+        except _OutOfTime:
+            return None
         except xenstore.XenstoreError as error:
             log.warning("%s", error)
             return None
@@ -126,6 +166,8 @@ def _safe_list(listing: Callable[[str], list[str]]) -> Callable[[str], list[str]
     def wrapped(path: str) -> list[str]:
         try:
             return listing(path)
+        except _OutOfTime:
+            return []
         except xenstore.XenstoreError as error:
             log.warning("%s", error)
             return []

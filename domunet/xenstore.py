@@ -22,10 +22,10 @@ def available() -> bool:
     return shutil.which("xenstore-read") is not None
 
 
-def read(path: str) -> str | None:
+def read(path: str, timeout: float = TIMEOUT) -> str | None:
     """The value at path, or None when the key does not exist."""
     try:
-        result = subprocess.run(["xenstore-read", path], capture_output=True, timeout=TIMEOUT,
+        result = subprocess.run(["xenstore-read", path], capture_output=True, timeout=timeout,
                                 stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise XenstoreError(f"xenstore-read {path}: {error}") from None
@@ -47,10 +47,10 @@ def write(path: str, value: str) -> None:
         raise XenstoreError(f"xenstore-write {path}: {result.stderr.strip() or 'failed'}")
 
 
-def directory(path: str) -> list[str]:
+def directory(path: str, timeout: float = TIMEOUT) -> list[str]:
     """The children of path (`xenstore-list`); empty when it does not exist."""
     try:
-        result = subprocess.run(["xenstore-list", path], capture_output=True, timeout=TIMEOUT,
+        result = subprocess.run(["xenstore-list", path], capture_output=True, timeout=timeout,
                                 stdin=subprocess.DEVNULL, text=True)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise XenstoreError(f"xenstore-list {path}: {error}") from None

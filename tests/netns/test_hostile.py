@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -277,3 +278,26 @@ def test_a_hand_made_default_route_with_domunets_protocol_is_never_removed(route
     assert_ok(domunet("setup"))
     assert_ok(domunet("teardown"))
     assert "default via 192.168.0.1 dev eth0 proto 213" in lab.run("guest", "ip", "-N", "route").stdout
+
+
+def test_a_hung_xenstore_costs_one_deadline_and_never_holds_the_lock(routed_lab, domunet, tmp_path):
+    lab = routed_lab
+    for tool in ("xenstore-read", "xenstore-list"):
+        (tmp_path / tool).write_text("#!/bin/sh\nexec sleep 60\n")
+        (tmp_path / tool).chmod(0o755)
+    env = {**os.environ, "PYTHONPATH": _package_root(), "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    argv = ["ip", "netns", "exec", lab.ns["guest"], sys.executable, "-m", "domunet", "--config",
+            str(lab.workdir / "domunet.conf"), "--state-dir", str(lab.state_dir), "setup"]
+    started = time.monotonic()
+    setup = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    teardown_started = time.monotonic()
+    assert domunet("teardown").returncode == 0
+    teardown_took = time.monotonic() - teardown_started
+    _, stderr = setup.communicate(timeout=60)
+    setup_took = time.monotonic() - started
+    assert setup.returncode == 0, stderr
+    assert "xenstore did not answer within 5 s" in stderr
+    assert teardown_took < 4, teardown_took  # it did not wait behind xenstore
+    assert setup_took < 15, setup_took  # one deadline, not 10 s per read
+    assert lab.answers() == dict.fromkeys(ALL, True)
