@@ -169,7 +169,7 @@ def _setup_logging(verbose: int, prefix: str = "domunet", syslog: bool = False) 
 def _hotplug(args: argparse.Namespace) -> int:
     """libxl's contract: hotplug-status connected, or hotplug-error + status error and exit 1."""
     from domunet import xenstore
-    from domunet.dom0 import Dom0, hotplug_key, published_keys, request_from_hotplug
+    from domunet.dom0 import hotplug_key, published_keys, request_from_hotplug
     from domunet.kernel import Kernel
     from domunet.xen import KEYS as XEN_KEYS
 
@@ -182,7 +182,7 @@ def _hotplug(args: argparse.Namespace) -> int:
     if args.command == "offline":
         try:
             with Kernel() as kernel:
-                Dom0(kernel, args.state_dir).offline(hotplug_key(env))
+                _dom0_engine(kernel, args).offline(hotplug_key(env))
         except DomunetError as error:
             log.error("offline %s: %s", env.get("vif"), error)
         if path:
@@ -197,7 +197,7 @@ def _hotplug(args: argparse.Namespace) -> int:
     try:
         request = request_from_hotplug(env, xenstore.read)
         with Kernel() as kernel:
-            record = Dom0(kernel, args.state_dir).online(request)
+            record = _dom0_engine(kernel, args).online(request)
         for key, value in published_keys(record).items():
             try:
                 xenstore.write(f"{path}/{key}", value)
@@ -216,14 +216,31 @@ def _hotplug(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def _dom0_engine(kernel: Any, args: argparse.Namespace) -> Any:
+    """dom0's engine with the [dom0] settings of the config file. offline must work whatever the
+    file says: a bad file there means the defaults (and an error line)."""
+    from domunet import config as configuration
+    from domunet.dom0 import Dom0
+
+    try:
+        settings = configuration.load(args.config)
+    except ConfigError:
+        offline = getattr(args, "action", None) == "offline" or getattr(args, "command", None) == "offline"
+        if not offline:
+            raise
+        log.error("%s; going on with the defaults", sys.exc_info()[1])
+        settings = configuration.Config()
+    return Dom0(kernel, args.state_dir, settings.dom0_allow_prefixes, settings.dom0_input)
+
+
 def _dom0(args: argparse.Namespace) -> int:
-    from domunet.dom0 import Dom0, VifRequest, check_ifname, parse_addresses
+    from domunet.dom0 import VifRequest, check_ifname, parse_addresses
     from domunet.kernel import Kernel
 
     if args.action == "hotplug":
         return _hotplug(args)
     with Kernel() as kernel:
-        dom0 = Dom0(kernel, args.state_dir)
+        dom0 = _dom0_engine(kernel, args)
         if args.action == "online":
             vif = check_ifname(args.vif, "--vif")
             request = VifRequest(

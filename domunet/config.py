@@ -47,6 +47,9 @@ fwmark_mask = fwmark_mask(default='0x03ff0000')
 ignore = ifname_glob_list(default=list('lo'))
 default6_interface = ifname(default=None)
 rt_tables_file = rt_tables_file(default='/etc/iproute2/rt_tables.d/domunet.conf')
+[dom0]
+allow_prefixes = ip_prefix_list(default=list())
+input = option('restricted', 'open', default='restricted')
 [interfaces]
 [[__many__]]
 manage = option('auto', 'yes', 'no', default='auto')
@@ -91,6 +94,10 @@ class Config:
     default6_interface: str | None = None
     rt_tables_file: str = DEFAULT_RT_TABLES_FILE
     interfaces: Mapping[str, InterfaceConfig] = field(default_factory=lambda: MappingProxyType({}))
+    #: dom0: guest prefixes given deliberately (wider than /24 or /48, or an uplink's whole subnet).
+    dom0_allow_prefixes: tuple[IPNetwork, ...] = ()
+    #: dom0: what guests may send to dom0 itself: restricted (ICMP, ND, DHCP) or open.
+    dom0_input: str = "restricted"
     #: Stanza options refused (interface, why): `domunet status` shows them.
     refused: tuple[tuple[str, str], ...] = ()
 
@@ -306,8 +313,12 @@ def parse(raw: bytes, path: str = DEFAULT_PATH) -> Config:
 def _check_structure(parsed: configobj.ConfigObj, path: str) -> None:
     """Sections only where the spec has them (configobj's validate crashes on `[table_base]`)."""
     for name in parsed.sections:
-        if name != "interfaces":
+        if name not in ("interfaces", "dom0"):
             raise ConfigError(path, _where([name], None), "unknown section")
+    dom0 = parsed.get("dom0")
+    if isinstance(dom0, configobj.Section):
+        for sub in dom0.sections:
+            raise ConfigError(path, _where(["dom0", sub], None), "unknown section")
     interfaces = parsed.get("interfaces")
     if not isinstance(interfaces, configobj.Section):
         return
@@ -358,6 +369,8 @@ def _typed(parsed: configobj.ConfigObj, path: str) -> Config:
         coexistence=parsed["coexistence"],
         main_exclude=tuple(parsed["main_exclude"]),
         connmark=parsed["connmark"],
+        dom0_allow_prefixes=tuple(parsed["dom0"]["allow_prefixes"]),
+        dom0_input=parsed["dom0"]["input"],
         fwmark_mask=parsed["fwmark_mask"],
         ignore=tuple(parsed["ignore"]),
         default6_interface=parsed["default6_interface"],

@@ -82,6 +82,59 @@ def parse_addresses(text: str | None, what: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+_VIF_NAME = re.compile(r"^vif(\d{1,5})\.\d{1,5}(-emu)?$")
+
+
+def domain_of(key: str, vif: str) -> int | None:
+    """The guest domain a vif belongs to (from libxl's backend path, else its vifD.N name): one
+    domain's PV vif and emulated NIC may carry the same address, two domains may not."""
+    match = re.match(r"^xen-(\d+)-\d+$", key) or _VIF_NAME.match(vif)
+    return int(match.group(1)) if match else None
+
+
+#: Narrowest prefix length given to a guest without [dom0] allow_prefixes: wider ones are deliberate.
+WIDEST = {4: 24, 6: 48}
+_LIMITED_BROADCAST = ipaddress.ip_network("255.255.255.255/32")
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+
+
+def check_guest_networks(vif: str, guest: tuple[IPNetwork, ...], uplink_addresses: list[IPInterface],
+                         gateways: list[Any], others: dict[str, list[IPNetwork]],
+                         allow: tuple[IPNetwork, ...] = ()) -> None:
+    """Pure: refuse what would let a guest capture traffic that is not its own: dom0's own
+    addresses or gateway, an uplink's whole subnet, broadcast and reserved ranges, prefixes wider
+    than /24 or /48 (unless listed in [dom0] allow_prefixes), an address already routed to another vif."""
+    for network in guest:
+        allowed = any(network.version == a.version and network.subnet_of(a) for a in allow)  # type: ignore[arg-type]
+
+        def refuse(why: str, network: IPNetwork = network) -> None:
+            raise UsageError(f"{vif}: guest address {network} {why}")
+
+        if network.version == 4 and (network.is_reserved or network.overlaps(_LIMITED_BROADCAST)
+                                     or network.overlaps(_THIS_NETWORK)):
+            refuse("is a broadcast or reserved range")
+        for own in (a for a in uplink_addresses if a.version == network.version and not a.ip.is_link_local):
+            if own.ip in network:
+                refuse(f"holds dom0's own address {own.ip}")
+            subnet = own.network
+            if allowed or subnet.prefixlen == subnet.max_prefixlen or not network.overlaps(subnet):
+                continue
+            if network.prefixlen <= subnet.prefixlen:
+                refuse(f"covers dom0's whole uplink subnet {subnet} (list it in [dom0] allow_prefixes if deliberate)")
+            if network.version == 4 and subnet.prefixlen < 31 and (
+                    subnet.broadcast_address in network or subnet.network_address in network):
+                refuse(f"holds the network or broadcast address of {subnet}")
+        for gateway in gateways:
+            if gateway.version == network.version and gateway in network:
+                refuse(f"holds dom0's gateway {gateway}")
+        if not allowed and network.prefixlen < WIDEST[network.version]:
+            refuse(f"is wider than /{WIDEST[network.version]} (list it in [dom0] allow_prefixes if deliberate)")
+        for other, networks in sorted(others.items()):
+            clash = next((n for n in networks if n.version == network.version and n.overlaps(network)), None)
+            if clash is not None:
+                refuse(f"overlaps {clash}, which is routed to {other} already")
+
+
 @dataclass(frozen=True)
 class VifRequest:
     """Validated input for one vif: from xenstore (hotplug) or the command line."""
@@ -153,9 +206,12 @@ def _route(vif: str, destination: str, source: str, metric: str | None = None) -
 class Dom0:
     """Applies and undoes vif records; all state lives in the kernel and in state_dir."""
 
-    def __init__(self, kernel: Kernel, state_dir: str = DEFAULT_STATE_DIR) -> None:
+    def __init__(self, kernel: Kernel, state_dir: str = DEFAULT_STATE_DIR,
+                 allow_prefixes: tuple[IPNetwork, ...] = (), input_policy: str = "restricted") -> None:
         self.kernel = kernel
         self.dir = Path(state_dir) / "dom0"
+        self.allow_prefixes = allow_prefixes
+        self.input_policy = input_policy
 
     # --- records ---------------------------------------------------------------------------
 
@@ -186,6 +242,9 @@ class Dom0:
     def _guarded(self, records: list[VifRecord]) -> dict[str, list[IPNetwork]]:
         return {r.vif: r.networks() for r in records}
 
+    def _guard(self, records: list[VifRecord]) -> None:
+        nft.load(nft.ruleset(self._guarded(records), restrict_input=self.input_policy == "restricted"))
+
     # --- online ----------------------------------------------------------------------------
 
     def online(self, request: VifRequest) -> VifRecord:
@@ -205,8 +264,16 @@ class Dom0:
             if uplink not in links:
                 raise UsageError(f"uplink {uplink} does not exist")
             ipv6 = sysctl.ipv6_enabled()
-            record = plan_online(request, uplink, self.kernel.addresses(uplink), ipv6)
-            others = [r for r in self.records() if r.key != record.key]
+            uplink_addresses = self.kernel.addresses(uplink)
+            others = [r for r in self.records() if r.key != request.key]
+            gateways = [r.gateway for v in (4, 6) for r in self.kernel.routes(v)
+                        if r.table == TABLE_MAIN and r.dst.prefixlen == 0 and r.gateway is not None]
+            domain = domain_of(request.key, request.vif)
+            other_domains = {r.vif: r.networks() for r in others
+                             if domain is None or domain_of(r.key, r.original_name or r.vif) != domain}
+            check_guest_networks(request.rename or request.vif, request.guest, uplink_addresses, gateways,
+                                 other_domains, self.allow_prefixes)
+            record = plan_online(request, uplink, uplink_addresses, ipv6)
             undo: list[Callable[[], None]] = []
             try:
                 self._online(request, record, others, ipv6, undo)
@@ -229,8 +296,8 @@ class Dom0:
         if request.rename and request.rename != request.vif:
             kernel.set_link(request.vif, up=False, rename=request.rename)
             undo.append(lambda: kernel.set_link(vif, rename=request.vif))
-        nft.load(nft.ruleset(self._guarded(others + [record])))
-        undo.append(lambda: nft.load(nft.ruleset(self._guarded(others))))
+        self._guard(others + [record])
+        undo.append(lambda: self._guard(others))
         self._set_sysctls(record, others, ipv6, undo)
         added: list[str] = []
         for text in record.dom0_addresses:
@@ -291,9 +358,18 @@ class Dom0:
             undo.append(self._restore_sysctls)
         for key, value in wanted.items():
             sysctl.write(key, value)
-        key = f"net/ipv4/conf/{vif}/proxy_arp"
-        record.vif_sysctls = {key: sysctl.read(key) or "0"}
-        sysctl.write(key, "1")
+        # the vif: answer ARP for dom0's side; never take a router advertisement or a redirect
+        # from the guest (a guest's RA would otherwise install a default route in dom0)
+        per_vif = {f"net/ipv4/conf/{vif}/proxy_arp": "1", f"net/ipv4/conf/{vif}/accept_redirects": "0"}
+        if ipv6:
+            per_vif.update({f"net/ipv6/conf/{vif}/accept_ra": "0", f"net/ipv6/conf/{vif}/accept_redirects": "0"})
+        record.vif_sysctls = {}
+        for key, value in per_vif.items():
+            before = sysctl.read(key)
+            if before is None:
+                continue
+            record.vif_sysctls[key] = before
+            sysctl.write(key, value)
 
     def _sysctl_origin(self) -> dict[str, str]:
         """The sysctls' values before the first vif; a corrupt file is set aside (nothing to restore)."""
@@ -359,7 +435,7 @@ class Dom0:
                 attempt(name, lambda n=name, v=value: sysctl.write(n, v))
             if record.original_name:
                 attempt("rename back", lambda: kernel.set_link(vif, rename=record.original_name))
-        attempt("anti-spoofing", lambda: nft.load(nft.ruleset(self._guarded(others))))
+        attempt("anti-spoofing", lambda: self._guard(others))
         self._path(key).unlink(missing_ok=True)
         if not others:
             self._restore_sysctls()
@@ -379,7 +455,7 @@ class Dom0:
                         if error.errno != errno.ENODEV:
                             raise
                         log.warning("%s: uplink %s is missing; proxy %s not restored", record.vif, record.uplink, text)
-            nft.load(nft.ruleset(self._guarded(records)))
+            self._guard(records)
             return len(records)
 
 

@@ -24,14 +24,18 @@ table inet {TABLE} {{
     set allowed4 {{ type ifname . ipv4_addr; flags interval; }}
     set allowed6 {{ type ifname . ipv6_addr; flags interval; }}
     chain antispoof {{ type filter hook prerouting priority raw; policy accept; }}
+    chain guestinput {{ type filter hook input priority filter; policy accept; }}
 }}
 flush set inet {TABLE} guarded
 flush set inet {TABLE} allowed4
 flush set inet {TABLE} allowed6
 flush chain inet {TABLE} antispoof
+flush chain inet {TABLE} guestinput
 table inet {TABLE} {{
     chain antispoof {{
         iifname != @guarded accept
+        icmp type redirect drop
+        icmpv6 type {{ nd-router-advert, nd-redirect }} drop
         meta nfproto ipv4 iifname . ip saddr @allowed4 accept
         ip6 saddr fe80::/10 accept
         ip6 saddr :: accept
@@ -42,9 +46,24 @@ table inet {TABLE} {{
 """
 
 
-def ruleset(guarded: Mapping[str, Sequence[IPNetwork]]) -> str:
+#: What a guest may send to dom0 itself under the restricted input policy: replies, ICMP and
+#: neighbour discovery, DHCP (v4 and v6). Everything else (ssh, dom0's other services) is dropped.
+_INPUT = f"""\
+table inet {TABLE} {{
+    chain guestinput {{
+        iifname != @guarded accept
+        ct state established,related accept
+        meta l4proto {{ icmp, ipv6-icmp }} accept
+        udp dport {{ 67, 547 }} accept
+        counter drop
+    }}
+}}
+"""
+
+
+def ruleset(guarded: Mapping[str, Sequence[IPNetwork]], restrict_input: bool = True) -> str:
     """The whole table for these vifs and their allowed sources (pure; unit tested)."""
-    text = _SKELETON
+    text = _SKELETON + (_INPUT if restrict_input else "")
     if not guarded:
         return f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
     names = ", ".join(f'"{vif}"' for vif in sorted(guarded))

@@ -301,3 +301,63 @@ def test_a_hung_xenstore_costs_one_deadline_and_never_holds_the_lock(routed_lab,
     assert teardown_took < 4, teardown_took  # it did not wait behind xenstore
     assert setup_took < 15, setup_took  # one deadline, not 10 s per read
     assert lab.answers() == dict.fromkeys(ALL, True)
+
+
+# --- gaps on dom0 -----------------------------------------------------------------------------
+
+def dom0_cli(lab, *args, config=None):
+    extra = ["--config", config] if config else []
+    return lab.run("dom0", str(lab.bin / "domunet"), "dom0", f"--state-dir={lab.state_dir}", *extra, *args,
+                   check=False)
+
+
+def test_dom0s_gateway_and_another_domains_address_are_refused(lab):
+    lab.xenstore_write("backend/vif/1/0/ip", "192.168.0.1")
+    before = dom0_dump(lab)
+    result = lab.vif_hotplug("online", "vif1.0", 0)
+    no_traceback(result)
+    assert status(lab, 0) == "error"
+    assert "dom0's gateway 192.168.0.1" in lab.xenstore_read("backend/vif/1/0/hotplug-error")
+    assert dom0_dump(lab) == before
+    lab.batch("dom0", ["link add vif2.0 type veth peer name other2"])
+    assert dom0_cli(lab, "online", "--vif", "vif1.1", "--ip", "192.168.0.201").returncode == 0
+    second = dom0_cli(lab, "online", "--vif", "vif2.0", "--ip", "192.168.0.201")
+    assert second.returncode == 2 and "routed to vif1.1 already" in second.stderr
+    assert "vif2.0" not in lab.run("dom0", "ip", "route").stdout
+
+
+def test_a_vif_takes_no_router_advertisement_nor_redirect_from_its_guest(lab):
+    keys = ["net/ipv6/conf/vif1.3/accept_ra", "net/ipv6/conf/vif1.3/accept_redirects",
+            "net/ipv4/conf/vif1.3/accept_redirects"]
+    lab.sysctl("dom0", [f"{key}=1" for key in keys])
+    assert dom0_cli(lab, "online", "--vif", "vif1.3", "--ip", "2001:db8:4309:2388::50").returncode == 0
+    read = "".join(f"cat /proc/sys/{key};" for key in keys)
+    assert lab.run("dom0", "sh", "-c", read).stdout.split() == ["0", "0", "0"]
+    ruleset = lab.run("dom0", "nft", "list", "chain", "inet", "domunet", "antispoof").stdout
+    assert "icmpv6 type { nd-router-advert, nd-redirect } drop" in ruleset
+    assert "icmp type redirect drop" in ruleset
+    assert dom0_cli(lab, "offline", "--vif", "vif1.3").returncode == 0
+    assert lab.run("dom0", "sh", "-c", read).stdout.split() == ["1", "1", "1"]
+
+
+@pytest.mark.parametrize("policy", ["restricted", "open"])
+def test_guests_reach_dom0_itself_only_for_what_they_need(routed_lab, domunet, policy, tmp_path):
+    from tests.netns.test_coexistence import _CLIENT, _SERVER
+
+    lab = routed_lab
+    config = tmp_path / "dom0.conf"
+    config.write_text(f"[dom0]\ninput = {policy}\n")
+    lab.run("dom0", "ip", "route", "del", "192.168.0.200/32")
+    assert dom0_cli(lab, "online", "--vif", "vif1.0", "--ip", "192.168.0.200", config=str(config)).returncode == 0
+    assert_ok(domunet("setup"))
+    assert lab.ping("192.168.0.100", role="guest")  # ICMP to dom0: always
+    server = subprocess.Popen(["ip", "netns", "exec", lab.ns["dom0"], sys.executable, "-c", _SERVER, "0.0.0.0",
+                               "2222"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "listening"
+        client = lab.run("guest", sys.executable, "-c", _CLIENT, "192.168.0.100", "2222", "192.168.0.200",
+                         check=False)
+    finally:
+        server.kill()
+        server.wait()
+    assert (client.returncode == 0) == (policy == "open"), client.stderr

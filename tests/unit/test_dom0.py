@@ -81,3 +81,43 @@ def test_nft_ruleset_lists_each_vif_and_its_sources_collapsed():
 
 def test_nft_ruleset_without_vifs_removes_the_table():
     assert nft.ruleset({}) == "table inet domunet {}\ndelete table inet domunet\n"
+
+
+GATEWAYS = [ipaddress.ip_address("192.168.0.1"), ipaddress.ip_address("2001:db8:4309:2389::1")]
+
+
+@pytest.mark.parametrize("given, why", [
+    ("192.168.0.100", "dom0's own address"),
+    ("192.168.0.1", "dom0's gateway"),
+    ("192.168.0.0/24", "dom0's own address"),
+    ("2001:db8:4309:2388::/64", "dom0's own address"),
+    ("0.0.0.0/1", "reserved"),
+    ("128.0.0.0/1", "reserved"),
+    ("255.255.255.255", "broadcast"),
+    ("240.0.0.1", "reserved"),
+    ("192.168.0.255", "broadcast address"),
+    ("10.20.0.0/23", "wider than /24"),
+    ("2001:db8:7700::/40", "wider than /48"),
+    ("192.168.0.201", "routed to vif2.0 already"),
+])
+def test_a_guest_cannot_be_given_what_is_not_its_own(given, why):
+    from domunet.dom0 import check_guest_networks
+
+    others = {"vif2.0": [net("192.168.0.201/32")]}
+    with pytest.raises(UsageError, match=why.replace("/", ".")):
+        check_guest_networks("vif1.0", (net(given),), UPLINK, GATEWAYS, others)
+
+
+def test_deliberate_prefixes_and_ordinary_addresses_pass():
+    from domunet.dom0 import check_guest_networks
+
+    for given in ("192.168.0.200", "2001:db8:4309:2388::50", "203.0.113.8/29", "2001:db8:4309:2300::/64"):
+        check_guest_networks("vif1.0", (net(given),), UPLINK, GATEWAYS, {})
+    check_guest_networks("vif1.0", (net("10.20.0.0/16"),), UPLINK, GATEWAYS, {}, allow=(net("10.0.0.0/8"),))
+
+
+def test_one_domains_pv_vif_and_emulated_nic_are_one_domain():
+    from domunet.dom0 import domain_of
+
+    assert domain_of("xen-7-0", "vif7.0") == domain_of("vif7.0-emu", "vif7.0-emu") == 7
+    assert domain_of("web0", "web0") is None
