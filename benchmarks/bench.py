@@ -19,8 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from domunet.lab import ScaleLab, _batch  # noqa: E402
+from domunet.lab import run_batch  # noqa: E402
 from domunet.version import versions  # noqa: E402
+from tests.labs import ScaleLab  # noqa: E402
 
 SIZES = ((1, 1), (4, 16), (16, 16), (16, 256))
 HOOK = ROOT / "hooks" / "ifupdown" / "domunet"
@@ -119,7 +120,7 @@ def bench_dom0(addresses: int, repeats: int) -> dict[str, object]:
     script.write_text(DOM0_SEED)
     subprocess.run(["ip", "netns", "add", ns], check=True)
     try:
-        _batch(ns, ["link set lo up", "link add eth0 type veth peer name peer0", "link set eth0 up",
+        run_batch(ns, ["link set lo up", "link add eth0 type veth peer name peer0", "link set eth0 up",
                     "link set peer0 up", "addr add 192.168.0.100/24 dev eth0",
                     "addr add 2001:db8:4309:2388::2/64 dev eth0 nodad", "route add default via 192.168.0.1",
                     "link add vif1.0 type veth peer name guest0"])
@@ -129,7 +130,7 @@ def bench_dom0(addresses: int, repeats: int) -> dict[str, object]:
         seed_times, ours_times = [], []
         for _ in range(repeats):
             seed_times.append(timed_rss(["ip", "netns", "exec", ns, "sh", str(script), "vif1.0", *guest])[0])
-            _batch(ns, ["addr flush dev vif1.0 scope global", "link set vif1.0 down",
+            run_batch(ns, ["addr flush dev vif1.0 scope global", "link set vif1.0 down",
                         *(f"neigh del proxy {a} dev eth0" for a in guest)])
             ours_times.append(timed_rss([*ours, "online", "--vif", "vif1.0", "--uplink", "eth0",
                                          "--ip", " ".join(guest)])[0])

@@ -13,12 +13,10 @@ from typing import Protocol, Sequence
 
 from domunet.diff import Change, Scope
 from domunet.errors import ApplyError, GatewayRefused, KernelError, ObjectExists, ObjectMissing
-from domunet.model import PROTO_TEMP, TABLE_MAIN, Route, Rule, host_network
+from domunet.model import PROTO_TEMP, STRATEGY_AUTO, STRATEGY_TEMPORARY, TABLE_MAIN, Route, Rule, Strategy, host_network
 
 log = logging.getLogger(__name__)
 
-STRATEGY_AUTO = "auto"
-STRATEGY_TEMPORARY = "temporary-main-route"
 
 
 class Netlink(Protocol):
@@ -37,7 +35,7 @@ def temporary_route(route: Route) -> Route:
                  metric=route.metric, proto=PROTO_TEMP)
 
 
-def add_gateway_route(kernel: Netlink, route: Route, strategy: str = STRATEGY_AUTO) -> None:
+def add_gateway_route(kernel: Netlink, route: Route, strategy: Strategy = STRATEGY_AUTO) -> None:
     """Add a route with a gateway; where the kernel refuses it, retry with a temporary main route.
 
     The temporary route is removed in every case, also when the retry fails.
@@ -110,7 +108,7 @@ def _scope_of(name: str, changes: Sequence[Change]) -> Scope:
     return Scope(frozenset({name}), frozenset(tables))
 
 
-def apply(changes: Sequence[Change], kernel: Netlink, strategy: str = STRATEGY_AUTO) -> list[Change]:
+def apply(changes: Sequence[Change], kernel: Netlink, strategy: Strategy = STRATEGY_AUTO) -> list[Change]:
     """Apply changes in order; on failure undo this run's changes in reverse and raise ApplyError.
 
     An interface that vanishes while the run goes on is the one exception: what was made for
@@ -146,7 +144,7 @@ def apply(changes: Sequence[Change], kernel: Netlink, strategy: str = STRATEGY_A
     return journal
 
 
-def rollback(journal: Sequence[Change], kernel: Netlink, strategy: str = STRATEGY_AUTO) -> int:
+def rollback(journal: Sequence[Change], kernel: Netlink, strategy: Strategy = STRATEGY_AUTO) -> int:
     """Undo changes newest first; keep going past failures and report them."""
     undone = 0
     for change in reversed(journal):

@@ -167,53 +167,19 @@ def _setup_logging(verbose: int, prefix: str = "domunet", syslog: bool = False) 
 
 
 def _hotplug(args: argparse.Namespace) -> int:
-    """libxl's contract: hotplug-status connected, or hotplug-error + status error and exit 1."""
-    from domunet import xenstore
-    from domunet.dom0 import hotplug_key, published_keys, request_from_hotplug
-    from domunet.kernel import Kernel
-    from domunet.xen import KEYS as XEN_KEYS
+    """libxl's contract (domunet.hotplug): exit 1 when online failed, after hotplug-status error."""
+    from contextlib import contextmanager
 
-    env = dict(os.environ)
-    settings = dict(s.split("=", 1) for s in args.settings if "=" in s)
-    if args.command in ("add", "remove") or settings.get("type_if") == "tap":
-        log.info("%s %s: emulated (tap) NICs are not handled; nothing to do", args.command, env.get("vif"))
-        return EXIT_OK
-    path = env.get("XENBUS_PATH", "")
-    if args.command == "offline":
-        try:
-            with Kernel() as kernel:
-                _dom0_engine(kernel, args).offline(hotplug_key(env))
-        except DomunetError as error:
-            log.error("offline %s: %s", env.get("vif"), error)
-        if path:
-            for key in XEN_KEYS:
-                try:
-                    xenstore.remove(f"{path}/{key}")
-                except DomunetError as error:
-                    log.error("offline %s: %s", env.get("vif"), error)
-        return EXIT_OK
-    if args.command != "online":
-        raise UsageError(f"unknown hotplug command {args.command!r}")
-    try:
-        request = request_from_hotplug(env, xenstore.read)
+    from domunet import hotplug
+    from domunet.kernel import Kernel
+
+    @contextmanager
+    def engine() -> Any:
         with Kernel() as kernel:
-            record = _dom0_engine(kernel, args).online(request)
-        for key, value in published_keys(record).items():
-            try:
-                xenstore.write(f"{path}/{key}", value)
-            except DomunetError as error:  # the guest can still be configured by hand
-                log.warning("cannot publish %s for the guest: %s", key, error)
-        xenstore.write(f"{path}/hotplug-status", "connected")
-        return EXIT_OK
-    except DomunetError as error:
-        log.error("online %s: %s", env.get("vif"), error)
-        if path:
-            try:
-                xenstore.write(f"{path}/hotplug-error", str(error))
-                xenstore.write(f"{path}/hotplug-status", "error")
-            except DomunetError as failed:
-                log.error("cannot report the error in xenstore: %s", failed)
-        return EXIT_FAILED
+            yield _dom0_engine(kernel, args)
+
+    settings = dict(s.split("=", 1) for s in args.settings if "=" in s)
+    return EXIT_OK if hotplug.handle(args.command, settings, dict(os.environ), engine) else EXIT_FAILED
 
 
 def _dom0_engine(kernel: Any, args: argparse.Namespace) -> Any:

@@ -19,7 +19,17 @@ import configobj
 import validate
 
 from domunet.errors import ConfigError
-from domunet.model import IPAddress, IPNetwork, parse_network
+from domunet.model import (
+    IFNAME,
+    MANAGE_VALUES,
+    STRATEGIES,
+    STRATEGY_AUTO,
+    IPAddress,
+    IPNetwork,
+    Manage,
+    Strategy,
+    parse_network,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,36 +37,14 @@ DEFAULT_PATH = "/etc/domunet.conf"
 DEFAULT_RT_TABLES_FILE = "/etc/iproute2/rt_tables.d/domunet.conf"
 #: Tables from table_base on; one slot per managed interface (see plan.allocate_tables).
 TABLE_SLOTS = 1000
-STRATEGIES = ("auto", "temporary-main-route")
+#: [dom0] input: what guests may send to dom0 itself.
+DOM0_INPUTS = ("restricted", "open")
 #: Bits 16..25: clear of Kubernetes' 0x4000/0x8000 and Cilium's 0x0f00 (Calico's 0xffff0000 is not: see README).
 DEFAULT_FWMARK_MASK = 0x03FF0000
 
 #: Interface names as admins write them (the kernel allows more, shells and tools do not).
-_IFNAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,15}$")
 _IFNAME_GLOB = re.compile(r"^[A-Za-z0-9_.@+*?\[\]!-]{1,64}$")
 
-SPEC = """
-table_base = integer(min=256, max=4294960000, default=1000)
-priority_base = integer(min=1, max=30000, default=10000)
-gateway_strategy = option('auto', 'temporary-main-route', default='auto')
-main_prefixes = ip_prefix_list(default=list())
-coexistence = boolean(default=True)
-main_exclude = ip_prefix_list(default=list())
-connmark = boolean(default=True)
-fwmark_mask = fwmark_mask(default='0x03ff0000')
-ignore = ifname_glob_list(default=list('lo'))
-default6_interface = ifname(default=None)
-rt_tables_file = rt_tables_file(default='/etc/iproute2/rt_tables.d/domunet.conf')
-[dom0]
-allow_prefixes = ip_prefix_list(default=list())
-input = option('restricted', 'open', default='restricted')
-[interfaces]
-[[__many__]]
-manage = option('auto', 'yes', 'no', default='auto')
-gateway = ipv4(default=None)
-gateway6 = ipv6(default=None)
-table = integer(min=256, max=4294967295, default=None)
-""".splitlines()
 
 
 @dataclass(frozen=True)
@@ -64,7 +52,7 @@ class InterfaceConfig:
     """Settings for one interface; `manage`: auto (domunet decides), yes (always), no (never)."""
 
     name: str
-    manage: str = "auto"
+    manage: Manage = "auto"
     gateway: ipaddress.IPv4Address | None = None
     gateway6: ipaddress.IPv6Address | None = None
     table: int | None = None
@@ -80,7 +68,7 @@ class Config:
     path: str = DEFAULT_PATH
     table_base: int = 1000
     priority_base: int = 10000
-    gateway_strategy: str = "auto"
+    gateway_strategy: Strategy = STRATEGY_AUTO
     main_prefixes: tuple[IPNetwork, ...] = ()
     #: Destinations main routes through devices domunet does not manage keep main's route.
     coexistence: bool = True
@@ -97,12 +85,42 @@ class Config:
     #: dom0: guest prefixes given deliberately (wider than /24 or /48, or an uplink's whole subnet).
     dom0_allow_prefixes: tuple[IPNetwork, ...] = ()
     #: dom0: what guests may send to dom0 itself: restricted (ICMP, ND, DHCP) or open.
-    dom0_input: str = "restricted"
+    dom0_input: str = DOM0_INPUTS[0]
     #: Stanza options refused (interface, why): `domunet status` shows them.
     refused: tuple[tuple[str, str], ...] = ()
 
     def for_interface(self, name: str) -> InterfaceConfig:
         return self.interfaces.get(name) or InterfaceConfig(name)
+
+
+def _options(values: Iterable[str]) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+_DEFAULTS = Config()
+#: The file's grammar; every default is the Config dataclass's own (written once, there).
+SPEC = f"""
+table_base = integer(min=256, max=4294960000, default={_DEFAULTS.table_base})
+priority_base = integer(min=1, max=30000, default={_DEFAULTS.priority_base})
+gateway_strategy = option({_options(STRATEGIES)}, default={_DEFAULTS.gateway_strategy!r})
+main_prefixes = ip_prefix_list(default=list())
+coexistence = boolean(default={_DEFAULTS.coexistence})
+main_exclude = ip_prefix_list(default=list())
+connmark = boolean(default={_DEFAULTS.connmark})
+fwmark_mask = fwmark_mask(default='{_DEFAULTS.fwmark_mask:#010x}')
+ignore = ifname_glob_list(default=list({_options(_DEFAULTS.ignore)}))
+default6_interface = ifname(default=None)
+rt_tables_file = rt_tables_file(default={_DEFAULTS.rt_tables_file!r})
+[dom0]
+allow_prefixes = ip_prefix_list(default=list())
+input = option({_options(DOM0_INPUTS)}, default={_DEFAULTS.dom0_input!r})
+[interfaces]
+[[__many__]]
+manage = option({_options(MANAGE_VALUES)}, default={InterfaceConfig("").manage!r})
+gateway = ipv4(default=None)
+gateway6 = ipv6(default=None)
+table = integer(min=256, max=4294967295, default=None)
+""".splitlines()
 
 
 class _Invalid(validate.ValidateError):
@@ -131,7 +149,7 @@ def _ip(value: Any, version: int) -> IPAddress | None:
     return address
 
 
-def _ifname(value: Any, pattern: re.Pattern[str] = _IFNAME) -> str | None:
+def _ifname(value: Any, pattern: re.Pattern[str] = IFNAME) -> str | None:
     if _check_none(value):
         return None
     if not isinstance(value, str) or not pattern.match(value) or value in (".", ".."):
@@ -207,7 +225,8 @@ _VALIDATOR = validate.Validator(
 
 def check_value(check: str, value: str) -> object:
     """Validate one value from outside the file (stanza options) with the file's own checks."""
-    checks = {"table": "integer(min=256, max=4294967295)", "manage": "option('auto', 'yes', 'no')"}
+    checks = {"table": "integer(min=256, max=4294967295)",
+              "manage": f"option({', '.join(repr(m) for m in MANAGE_VALUES)})"}
     return _VALIDATOR.check(checks.get(check, check), value)
 
 

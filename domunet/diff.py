@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Union
 
-from domunet.model import Route, Rule, State
+from domunet.model import ADD, REMOVE, TABLE_MAIN, Action, Route, Rule, State
 
 Object = Union[Route, Rule]
 
 
 @dataclass(frozen=True)
 class Change:
-    action: str  # "add" or "remove"
+    action: Action
     obj: Object
 
     def describe(self) -> str:
@@ -44,7 +44,7 @@ def scope_for(names: Collection[str], desired: State, owned: State) -> Scope:
     wanted = frozenset(names)
     tables = {m.table for m in desired.managed if m.name in wanted}
     tables |= {r.table for r in owned.rules if r.oif in wanted}
-    tables.discard(254)
+    tables.discard(TABLE_MAIN)
     return Scope(wanted, frozenset(tables))
 
 
@@ -62,16 +62,16 @@ def diff(desired: State, owned: State, scope: Scope | None = None) -> list[Chang
         want_rules = {o for o in want_rules if scope.covers(o)}
         have_rules = {o for o in have_rules if scope.covers(o)}
 
-    def ordered(action: str, objects: set[Object]) -> list[Change]:
+    def ordered(action: Action, objects: set[Object]) -> list[Change]:
         return [Change(action, o) for o in sorted(objects, key=_sort_key)]
 
     stale_routes = have_routes - want_routes
     new_routes = want_routes - have_routes
     return (
-        ordered("remove", have_rules - want_rules)
-        + ordered("remove", {r for r in stale_routes if not r.is_link})
-        + ordered("remove", {r for r in stale_routes if r.is_link})
-        + ordered("add", {r for r in new_routes if r.is_link})
-        + ordered("add", {r for r in new_routes if not r.is_link})
-        + ordered("add", want_rules - have_rules)
+        ordered(REMOVE, have_rules - want_rules)
+        + ordered(REMOVE, {r for r in stale_routes if not r.is_link})
+        + ordered(REMOVE, {r for r in stale_routes if r.is_link})
+        + ordered(ADD, {r for r in new_routes if r.is_link})
+        + ordered(ADD, {r for r in new_routes if not r.is_link})
+        + ordered(ADD, want_rules - have_rules)
     )

@@ -10,7 +10,6 @@ import errno
 import ipaddress
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -19,35 +18,23 @@ import netifaces
 from domunet import sysctl, tools
 from domunet.errors import KernelError
 from domunet.kernel import Kernel
-from domunet.model import PROTO, PROTO_TEMP, TABLE_MAIN, Interface, IPInterface, Route, State
-from domunet.xen import VifFacts
+from domunet.model import (
+    PROTO,
+    PROTO_TEMP,
+    TABLE_DEFAULT,
+    TABLE_LOCAL,
+    TABLE_MAIN,
+    Facts,
+    Interface,
+    IPInterface,
+    State,
+    VifFacts,
+)
 from domunet.xen import discover as discover_xen
 
 log = logging.getLogger(__name__)
 
 _NODENAME = re.compile(r"^device/vif/(\d{1,5})$")
-
-
-@dataclass(frozen=True)
-class Facts:
-    """Everything the planner needs to know about this host."""
-
-    interfaces: tuple[Interface, ...]
-    #: Default routes in the main table that domunet did not make (the admin's, DHCP's, RA's).
-    main_defaults: tuple[Route, ...] = ()
-    #: The main table's other routes that domunet did not make: bridges, tunnels, static routes.
-    main_routes: tuple[Route, ...] = ()
-    #: What dom0 published in xenstore, per interface name (domunet.xen).
-    xen: Mapping[str, VifFacts] = field(default_factory=dict)
-    #: IP versions this host forwards (a container host, a router): those get connection marks.
-    forwarding: frozenset[int] = frozenset()
-    #: Whether `nft` is installed (connection marks need it).
-    nft: bool = False
-    #: Tables (other than main, local, default) that hold routes domunet did not make: never adopted.
-    foreign_tables: frozenset[int] = frozenset()
-
-    def interface(self, name: str) -> Interface | None:
-        return next((i for i in self.interfaces if i.name == name), None)
 
 
 def xen_devid(name: str, sysfs: Path = Path("/sys/class/net")) -> int | None:
@@ -122,7 +109,8 @@ def discover(kernel: Kernel, xen: Mapping[str, VifFacts] | None = None) -> tuple
         routes=frozenset(r for r in routes if r.proto in ours),
         rules=frozenset(r for r in rules if r.proto in ours),
     )
-    foreign_tables = frozenset(r.table for r in routes if r.proto not in ours and r.table not in (253, 254, 255)) \
+    special = (TABLE_DEFAULT, TABLE_MAIN, TABLE_LOCAL)
+    foreign_tables = frozenset(r.table for r in routes if r.proto not in ours and r.table not in special) \
         - {r.table for r in routes if r.proto in ours}  # a table domunet holds already stays its own
     forwarding = frozenset(v for v, key in ((4, "net/ipv4/ip_forward"), (6, "net/ipv6/conf/all/forwarding"))
                            if sysctl.read(key) == "1")

@@ -35,6 +35,7 @@ from domunet.model import (
     Route,
     parse_address,
     parse_network,
+    valid_ifname,
 )
 from domunet.state import CorruptState, read_json, set_aside, write_json
 
@@ -42,18 +43,17 @@ log = logging.getLogger(__name__)
 
 MAX_ADDRESSES = 256
 METRIC_TRIES = 8
-_IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
-_XENBUS_PATH = re.compile(r"^backend/vif/(\d{1,5})/(\d{1,5})$")
+XENBUS_PATH_PATTERN = re.compile(r"^backend/vif/(\d{1,5})/(\d{1,5})$")
 
 
 def check_ifname(value: str | None, what: str) -> str:
-    if not value or not _IFNAME.match(value) or value in (".", ".."):
+    if not valid_ifname(value):
         raise UsageError(f"{what}: {value!r} is not a valid interface name")
     return value
 
 
 def check_xenbus_path(value: str) -> str:
-    if not _XENBUS_PATH.match(value):
+    if not XENBUS_PATH_PATTERN.match(value):
         raise UsageError(f"XENBUS_PATH: {value!r} is not backend/vif/DOMID/DEVID")
     return value
 
@@ -502,37 +502,3 @@ def record_from(data: object) -> VifRecord:
         _route(record.vif, *entry)
     sysctls_from(record.vif_sysctls)
     return record
-
-
-def published_keys(record: VifRecord) -> dict[str, str]:
-    """What the guest may read about this vif (domunet.xen): dom0's addresses on it, and that
-    it is routed. Written under the vif's backend directory, removed again on offline."""
-    keys = {"domunet-routed": "1"}
-    for destination, source, *_ in record.routes:
-        key = "domunet-gateway6" if ipaddress.ip_network(destination).version == 6 else "domunet-gateway"
-        keys.setdefault(key, source)
-    return keys
-
-
-def request_from_hotplug(env: dict[str, str], read: Callable[[str], str | None]) -> VifRequest:
-    """The vif, its guest addresses, uplink and new name, from libxl's environment and xenstore."""
-    vif = check_ifname(env.get("vif"), "vif")
-    path = check_xenbus_path(env.get("XENBUS_PATH", ""))
-    guest = parse_addresses(read(f"{path}/ip"), f"xenstore {path}/ip")
-    uplink = env.get("netdev") or read(f"{path}/gatewaydev") or None
-    rename = read(f"{path}/vifname") or None
-    return VifRequest(
-        key=hotplug_key(env), vif=vif, guest=guest,
-        uplink=check_ifname(uplink, f"uplink (netdev or {path}/gatewaydev)") if uplink else None,
-        rename=check_ifname(rename, f"xenstore {path}/vifname") if rename else None,
-        xenbus_path=path,
-    )
-
-
-def hotplug_key(env: dict[str, Any]) -> str:
-    """Records are keyed by the xenstore backend path (stable across renames), else by vif."""
-    path = env.get("XENBUS_PATH") or ""
-    match = _XENBUS_PATH.match(path)
-    if match:
-        return f"xen-{match.group(1)}-{match.group(2)}"
-    return check_ifname(env.get("vif"), "vif")

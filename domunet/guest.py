@@ -17,10 +17,9 @@ from domunet.errors import ApplyError, DomunetError, UsageError
 from domunet.ifupdown import HookCall, load_hints, save_hints
 from domunet.kernel import Kernel
 from domunet.lock import locked, watch_running
-from domunet.model import State
+from domunet.model import State, VifFacts
 from domunet.names import table_names_after, write_table_names
 from domunet.plan import plan, within_reach
-from domunet.xen import VifFacts
 
 log = logging.getLogger(__name__)
 

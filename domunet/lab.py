@@ -61,7 +61,7 @@ GUEST_CONFIG = f"""\
 gateway6 = {DOM0_UPLINK6}
 """
 
-_SYSCTL_DEFAULTS = (
+SYSCTL_DEFAULTS = (
     "net/ipv6/conf/default/accept_dad=0",
     "net/ipv6/conf/all/accept_dad=0",
     "net/ipv6/conf/default/accept_ra=0",
@@ -113,7 +113,7 @@ _XENSTORE_RM = "#!/bin/sh\n" + _XENSTORE_PATH + """for key; do rm -rf "$(path "$
 """
 
 
-def _package_root() -> str:
+def package_root() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
@@ -125,7 +125,7 @@ class Lab:
         """command: the shell words that start domunet (default: this interpreter, this package);
         vif_hook: the vif script dom0 runs. The package tests point both at an unpacked .deb."""
         self.guest_addresses = guest_addresses
-        self.command = command or f'PYTHONPATH="{_package_root()}" exec "{sys.executable}" -m domunet'
+        self.command = command or f'PYTHONPATH="{package_root()}" exec "{sys.executable}" -m domunet'
         self.vif_hook = vif_hook or HOOK
         tag = tag or uuid.uuid4().hex[:8]
         self.ns = {role: f"dn-{tag}-{role}" for role in ROLES}
@@ -150,11 +150,11 @@ class Lab:
 
     def batch(self, role: str, lines: Sequence[str]) -> None:
         """Many `ip` commands in one process (the lab is built fast)."""
-        _batch(self.ns[role], lines)
+        run_batch(self.ns[role], lines)
 
     def sysctl(self, role: str, settings: Sequence[str]) -> None:
         """Write sysctls through /proc/sys inside the namespace (vif names contain dots)."""
-        _sysctl(self.ns[role], settings)
+        write_sysctls(self.ns[role], settings)
 
     # --- life cycle ------------------------------------------------------------------------
 
@@ -172,7 +172,7 @@ class Lab:
         for role in ROLES:
             subprocess.run(["ip", "netns", "add", self.ns[role]], check=True, capture_output=True)
             self.created.append(self.ns[role])
-            self.sysctl(role, _SYSCTL_DEFAULTS)
+            self.sysctl(role, SYSCTL_DEFAULTS)
         self._private_iproute2()
         ns = self.ns
         self.batch("out", [
@@ -365,7 +365,7 @@ class Lab:
                 python: str | None = None, role: str = "guest") -> subprocess.CompletedProcess[str]:
         """Run domunet inside a namespace, as the guest's admin would."""
         config = config or str(self.workdir / "domunet.conf")
-        env = dict(os.environ, PYTHONPATH=_package_root())
+        env = dict(os.environ, PYTHONPATH=package_root())
         command = [python or sys.executable, "-m", "domunet", "--config", config, "--state-dir", str(self.state_dir),
                    *args]
         return self.run(role, *command, check=check, env=env)
@@ -392,24 +392,6 @@ class Lab:
             for what in (["rule", "show"], ["route", "show", "table", "all"]):
                 parts.append(self.run(role, "ip", "-N", family, *what).stdout)  # numbers: no names files
         return "".join(parts)
-
-
-DOM0_SYSCTLS = (
-    "net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv4/conf/eth0/proxy_arp",
-    "net/ipv6/conf/eth0/proxy_ndp", "net/ipv6/conf/all/proxy_ndp", "net/ipv6/conf/eth0/accept_ra",
-)
-
-
-def dom0_dump(lab: Lab, skip: str | None = None) -> str:
-    """dom0's state as the dom0 tests compare it; lines about `skip` (a deleted vif) left out."""
-    parts = [lab.dump("dom0")]
-    for command in (["ip", "-o", "addr"], ["ip", "-br", "link"], ["ip", "-4", "neigh", "show", "proxy"],
-                    ["ip", "-6", "neigh", "show", "proxy"], ["nft", "list", "ruleset"]):
-        parts.append(lab.run("dom0", *command).stdout)
-    script = "".join(f'echo "{key}=$(cat /proc/sys/{key})"\n' for key in DOM0_SYSCTLS)
-    parts.append(lab.run("dom0", "sh", "-c", script).stdout)
-    lines = "".join(parts).splitlines()
-    return "\n".join(line for line in lines if not (skip and skip in line)) + "\n"
 
 
 def demo(out: object = sys.stdout) -> bool:
@@ -453,85 +435,6 @@ def _yes(value: bool) -> str:
     return "answers" if value else "no answer"
 
 
-class ScaleLab:
-    """A guest with n NICs on one /24 (eth0 holds the default route), NIC i also holding m IPv6
-    addresses in a /64 of its own with its gateway in it; the other ends in a peer namespace.
-    For the reliability tests and the benchmarks: big plans, no pings."""
-
-    def __init__(self, nics: int, addresses6: int, tag: str | None = None) -> None:
-        tag = tag or uuid.uuid4().hex[:8]
-        self.nics, self.addresses6 = nics, addresses6
-        self.ns = {"guest": f"dn-{tag}-guest", "peer": f"dn-{tag}-peer"}
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"domunet-scale-{tag}-"))
-        self.config = self.workdir / "domunet.conf"
-        self.state_dir = self.workdir / "run"
-        self.created: list[str] = []
-
-    @staticmethod
-    def nic(i: int) -> str:
-        return f"eth{i}"
-
-    @staticmethod
-    def prefix6(i: int) -> str:
-        return f"2001:db8:{0x100 + i:x}::"
-
-    def create(self) -> ScaleLab:
-        try:
-            for name in self.ns.values():
-                subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-                self.created.append(name)
-            for role in self.ns:
-                _sysctl(self.ns[role], _SYSCTL_DEFAULTS)
-            lines = ["link set lo up"]
-            config = ["rt_tables_file = \"\"", "[interfaces]"]
-            for i in range(self.nics):
-                nic = self.nic(i)
-                lines += [f"link add {nic} type veth peer name p{i} netns {self.ns['peer']}",
-                          f"addr add 10.0.0.{10 + i}/24 dev {nic}"]
-                lines += [f"addr add {self.prefix6(i)}{j + 1:x}/64 dev {nic} nodad"
-                          for j in range(self.addresses6)]
-                lines.append(f"link set {nic} up")
-                if self.addresses6:
-                    config += [f"[[{nic}]]", f"gateway6 = {self.prefix6(i)}ffff"]
-            lines.append("route add default via 10.0.0.1 dev eth0")
-            _batch(self.ns["guest"], lines)
-            _batch(self.ns["peer"], [f"link set p{i} up" for i in range(self.nics)])
-            self.config.write_text("\n".join(config) + "\n")
-        except BaseException:
-            self.destroy()
-            raise
-        return self
-
-    def destroy(self) -> None:
-        for name in reversed(self.created):
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
-        self.created.clear()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> ScaleLab:
-        return self.create()
-
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
-
-    def argv(self, *args: str, python: str | None = None) -> list[str]:
-        """The command line that runs domunet in the guest namespace."""
-        return ["ip", "netns", "exec", self.ns["guest"], "env", f"PYTHONPATH={_package_root()}",
-                python or sys.executable, "-m", "domunet", "--config", str(self.config),
-                "--state-dir", str(self.state_dir), *args]
-
-    def domunet(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.argv(*args), capture_output=True, text=True, timeout=300)
-
-    def dump(self) -> str:
-        parts = []
-        for family in ("-4", "-6"):
-            for what in (["rule", "show"], ["route", "show", "table", "all"]):
-                parts.append(subprocess.run(["ip", "-N", "-n", self.ns["guest"], family, *what],
-                                            capture_output=True, text=True, check=True).stdout)
-        return "".join(parts)
-
-
 def _failure(error: BaseException) -> str:
     """What a failed command said, in one line."""
     if isinstance(error, subprocess.CalledProcessError):
@@ -540,14 +443,14 @@ def _failure(error: BaseException) -> str:
     return str(error)
 
 
-def _batch(namespace: str, lines: Sequence[str]) -> None:
+def run_batch(namespace: str, lines: Sequence[str]) -> None:
     result = subprocess.run(["ip", "-n", namespace, "-batch", "-"], input="\n".join(lines) + "\n",
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise LabError(f"ip -n {namespace} -batch failed: {result.stderr.strip()}")
 
 
-def _sysctl(namespace: str, settings: Sequence[str]) -> None:
+def write_sysctls(namespace: str, settings: Sequence[str]) -> None:
     script = "".join(f"echo {value} > /proc/sys/{key}\n" for key, value in
                      (setting.split("=", 1) for setting in settings))
     subprocess.run(["ip", "netns", "exec", namespace, "sh", "-ec", script], check=True, capture_output=True)

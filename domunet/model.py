@@ -8,8 +8,9 @@ so what is planned and what is read back from the kernel compare equal.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
-from typing import Mapping, Union
+from typing import Literal, Mapping, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -25,6 +26,19 @@ PROTO_DOM0 = 215
 PROTO_NAMES = {PROTO: "domunet", PROTO_TEMP: "domunet-temp", PROTO_DOM0: "domunet-dom0"}
 
 TABLE_MAIN = 254
+TABLE_LOCAL = 255
+TABLE_DEFAULT = 253
+
+#: The small vocabularies, named once.
+Action = Literal["add", "remove"]
+ADD: Action = "add"
+REMOVE: Action = "remove"
+Manage = Literal["auto", "yes", "no"]
+MANAGE_VALUES: tuple[Manage, ...] = ("auto", "yes", "no")
+Strategy = Literal["auto", "temporary-main-route"]
+STRATEGY_AUTO: Strategy = "auto"
+STRATEGY_TEMPORARY: Strategy = "temporary-main-route"
+STRATEGIES: tuple[Strategy, ...] = (STRATEGY_AUTO, STRATEGY_TEMPORARY)
 #: Route protocol of the kernel's own routes (a NIC's connected subnets).
 PROTO_KERNEL = 2
 #: Records of what dom0's vif script did (under /run: gone at reboot, like the vifs).
@@ -36,6 +50,15 @@ LINK_LOCAL6 = ipaddress.IPv6Network("fe80::/64")
 
 DEFAULT4 = ipaddress.IPv4Network("0.0.0.0/0")
 DEFAULT6 = ipaddress.IPv6Network("::/0")
+
+
+#: Interface names as domunet accepts them everywhere (config, stanzas, IFACE, vif, vifname,
+#: uplink): what admins and the toolstack write; the kernel allows more, shells and tools do not.
+IFNAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,15}$")
+
+
+def valid_ifname(name: object) -> bool:
+    return isinstance(name, str) and IFNAME.match(name) is not None and name not in (".", "..")
 
 
 def parse_address(text: str) -> IPAddress:
@@ -168,3 +191,36 @@ class State:
 
     def tables(self) -> set[int]:
         return {r.table for r in self.routes} | {r.table for r in self.rules}
+
+
+@dataclass(frozen=True)
+class VifFacts:
+    """What dom0 published in xenstore for one of the guest's vifs (domunet.xen)."""
+
+    backend: str
+    gateway: ipaddress.IPv4Address | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+    routed: bool = False
+    addresses: tuple[IPNetwork, ...] = ()
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the planner needs to know about this host."""
+
+    interfaces: tuple[Interface, ...]
+    #: Default routes in the main table that domunet did not make (the admin's, DHCP's, RA's).
+    main_defaults: tuple[Route, ...] = ()
+    #: The main table's other routes that domunet did not make: bridges, tunnels, static routes.
+    main_routes: tuple[Route, ...] = ()
+    #: What dom0 published in xenstore, per interface name (domunet.xen).
+    xen: Mapping[str, VifFacts] = field(default_factory=dict)
+    #: IP versions this host forwards (a container host, a router): those get connection marks.
+    forwarding: frozenset[int] = frozenset()
+    #: Whether `nft` is installed (connection marks need it).
+    nft: bool = False
+    #: Tables (other than main, local, default) that hold routes domunet did not make: never adopted.
+    foreign_tables: frozenset[int] = frozenset()
+
+    def interface(self, name: str) -> Interface | None:
+        return next((i for i in self.interfaces if i.name == name), None)

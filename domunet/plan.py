@@ -16,7 +16,6 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from domunet.config import TABLE_SLOTS, Config, InterfaceConfig
-from domunet.discover import Facts
 from domunet.errors import ConfigError
 from domunet.model import (
     LINK_LOCAL6,
@@ -24,6 +23,7 @@ from domunet.model import (
     PROTO_KERNEL,
     PROTO_TEMP,
     TABLE_MAIN,
+    Facts,
     Interface,
     IPAddress,
     IPInterface,
@@ -32,10 +32,10 @@ from domunet.model import (
     Route,
     Rule,
     State,
+    VifFacts,
     default_network,
     host_network,
 )
-from domunet.xen import VifFacts
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,12 @@ from typing import Any, Callable, Iterable
 
 from domunet.diff import Change
 from domunet.errors import ConfigError, DomunetError
-from domunet.model import PROTO, PROTO_TEMP, TABLE_MAIN, Route, Rule
+from domunet.model import PROTO, PROTO_TEMP, TABLE_LOCAL, TABLE_MAIN, Route, Rule
 
 log = logging.getLogger(__name__)
 
 RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR = 16, 17, 20, 21
 RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWRULE, RTM_DELRULE = 24, 25, 32, 33
-TABLE_LOCAL = 255
 
 #: A burst is over after this much quiet...
 SETTLE = 0.05

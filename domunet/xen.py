@@ -13,27 +13,16 @@ tools missing, permission denied) is normal and yields nothing.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from domunet import xenstore
-from domunet.model import Interface, IPAddress, IPNetwork, parse_address, parse_network
+from domunet.model import Interface, IPAddress, IPNetwork, VifFacts, parse_address, parse_network
 
 log = logging.getLogger(__name__)
 
 KEYS = ("domunet-gateway", "domunet-gateway6", "domunet-routed")
-
-
-@dataclass(frozen=True)
-class VifFacts:
-    backend: str
-    gateway: ipaddress.IPv4Address | None = None
-    gateway6: ipaddress.IPv6Address | None = None
-    routed: bool = False
-    addresses: tuple[IPNetwork, ...] = ()
 
 
 def _address(value: str | None, version: int, key: str) -> IPAddress | None:

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from domunet.lab import NICS, Lab, _package_root, dom0_dump
+from domunet.lab import NICS, Lab, package_root
+from tests.labs import dom0_dump
 from tests.shipped import shipped
 
 ALL = [nic.address for nic in NICS]
@@ -45,7 +46,7 @@ def path_without(lab, *missing):
 
 def run(lab, role, *args, env=None, flags=(), state=None, config=None):
     """domunet inside a namespace, its options after the verb; output as bytes."""
-    environment = {**lab.xen_env(1 if role == "guest" else 0), "PYTHONPATH": _package_root(), **(env or {})}
+    environment = {**lab.xen_env(1 if role == "guest" else 0), "PYTHONPATH": package_root(), **(env or {})}
     verb_end = 2 if args and args[0] == "dom0" else 1
     options = ["--config", config or str(lab.workdir / "domunet.conf"), "--state-dir", state or str(lab.state_dir)]
     argv = ["ip", "netns", "exec", lab.ns[role], sys.executable, *flags, "-m", "domunet",
@@ -82,7 +83,7 @@ def test_setup_config_after_the_verb_in_a_guest():
         lab.route_dom0_statically()
         config = str(lab.workdir / "domunet.conf")  # eth3's gateway6 is only in this file
         pristine = lab.dump()
-        env = {"PYTHONPATH": _package_root(), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+        env = {"PYTHONPATH": package_root(), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
 
         def domunet(*args):
             return lab.run("guest", sys.executable, "-m", "domunet", *args, check=False, env=env)

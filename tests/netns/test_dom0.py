@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from domunet.lab import NICS, dom0_dump
+from domunet.lab import NICS
+from tests.labs import dom0_dump
 
 ALL = [nic.address for nic in NICS]
 

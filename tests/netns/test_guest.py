@@ -2,9 +2,10 @@
 
 import json
 import subprocess
+import sys
 import time
 
-from domunet.lab import GUEST_CONFIG, NICS
+from domunet.lab import GUEST_CONFIG, NICS, package_root
 from tests.netns.conftest import write_config
 
 ALL = [nic.address for nic in NICS]
@@ -208,8 +209,12 @@ def test_the_plain_pyroute2_import_gives_the_same_state(routed_lab, domunet):
     result = lab.run("guest", str(lab.bin / "domunet"), "setup", check=False, env=env)
     assert_ok(result)
     assert lab.dump() == fast
-    probe = lab.run("guest", str(lab.bin / "domunet"), "--version", env=env)
-    assert probe.returncode == 0
+    # which way pyroute2 came in: its package __init__ (which defines IPRoute) runs only on the plain way
+    code = "import sys, domunet.kernel; print(hasattr(sys.modules['pyroute2'], 'IPRoute'))"
+    probes = {plain: lab.run("guest", sys.executable, "-c", code, env={
+        "PYTHONPATH": package_root(), **({"DOMUNET_PLAIN_IMPORT": "1"} if plain else {})}).stdout.strip()
+        for plain in (True, False)}
+    assert probes == {True: "True", False: "False"}
 
 
 def test_the_readme_demo_shows_every_address_answering():

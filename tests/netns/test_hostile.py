@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from domunet.lab import NICS, _package_root, dom0_dump
+from domunet.lab import NICS, package_root
+from tests.labs import dom0_dump
 from tests.netns.conftest import write_config
 from tests.netns.test_dom0 import status
 from tests.netns.test_guest import assert_ok
@@ -49,7 +50,7 @@ def test_a_zone_id_published_as_gateway6_is_reported_and_ignored(routed_lab, dom
     lab.xenstore_write("device/vif/3/backend", "/local/domain/0/backend/vif/1/3", domain=1)
     lab.xenstore_write("device/vif/3/mac", mac, domain=1)
     lab.xenstore_write("backend/vif/1/3/domunet-gateway6", "2001:db8:4309:2388::2%eth0")
-    env = {**lab.xen_env(1), "PYTHONPATH": _package_root()}
+    env = {**lab.xen_env(1), "PYTHONPATH": package_root()}
     result = lab.run("guest", sys.executable, "-m", "domunet", "--state-dir", str(lab.state_dir), "setup",
                      check=False, env=env)
     assert result.returncode == 0 and "domunet-gateway6" in result.stderr
@@ -216,7 +217,7 @@ def test_an_unsafe_state_directory_is_refused_before_anything_changes(routed_lab
         os.symlink(lab.workdir / "elsewhere", state / "lock")
     before = lab.dump()
     result = lab.run("guest", sys.executable, "-m", "domunet", "--config", str(lab.workdir / "domunet.conf"),
-                     "--state-dir", str(state), "setup", check=False, env={**os.environ, "PYTHONPATH": _package_root()})
+                     "--state-dir", str(state), "setup", check=False, env={**os.environ, "PYTHONPATH": package_root()})
     assert result.returncode == 2, result.stderr
     assert "state directory" in result.stderr or "symlink" in result.stderr
     no_traceback(result)
@@ -250,7 +251,7 @@ def test_a_state_directory_that_is_a_file_is_a_usage_error_for_every_verb(routed
     state.write_text("")
     role = "dom0" if argv[0] == "dom0" else "guest"
     result = lab.run(role, sys.executable, "-m", "domunet", "--config", str(lab.workdir / "domunet.conf"),
-                     "--state-dir", str(state), *argv, check=False, env={**os.environ, "PYTHONPATH": _package_root()})
+                     "--state-dir", str(state), *argv, check=False, env={**os.environ, "PYTHONPATH": package_root()})
     assert result.returncode == 2, result.stderr
     assert "state directory" in result.stderr
     no_traceback(result)
@@ -285,7 +286,7 @@ def test_a_hung_xenstore_costs_one_deadline_and_never_holds_the_lock(routed_lab,
     for tool in ("xenstore-read", "xenstore-list"):
         (tmp_path / tool).write_text("#!/bin/sh\nexec sleep 60\n")
         (tmp_path / tool).chmod(0o755)
-    env = {**os.environ, "PYTHONPATH": _package_root(), "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    env = {**os.environ, "PYTHONPATH": package_root(), "PATH": f"{tmp_path}:{os.environ['PATH']}"}
     argv = ["ip", "netns", "exec", lab.ns["guest"], sys.executable, "-m", "domunet", "--config",
             str(lab.workdir / "domunet.conf"), "--state-dir", str(lab.state_dir), "setup"]
     started = time.monotonic()

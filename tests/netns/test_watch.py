@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from domunet.lab import NICS, _package_root
+from domunet.lab import NICS, package_root
 from tests.netns.test_coexistence import CONTAINER4, GUEST4, Neighbours
 from tests.netns.test_guest import assert_ok
 
@@ -24,7 +24,7 @@ class Watcher:
     def __init__(self, lab, config=None, extra=(), env=None):
         self.lab = lab
         self.config = config or str(lab.workdir / "domunet.conf")
-        env = dict(os.environ, PYTHONPATH=_package_root(), **(env or {}))
+        env = dict(os.environ, PYTHONPATH=package_root(), **(env or {}))
         argv = ["ip", "netns", "exec", lab.ns["guest"], sys.executable, "-m", "domunet", "-v", *extra,
                 "--config", self.config, "--state-dir", str(lab.state_dir), "watch"]
         self.process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True,

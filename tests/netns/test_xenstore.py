@@ -79,6 +79,12 @@ def test_hostile_backend_path_is_ignored(zero):
     result = guest(lab, "setup")
     assert result.returncode == 0
     assert "device/vif/3/backend" in result.stderr
+    rows = {row["interface"]: row for row in json.loads(guest(lab, "status", "--json").stdout)}
+    assert rows["eth3"]["xenstore"] is None and rows["eth3"]["gateway6"] is None  # the value went unused
+    assert "backend/vif/1/3/domunet-gateway6" not in result.stderr  # nothing was read through it
+    answers = lab.answers(tries=1)
+    assert not answers["2001:db8:4309:2388::50"]
+    assert all(answers[nic.address] for nic in NICS if nic.version == 4)
 
 
 def test_without_xenstore_tools_setup_is_exactly_as_before(lab):

@@ -136,3 +136,7 @@ def test_fwmark_mask_needs_room_for_a_thousand_marks():
     for bad in (b"0xff", b"0", b"banana", b"0x1ff00000", b"0x1ffffffff"):
         with pytest.raises(ConfigError, match="key 'fwmark_mask'"):
             config.parse(b"fwmark_mask = " + bad + b"\n")
+
+
+def test_an_empty_file_means_exactly_the_dataclass_defaults():
+    assert config.parse(b"", "/x.conf") == config.Config(path="/x.conf")

@@ -3,8 +3,9 @@ import ipaddress
 import pytest
 
 from domunet import nft
-from domunet.dom0 import VifRequest, hotplug_key, parse_addresses, plan_online, request_from_hotplug
+from domunet.dom0 import VifRequest, parse_addresses, plan_online
 from domunet.errors import UsageError
+from domunet.hotplug import hotplug_key, request_from_hotplug
 
 UPLINK = [ipaddress.ip_interface("192.168.0.100/24"), ipaddress.ip_interface("2001:db8:4309:2388::2/64"),
           ipaddress.ip_interface("fe80::1/64")]

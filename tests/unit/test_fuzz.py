@@ -10,9 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from domunet import config, nft
-from domunet.dom0 import VifRequest, parse_addresses, plan_online, request_from_hotplug
+from domunet.dom0 import VifRequest, parse_addresses, plan_online
 from domunet.errors import ConfigError, UsageError
-from domunet.ifupdown import HookCall, parse_env
+from domunet.hotplug import request_from_hotplug
+from domunet.ifupdown import MODES, parse_env
+from domunet.model import valid_ifname
 
 CONFIG_EXAMPLES = 600
 ENV_EXAMPLES = 400
@@ -52,8 +54,12 @@ def test_any_config_text_is_a_config_or_one_named_config_error(raw):
         parsed = config.parse(raw, "/etc/domunet.conf")
     except ConfigError as error:
         assert_one_line_named(str(error), "/etc/domunet.conf: ")
-    else:
-        assert isinstance(parsed, config.Config)
+    else:  # what parsing promises: every value within its documented range
+        assert all(valid_ifname(name) for name in parsed.interfaces)
+        assert parsed.table_base + config.TABLE_SLOTS - 1 <= 0xFFFFFFFF and 1 <= parsed.priority_base <= 30000
+        assert all(i.table is None or parsed.table_base <= i.table < parsed.table_base + config.TABLE_SLOTS
+                   for i in parsed.interfaces.values())
+        assert all(i.manage in ("auto", "yes", "no") for i in parsed.interfaces.values())
 
 
 ENV_VALUE = st.one_of(st.text(max_size=30), st.sampled_from(["eth1", "lo", "--all", "start", "stop", "inet",
@@ -67,10 +73,11 @@ def test_any_ifupdown_environment_is_a_call_nothing_or_one_usage_error(env):
     try:
         call = parse_env(env)
     except UsageError as error:
-        assert "\n" not in str(error)
-        assert env.get("IFACE", "") in str(error) or "IFACE" in str(error)
-    else:
-        assert call is None or isinstance(call, HookCall)
+        message = str(error)
+        assert "\n" not in message
+        assert message.startswith("IFACE: ") or message.startswith(env["IFACE"] + ": "), message
+    else:  # a call is about one valid interface, in a mode and family ifupdown gives
+        assert call is None or (valid_ifname(call.iface) and call.iface == env["IFACE"] and call.mode in MODES)
 
 
 ADDRESS_TOKENS = st.one_of(
@@ -115,5 +122,6 @@ def test_hostile_vifname_uplink_or_vif_is_rejected_before_anything(vifname, gate
     except UsageError as error:
         assert "\n" not in str(error)
         return
-    for name in (request.vif, request.rename, request.uplink):
-        assert name is None or re.fullmatch(r"[A-Za-z0-9_.@-]{1,15}", name)
+    for name in (request.vif, request.rename, request.uplink):  # what a kernel name and a shell word can be
+        assert name is None or (0 < len(name) <= 15 and name not in (".", "..") and name.isascii()
+                                and not any(c.isspace() or c in "/:;$`'\"\\|&<>(){}*?!#%=~" for c in name))

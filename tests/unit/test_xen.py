@@ -2,8 +2,9 @@ import ipaddress
 import logging
 
 from domunet import config
+from domunet.model import VifFacts
 from domunet.plan import plan
-from domunet.xen import VifFacts, discover
+from domunet.xen import discover
 from tests.unit.factories import lab_guest, nic
 
 STORE = {

@@ -1,0 +1,98 @@
+"""libxl's hotplug protocol for vif-domunet: what libxl hands over (environment, xenstore), what
+it expects back (hotplug-status `connected`, or `error` with hotplug-error), and what dom0
+publishes for its guest. The work itself is domunet.dom0's; this never prints nor exits."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any, Callable, Mapping
+
+from domunet import xenstore
+from domunet.dom0 import XENBUS_PATH_PATTERN, VifRecord, VifRequest, check_ifname, check_xenbus_path, parse_addresses
+from domunet.errors import DomunetError, UsageError
+from domunet.xen import KEYS as XEN_KEYS
+
+log = logging.getLogger(__name__)
+
+#: libxl calls these for an HVM guest's emulated (tap) NIC: not domunet's to route.
+EMULATED = ("add", "remove")
+
+
+def handle(command: str, settings: Mapping[str, str], env: Mapping[str, str],
+           engine: Callable[[], Any]) -> bool:
+    """One hotplug call; False when online failed (libxl then sees hotplug-status error).
+    `engine`: a context manager giving a Dom0 (a kernel socket is opened only when needed)."""
+    if command in EMULATED or settings.get("type_if") == "tap":
+        log.info("%s %s: emulated (tap) NICs are not handled; nothing to do", command, env.get("vif"))
+        return True
+    path = env.get("XENBUS_PATH", "")
+    if command == "offline":
+        try:
+            with engine() as dom0:
+                dom0.offline(hotplug_key(env))
+        except DomunetError as error:
+            log.error("offline %s: %s", env.get("vif"), error)
+        if path:
+            for key in XEN_KEYS:
+                try:
+                    xenstore.remove(f"{path}/{key}")
+                except DomunetError as error:
+                    log.error("offline %s: %s", env.get("vif"), error)
+        return True
+    if command != "online":
+        raise UsageError(f"unknown hotplug command {command!r}")
+    try:
+        request = request_from_hotplug(env, xenstore.read)
+        with engine() as dom0:
+            record = dom0.online(request)
+        for key, value in published_keys(record).items():
+            try:
+                xenstore.write(f"{path}/{key}", value)
+            except DomunetError as error:  # the guest can still be configured by hand
+                log.warning("cannot publish %s for the guest: %s", key, error)
+        xenstore.write(f"{path}/hotplug-status", "connected")
+        return True
+    except DomunetError as error:
+        log.error("online %s: %s", env.get("vif"), error)
+        if path:
+            try:
+                xenstore.write(f"{path}/hotplug-error", str(error))
+                xenstore.write(f"{path}/hotplug-status", "error")
+            except DomunetError as failed:
+                log.error("cannot report the error in xenstore: %s", failed)
+        return False
+
+
+def published_keys(record: VifRecord) -> dict[str, str]:
+    """What the guest may read about this vif (domunet.xen): dom0's addresses on it, and that
+    it is routed. Written under the vif's backend directory, removed again on offline."""
+    keys = {"domunet-routed": "1"}
+    for destination, source, *_ in record.routes:
+        key = "domunet-gateway6" if ipaddress.ip_network(destination).version == 6 else "domunet-gateway"
+        keys.setdefault(key, source)
+    return keys
+
+
+def request_from_hotplug(env: Mapping[str, str], read: Callable[[str], str | None]) -> VifRequest:
+    """The vif, its guest addresses, uplink and new name, from libxl's environment and xenstore."""
+    vif = check_ifname(env.get("vif"), "vif")
+    path = check_xenbus_path(env.get("XENBUS_PATH", ""))
+    guest = parse_addresses(read(f"{path}/ip"), f"xenstore {path}/ip")
+    uplink = env.get("netdev") or read(f"{path}/gatewaydev") or None
+    rename = read(f"{path}/vifname") or None
+    return VifRequest(
+        key=hotplug_key(env), vif=vif, guest=guest,
+        uplink=check_ifname(uplink, f"uplink (netdev or {path}/gatewaydev)") if uplink else None,
+        rename=check_ifname(rename, f"xenstore {path}/vifname") if rename else None,
+        xenbus_path=path,
+    )
+
+
+def hotplug_key(env: Mapping[str, Any]) -> str:
+    """Records are keyed by the xenstore backend path (stable across renames), else by vif."""
+    path = env.get("XENBUS_PATH") or ""
+    match = XENBUS_PATH_PATTERN.match(path)
+    if match:
+        return f"xen-{match.group(1)}-{match.group(2)}"
+    return check_ifname(env.get("vif"), "vif")

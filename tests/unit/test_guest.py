@@ -1,0 +1,141 @@
+"""The guest pipeline (domunet.guest) and libxl's protocol (domunet.hotplug), without a kernel:
+the kernel-facing steps are replaced, the decisions between them are the real ones."""
+
+import contextlib
+import json
+
+import pytest
+
+from domunet import config, guest, hotplug
+from domunet.errors import UsageError
+from domunet.ifupdown import HookCall
+from domunet.model import State
+from tests.unit.factories import lab_guest
+
+LAB = b"[interfaces]\n[[eth3]]\ngateway6 = 2001:db8:4309:2388::2\n"
+
+
+@pytest.fixture
+def pipeline(monkeypatch, tmp_path):
+    """guest.run with the lab's facts, an empty kernel, and apply recording what it was given."""
+    applied = []
+    owned = {"state": State()}
+    monkeypatch.setattr(guest, "discover", lambda kernel, xen=None: (lab_guest(), owned["state"]))
+    monkeypatch.setattr(guest, "xen_facts", lambda kernel: {})
+    monkeypatch.setattr(guest, "apply", lambda changes, kernel, strategy="auto": applied.extend(changes) or list(
+        changes))
+    monkeypatch.setattr(guest, "write_table_names", lambda path, tables: None)
+
+    class Links:
+        def links(self, refresh=False):
+            return {i.name: i for i in lab_guest().interfaces}
+
+    def run(verb, names=(), text=LAB, pending=None):
+        settings = config.with_hints(config.parse(text), [pending] if pending else [])
+        return guest.run(verb, settings, str(tmp_path / "state"), names, pending, kernel=Links())
+
+    return run, applied, owned
+
+
+def test_setup_applies_the_plan_and_plan_changes_nothing(pipeline):
+    run, applied, _ = pipeline
+    planned = run("plan")
+    assert planned.changes and not applied
+    done = run("setup")
+    assert applied == planned.changes == done.changes
+    assert {c.action for c in applied} == {"add"}
+
+
+def test_teardown_of_one_nic_removes_only_its_objects(pipeline):
+    run, applied, owned = pipeline
+    desired = run("plan").desired
+    owned["state"] = State(desired.routes, desired.rules)
+    run("teardown", ["eth1"])
+    assert applied and {c.action for c in applied} == {"remove"}
+    table = next(m.table for m in desired.managed if m.name == "eth1")
+    assert all(getattr(c.obj, "dev", None) == "eth1" or c.obj.table == table for c in applied)
+
+
+def test_setup_of_a_missing_interface_is_a_usage_error_before_any_change(pipeline):
+    run, applied, _ = pipeline
+    with pytest.raises(UsageError, match="no such interface: eth9"):
+        run("setup", ["eth9"])
+    assert applied == []
+
+
+def test_a_pending_stanza_is_kept_only_when_its_plan_was_made(pipeline, tmp_path):
+    run, _, _ = pipeline
+    run("setup", pending=HookCall("eth1", "inet", "start", manage="yes"))
+    kept = json.loads((tmp_path / "state" / "ifupdown" / "eth1.inet.json").read_text())
+    assert kept["manage"] == "yes"
+
+
+def test_a_refused_pending_stanza_is_a_usage_error_and_not_kept(tmp_path):
+    state = tmp_path / "state"
+    with pytest.raises(UsageError, match="domunet-table 77"):
+        guest.load_config(None, str(state), HookCall("eth1", "inet", "start", table=77))
+    assert not (state / "ifupdown").exists()
+
+
+# --- libxl's protocol ------------------------------------------------------------------------
+
+class FakeDom0:
+    def __init__(self, fail=False):
+        self.fail, self.calls = fail, []
+
+    def online(self, request):
+        self.calls.append(("online", request.vif, [str(n) for n in request.guest]))
+        if self.fail:
+            raise UsageError("vif1.0: no uplink")
+        from domunet.dom0 import VifRecord
+
+        return VifRecord(key=request.key, vif=request.vif, uplink="eth0", guest=[str(n) for n in request.guest],
+                         routes=[["192.0.2.5/32", "192.0.2.1"]])
+
+    def offline(self, key):
+        self.calls.append(("offline", key))
+
+
+@pytest.fixture
+def store(monkeypatch):
+    data = {"backend/vif/1/0/ip": "192.0.2.5"}
+    monkeypatch.setattr(hotplug.xenstore, "read", data.get)
+    monkeypatch.setattr(hotplug.xenstore, "write", lambda path, value: data.__setitem__(path, value))
+    monkeypatch.setattr(hotplug.xenstore, "remove", lambda path: data.pop(path, None))
+    return data
+
+
+ENV = {"vif": "vif1.0", "XENBUS_PATH": "backend/vif/1/0", "netdev": ""}
+
+
+def engine_of(dom0):
+    return lambda: contextlib.nullcontext(dom0)
+
+
+def test_online_reports_connected_and_publishes_the_gateway(store):
+    dom0 = FakeDom0()
+    assert hotplug.handle("online", {}, ENV, engine_of(dom0)) is True
+    assert store["backend/vif/1/0/hotplug-status"] == "connected"
+    assert store["backend/vif/1/0/domunet-gateway"] == "192.0.2.1"
+    assert dom0.calls == [("online", "vif1.0", ["192.0.2.5/32"])]
+
+
+def test_a_failed_online_reports_error_with_the_message(store):
+    assert hotplug.handle("online", {}, ENV, engine_of(FakeDom0(fail=True))) is False
+    assert store["backend/vif/1/0/hotplug-status"] == "error"
+    assert store["backend/vif/1/0/hotplug-error"] == "vif1.0: no uplink"
+
+
+def test_offline_undoes_and_removes_what_was_published(store):
+    store["backend/vif/1/0/domunet-gateway"] = "192.0.2.1"
+    dom0 = FakeDom0()
+    assert hotplug.handle("offline", {}, ENV, engine_of(dom0)) is True
+    assert dom0.calls == [("offline", "xen-1-0")]
+    assert "backend/vif/1/0/domunet-gateway" not in store
+
+
+def test_an_emulated_nic_is_not_domunets(store):
+    dom0 = FakeDom0()
+    assert hotplug.handle("online", {"type_if": "tap"}, ENV, engine_of(dom0)) is True
+    assert hotplug.handle("add", {}, ENV, engine_of(dom0)) is True
+    assert dom0.calls == [] and "backend/vif/1/0/hotplug-status" not in store
