@@ -96,9 +96,30 @@ class Interface:
 
     def addresses_of(self, version: int) -> tuple[IPInterface, ...]:
         """Usable addresses of one family (IPv6 link-local excluded: not routable)."""
-        return tuple(
-            a for a in self.addresses if a.version == version and not a.ip.is_link_local
-        )
+        return self._derived()[0][version]
+
+    def networks_of(self, version: int) -> tuple[tuple[IPNetwork, IPAddress], ...]:
+        """Each distinct on-link prefix of one family with its first address (host prefixes have
+        no link route)."""
+        return self._derived()[1][version]
+
+    def _derived(self) -> tuple[dict[int, tuple[IPInterface, ...]], dict[int, tuple[tuple[IPNetwork, IPAddress], ...]]]:
+        """Worked out once per Interface (4,096 addresses are planned over many times): frozen
+        objects never change, so the cache lives on the instance, outside eq and hash."""
+        cached = self.__dict__.get("_cache")
+        if cached is None:
+            usable: dict[int, tuple[IPInterface, ...]] = {
+                v: tuple(a for a in self.addresses if a.version == v and not a.ip.is_link_local) for v in (4, 6)}
+            networks: dict[int, tuple[tuple[IPNetwork, IPAddress], ...]] = {}
+            for version, addresses in usable.items():
+                seen: dict[IPNetwork, IPAddress] = {}
+                for address in addresses:
+                    if address.network.prefixlen < address.max_prefixlen:
+                        seen.setdefault(address.network, address.ip)
+                networks[version] = tuple(seen.items())
+            cached = (usable, networks)
+            object.__setattr__(self, "_cache", cached)
+        return cached
 
 
 @dataclass(frozen=True, order=True)

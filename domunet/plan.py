@@ -26,7 +26,6 @@ from domunet.model import (
     Facts,
     Interface,
     IPAddress,
-    IPInterface,
     IPNetwork,
     ManagedInterface,
     Route,
@@ -100,15 +99,6 @@ def _ignored(config: Config, interface: Interface) -> bool:
     return interface.loopback or any(fnmatch.fnmatchcase(interface.name, p) for p in config.ignore)
 
 
-def _networks(addresses: tuple[IPInterface, ...]) -> list[tuple[IPNetwork, IPAddress]]:
-    """Each distinct on-link prefix with the first address in it (host prefixes have no link route)."""
-    seen: dict[object, IPAddress] = {}
-    for address in addresses:
-        if address.network.prefixlen < address.max_prefixlen:
-            seen.setdefault(address.network, address.ip)
-    return list(seen.items())  # type: ignore[arg-type]
-
-
 def _main_gateway(facts: Facts, interface: Interface) -> ipaddress.IPv4Address | None:
     """The main table's IPv4 default gateway, when it lies in one of this interface's subnets."""
     networks = [a.network for a in interface.addresses_of(4)]
@@ -166,7 +156,7 @@ def _shared(interfaces: list[Interface]) -> set[IPNetwork]:
     holders: dict[IPNetwork, set[str]] = defaultdict(set)
     for interface in interfaces:
         for version in (4, 6):
-            for network, _ in _networks(interface.addresses_of(version)):
+            for network, _ in interface.networks_of(version):
                 holders[network].add(interface.name)
     return {network for network, names in holders.items() if len(names) > 1}
 
@@ -184,7 +174,7 @@ def _candidates(config: Config, facts: Facts, usable: list[Interface], shared_ne
         gateway_source = gateway6_source = None
         if interface.addresses_of(4):
             shared = sorted({
-                str(network) for network, _ in _networks(interface.addresses_of(4)) if network in shared_networks
+                str(network) for network, _ in interface.networks_of(4) if network in shared_networks
             })
             if shared:
                 reasons.append(f"shares {', '.join(shared)}")
@@ -226,7 +216,7 @@ def _family_routes(
     name = interface.name
     metric = METRIC6 if version == 6 else 0
     addresses = interface.addresses_of(version)
-    networks = [(network, src if version == 4 else None) for network, src in _networks(addresses)]
+    networks = [(network, src if version == 4 else None) for network, src in interface.networks_of(version)]
     routes = [Route(table, network, name, src=src, metric=metric) for network, src in networks]
     if version == 6:
         routes.append(Route(table, LINK_LOCAL6, name, metric=metric))
@@ -280,7 +270,7 @@ def _mirror_targets(route: Route, candidates: list[_Candidate]) -> list[_Candida
     if route.gateway is None or route.gateway.is_link_local:
         return [c for c in carriers if c.interface.name == route.dev]
     return [c for c in carriers
-            if any(route.gateway in network for network, _ in _networks(c.interface.addresses_of(route.version)))]
+            if any(route.gateway in network for network, _ in c.interface.networks_of(route.version))]
 
 
 def _coexistence(config: Config, facts: Facts, candidates: list[_Candidate], tables: dict[str, int],
@@ -295,7 +285,7 @@ def _coexistence(config: Config, facts: Facts, candidates: list[_Candidate], tab
     versions = {v for c in candidates for v in c.families}
     managed = {c.interface.name for c in candidates}
     covered: list[IPNetwork] = [network for c in candidates for v in c.families
-                                for network, _ in _networks(c.interface.addresses_of(v))]
+                                for network, _ in c.interface.networks_of(v)]
     covered += [host_network(g) for c in candidates for g in (c.gateway, c.gateway6) if g is not None]
     taken = {(r.table, r.dst, r.metric) for r in planned}
     exempt: dict[IPNetwork, Route] = {}
