@@ -15,16 +15,16 @@ knows it from the kernel and changes nothing.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import re
 import subprocess
 from pathlib import Path
 from typing import Mapping
 
 from domunet import sysctl, tools
+from domunet.dom0 import sysctls_from
 from domunet.errors import KernelError
+from domunet.state import CorruptState, read_json, set_aside, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +75,22 @@ class Marks:
         self.origin = Path(state_dir) / ORIGIN
 
     def _saved(self) -> dict[str, str]:
+        """The sysctl values before domunet set them; a corrupt file is set aside (nothing to put back)."""
         try:
-            value = json.loads(self.origin.read_text())
-        except FileNotFoundError:
+            value = read_json(self.origin)
+        except CorruptState as error:
+            set_aside(self.origin, str(error))
             return {}
-        except (OSError, ValueError) as error:
-            log.warning("%s: unreadable (%s); starting from the kernel's state", self.origin, error)
+        if value is None:
             return {}
-        return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+        try:
+            return sysctls_from(value)
+        except ValueError as error:
+            set_aside(self.origin, f"not a list of sysctl values ({error})")
+            return {}
 
     def _save(self, saved: dict[str, str]) -> None:
-        temporary = self.origin.with_name(ORIGIN + ".tmp")
-        with open(temporary, "w", opener=lambda p, f: os.open(p, f | os.O_NOFOLLOW, 0o644)) as handle:
-            json.dump(saved, handle)
-        os.replace(temporary, self.origin)
+        write_json(self.origin, saved)
 
     def changes(self, marks: Mapping[str, int], mask: int) -> list[str]:
         """What `converge` would do, as commands (for `domunet plan`)."""
