@@ -22,17 +22,22 @@ def no_traceback(result):
     assert "Traceback" not in result.stderr and "Traceback" not in result.stdout, result.stderr
 
 
+def refused_online(lab, devid, ip, fragment):
+    """libxl's online of vif1.DEVID with `ip=IP`: refused, said in hotplug-error, dom0 untouched."""
+    lab.xenstore_write(f"backend/vif/1/{devid}/ip", ip)
+    before = dom0_dump(lab)
+    result = lab.vif_hotplug("online", f"vif1.{devid}", devid)
+    no_traceback(result)
+    assert status(lab, devid) == "error"
+    assert fragment in lab.xenstore_read(f"backend/vif/1/{devid}/hotplug-error")
+    assert dom0_dump(lab) == before
+    assert not list(lab.state_dir.glob("dom0/vif-*.json"))
+
+
 # --- 1: zone ids ------------------------------------------------------------------------------
 
 def test_a_zone_id_in_a_vifs_ip_is_refused_and_nothing_is_left(lab):
-    lab.xenstore_write("backend/vif/1/3/ip", ZONED)
-    before = dom0_dump(lab)
-    result = lab.vif_hotplug("online", "vif1.3", 3)
-    no_traceback(result)
-    assert status(lab, 3) == "error"
-    assert "zone" in lab.xenstore_read("backend/vif/1/3/hotplug-error")
-    assert dom0_dump(lab) == before
-    assert not list(lab.state_dir.glob("dom0/vif-*.json"))
+    refused_online(lab, 3, ZONED, "zone")
     offline = lab.vif_hotplug("offline", "vif1.3", 3)
     assert offline.returncode == 0
     no_traceback(offline)
@@ -313,13 +318,7 @@ def dom0_cli(lab, *args, config=None):
 
 
 def test_dom0s_gateway_and_another_domains_address_are_refused(lab):
-    lab.xenstore_write("backend/vif/1/0/ip", "192.168.0.1")
-    before = dom0_dump(lab)
-    result = lab.vif_hotplug("online", "vif1.0", 0)
-    no_traceback(result)
-    assert status(lab, 0) == "error"
-    assert "dom0's gateway 192.168.0.1" in lab.xenstore_read("backend/vif/1/0/hotplug-error")
-    assert dom0_dump(lab) == before
+    refused_online(lab, 0, "192.168.0.1", "dom0's gateway 192.168.0.1")
     lab.batch("dom0", ["link add vif2.0 type veth peer name other2"])
     assert dom0_cli(lab, "online", "--vif", "vif1.1", "--ip", "192.168.0.201").returncode == 0
     second = dom0_cli(lab, "online", "--vif", "vif2.0", "--ip", "192.168.0.201")

@@ -169,6 +169,21 @@ def test_kill_9_at_any_point_of_a_large_setup_then_the_next_run_converges():
         assert partial >= INTERRUPTIONS // 2  # most kills really left a half-made state behind
 
 
+def _setup_while(lab, change):
+    """`domunet setup` in the guest, and `ip CHANGE` the moment its first route or rule appears."""
+    monitor = subprocess.Popen(["ip", "-n", lab.ns["guest"], "monitor", "route", "rule"],
+                               stdout=subprocess.PIPE, text=True)
+    time.sleep(0.2)
+    run = subprocess.Popen(lab.argv("setup"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in monitor.stdout:
+        if "213" in line or "domunet" in line:
+            subprocess.run(["ip", "-n", lab.ns["guest"], *change], check=True)
+            break
+    monitor.terminate()
+    _, stderr = run.communicate(timeout=60)
+    return run.returncode, stderr
+
+
 def test_nic_deleted_while_setup_runs_others_are_configured_nothing_half_made_stays():
     with ScaleLab(16, 16) as lab:
         assert lab.domunet("setup").returncode == 0
@@ -180,17 +195,8 @@ def test_nic_deleted_while_setup_runs_others_are_configured_nothing_half_made_st
             return "eth9" in line or f"lookup {table} " in line + " " or f"table {table} " in line \
                 or "2001:db8:109:" in line or "10.0.0.19" in line
 
-        monitor = subprocess.Popen(["ip", "-n", lab.ns["guest"], "monitor", "route", "rule"],
-                                   stdout=subprocess.PIPE, text=True)
-        time.sleep(0.2)
-        run = subprocess.Popen(lab.argv("setup"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for line in monitor.stdout:
-            if "213" in line or "domunet" in line:
-                subprocess.run(["ip", "-n", lab.ns["guest"], "link", "del", "eth9"], check=True)
-                break
-        monitor.terminate()
-        _, stderr = run.communicate(timeout=60)
-        assert run.returncode == 0, stderr
+        returncode, stderr = _setup_while(lab, ["link", "del", "eth9"])
+        assert returncode == 0, stderr
         assert "eth9" in stderr and "vanished" in stderr
         after = lab.dump()
         assert [line for line in _owned_lines(after) if about_eth9(line)] == []
@@ -285,17 +291,8 @@ def test_an_address_deleted_while_setup_runs_is_converged_around():
         last = max(re.findall(r"oif (eth\d+) lookup (\d+)", lab.dump()), key=lambda found: int(found[1]))[0]
         address = f"10.0.0.{10 + int(last[3:])}/24"
         assert lab.domunet("teardown").returncode == 0
-        monitor = subprocess.Popen(["ip", "-n", lab.ns["guest"], "monitor", "route", "rule"],
-                                   stdout=subprocess.PIPE, text=True)
-        time.sleep(0.2)
-        run = subprocess.Popen(lab.argv("setup"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for line in monitor.stdout:
-            if "213" in line or "domunet" in line:
-                subprocess.run(["ip", "-n", lab.ns["guest"], "addr", "del", address, "dev", last], check=True)
-                break
-        monitor.terminate()
-        _, stderr = run.communicate(timeout=60)
-        assert run.returncode == 0, stderr
+        returncode, stderr = _setup_while(lab, ["addr", "del", address, "dev", last])
+        assert returncode == 0, stderr
         assert "Traceback" not in stderr
         planned = lab.domunet("plan")
         assert planned.returncode == 0 and planned.stdout == "", planned.stdout
