@@ -17,7 +17,7 @@ from domunet.errors import ApplyError, DomunetError, UsageError
 from domunet.ifupdown import HookCall, load_hints, save_hints
 from domunet.kernel import Kernel
 from domunet.lock import locked, watch_running
-from domunet.model import State, VifFacts
+from domunet.model import REMOVE, State, VifFacts
 from domunet.names import table_names_after, write_table_names
 from domunet.plan import plan, within_reach
 
@@ -102,6 +102,12 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
         save_hints(state_dir, pending)
     scope: Scope | None = scope_for(names, desired, owned) if names else None
     changes = diff(desired, owned, scope)
+    if verb == "setup" and not getattr(xen, "complete", True):
+        kept = [c for c in changes if c.action == REMOVE]
+        if kept:
+            log.warning("keeping %d object(s) this run: xenstore did not answer in time, so the plan may "
+                        "lack what dom0 published", len(kept))
+        changes = [c for c in changes if c.action != REMOVE]
     marks = Marks(state_dir)
     if verb == "plan":
         return Outcome(desired, changes, marks=marks.changes(desired.marks, desired.fwmask))

@@ -71,22 +71,31 @@ def _backend(devid: int, read: Callable[[str], str | None]) -> str | None:
     return backend
 
 
-#: All of xenstore's answers for one run must come within this (a hung xenstored must not hold
-#: up boot, nor the lock other runs wait for).
-DEADLINE = 5.0
+#: All of xenstore's answers for one run must come within this (a hung xenstored must not hold up
+#: boot; it is read before the lock, so it holds up no other run). Generous: under emulation
+#: (QEMU TCG) each xenstore-read process takes a few hundred ms.
+DEADLINE = 20.0
+
+
+class Published(dict):  # type: ignore[type-arg]
+    """Facts per interface name; `complete` is False when xenstore ran out of time: what is not
+    here may still be published, so nothing made from earlier answers is to be removed."""
+
+    complete = True
 
 
 def discover(interfaces: Iterable[Interface], read: Callable[[str], str | None] | None = None,
-             listing: Callable[[str], list[str]] | None = None, deadline: float = DEADLINE) -> dict[str, VifFacts]:
+             listing: Callable[[str], list[str]] | None = None, deadline: float = DEADLINE) -> Published:
     """Facts per interface name, for the NICs that are Xen vifs with a readable backend."""
+    clock = None
     if read is None:
         if not xenstore.available():
-            return {}
+            return Published()
         clock = _Deadline(deadline)
         read, listing = _safe(clock.bound(xenstore.read)), _safe_list(clock.bound(xenstore.directory))
     listing = listing or (lambda path: [])
     by_mac: dict[str, int] | None = None
-    found = {}
+    found = Published()
     for interface in interfaces:
         if interface.loopback:
             continue
@@ -105,6 +114,7 @@ def discover(interfaces: Iterable[Interface], read: Callable[[str], str | None] 
         backend = _backend(devid, read)
         if backend:
             found[interface.name] = vif_facts(backend, read)
+    found.complete = clock is None or not clock.spent
     return found
 
 
@@ -135,7 +145,8 @@ class _Deadline:
     def _spend(self) -> None:
         if not self.spent:
             self.spent = True
-            log.warning("xenstore did not answer within %.0f s; going on without the rest of it", DEADLINE)
+            log.warning("xenstore did not answer within %.0f s; going on without the rest of it, and "
+                        "removing nothing this run", DEADLINE)
         raise _OutOfTime("xenstore: out of time")
 
 

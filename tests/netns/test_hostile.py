@@ -303,9 +303,9 @@ def test_a_hung_xenstore_costs_one_deadline_and_never_holds_the_lock(routed_lab,
     _, stderr = setup.communicate(timeout=60)
     setup_took = time.monotonic() - started
     assert setup.returncode == 0, stderr
-    assert "xenstore did not answer within 5 s" in stderr
+    assert "xenstore did not answer within 20 s" in stderr
     assert teardown_took < 4, teardown_took  # it did not wait behind xenstore
-    assert setup_took < 15, setup_took  # one deadline, not 10 s per read
+    assert setup_took < 30, setup_took  # one deadline, not 10 s per read
     assert lab.answers() == dict.fromkeys(ALL, True)
 
 

@@ -56,6 +56,20 @@ def test_teardown_of_one_nic_removes_only_its_objects(pipeline):
     assert all(getattr(c.obj, "dev", None) == "eth1" or c.obj.table == table for c in applied)
 
 
+def test_when_xenstore_ran_out_of_time_setup_adds_but_removes_nothing(pipeline, monkeypatch):
+    from domunet.model import Rule
+    from domunet.xen import Published
+
+    run, applied, owned = pipeline
+    late = Published()
+    late.complete = False
+    monkeypatch.setattr(guest, "xen_facts", lambda kernel: late)
+    stale = Rule(6, 10030, 1003, oif="eth9")
+    owned["state"] = State(frozenset(), frozenset({stale}))
+    run("setup")
+    assert applied and all(c.action == "add" for c in applied)  # the plan went in; the stale rule stayed
+
+
 def test_setup_of_a_missing_interface_is_a_usage_error_before_any_change(pipeline):
     run, applied, _ = pipeline
     with pytest.raises(UsageError, match="no such interface: eth9"):
