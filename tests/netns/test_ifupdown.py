@@ -247,5 +247,12 @@ def test_the_watch_unit_runs_domunet_watch_with_readiness_and_reload():
     service = _unit("domunet-watch.service")["Service"]
     assert service["ExecStart"] == "/usr/bin/domunet watch"
     assert service["Type"] == "notify" and service["Restart"] == "on-failure"
-    assert service["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert service["ExecReload"] == """/bin/sh -c 'kill -HUP "$$MAINPID"'"""
+    # it signals the main process with no kill program on PATH (a minimal Debian has no procps)
+    main = subprocess.Popen(["/bin/sh", "-c", 'trap "echo reloaded; exit 0" HUP; echo ready; '
+                             "while :; do /bin/sleep 0.05; done"], stdout=subprocess.PIPE, text=True)
+    assert main.stdout.readline().strip() == "ready"
+    script = shlex.split(service["ExecReload"].replace("$$", "$"))[2]
+    subprocess.run(["/bin/sh", "-c", script], env={"MAINPID": str(main.pid), "PATH": "/nonexistent"}, check=True)
+    assert main.communicate(timeout=10)[0].strip() == "reloaded"
     assert "is-active domunet-watch.service" in _unit("domunet-iface@.service")["Service"]["ExecCondition"]
