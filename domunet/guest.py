@@ -117,10 +117,13 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
     try:
         done = apply(changes, kernel, config.gateway_strategy)
     except ApplyError as error:
-        if again and verb == "setup" and discover(kernel, xen)[0].interfaces != facts.interfaces:
+        now = discover(kernel, xen)[0].interfaces if again and verb == "setup" else facts.interfaces
+        if now != facts.interfaces:
             # an address (or a NIC) came or went while this run applied: what was made is rolled
             # back; converge with what is there now, as for a NIC that vanishes
-            log.warning("the interfaces changed during this run (%s); converging with what is there now", error)
+            gone = sorted({i.name for i in facts.interfaces} - {i.name for i in now})
+            what = f"{', '.join(gone)} vanished" if gone else "the interfaces changed"
+            log.warning("%s during this run (%s); converging with what is there now", what, error)
             return _run(verb, config, state_dir, names, None, kernel, xen, again=False)
         raise
     marked: list[str] = []
