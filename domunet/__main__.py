@@ -2,6 +2,6 @@
 
 import sys
 
-from domunet.cli import main
+from domunet.entry import main
 
 sys.exit(main())

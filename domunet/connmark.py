@@ -14,7 +14,6 @@ knows it from the kernel and changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import subprocess
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import Mapping
 
 from domunet import sysctl, tools
-from domunet.dom0 import sysctls_from
 from domunet.errors import KernelError
 from domunet.state import CorruptState, read_json, set_aside, write_json
 
@@ -45,6 +43,8 @@ def ruleset(marks: Mapping[str, int], mask: int) -> str:
         f"        ct mark and {mask:#010x} != 0 meta mark 0 meta mark set ct mark and {mask:#010x}",
         "    }",
     ]
+    import hashlib  # here: loading OpenSSL costs ~4 ms, and only forwarding guests get here
+
     digest = hashlib.sha256("\n".join(body).encode()).hexdigest()[:16]
     return "\n".join([f"table inet {TABLE} {{", f'    comment "domunet:{digest}"', *body, "}", ""])
 
@@ -84,7 +84,7 @@ class Marks:
         if value is None:
             return {}
         try:
-            return sysctls_from(value)
+            return sysctl.saved_values(value)
         except ValueError as error:
             set_aside(self.origin, f"not a list of sysctl values ({error})")
             return {}

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from domunet import nft, sysctl, tools
+from domunet import nft, sysctl
 from domunet.errors import DomunetError, KernelError, ObjectExists, ObjectMissing, UsageError
 from domunet.kernel import Kernel
 from domunet.lock import locked
@@ -248,7 +248,7 @@ class Dom0:
     # --- online ----------------------------------------------------------------------------
 
     def online(self, request: VifRequest) -> VifRecord:
-        tools.require(f"online of {request.vif}", "nft")  # before anything changes
+        nft.require(f"online of {request.vif}")  # before anything changes
         with self.locked():
             if any(r.key == request.key for r in self.records()):
                 log.info("%s: online again: undoing the earlier online first", request.vif)
@@ -258,7 +258,8 @@ class Dom0:
                 raise UsageError(f"vif {request.vif} does not exist")
             if request.rename and request.rename != request.vif and request.rename in links:
                 raise UsageError(f"vifname {request.rename}: an interface of that name exists already")
-            uplink = request.uplink or self.kernel.default_route_interface(4) or self.kernel.default_route_interface(6)
+            defaults = self.kernel.main_defaults()
+            uplink = request.uplink or next((route.dev for route in defaults if route.dev), None)
             if not uplink:
                 raise UsageError("no uplink: give gatewaydev/netdev, or give dom0 a default route")
             if uplink not in links:
@@ -266,8 +267,7 @@ class Dom0:
             ipv6 = sysctl.ipv6_enabled()
             uplink_addresses = self.kernel.addresses(uplink)
             others = [r for r in self.records() if r.key != request.key]
-            gateways = [r.gateway for v in (4, 6) for r in self.kernel.routes(v)
-                        if r.table == TABLE_MAIN and r.dst.prefixlen == 0 and r.gateway is not None]
+            gateways = [route.gateway for route in defaults if route.gateway is not None]
             domain = domain_of(request.key, request.vif)
             other_domains = {r.vif: r.networks() for r in others
                              if domain is None or domain_of(r.key, r.original_name or r.vif) != domain}
@@ -376,7 +376,7 @@ class Dom0:
         path = self.dir / SYSCTL_ORIGIN
         try:
             data = read_json(path)
-            return {} if data is None else sysctls_from(data)
+            return {} if data is None else sysctl.saved_values(data)
         except CorruptState as error:
             set_aside(path, str(error))
         except ValueError as error:
@@ -444,7 +444,7 @@ class Dom0:
 
     def reconcile(self) -> int:
         """Re-add what the kernel drops behind our back (proxy entries when the uplink was down)."""
-        tools.require("reconcile", "nft")
+        nft.require("reconcile")
         with self.locked():
             records = self.records()
             for record in records:
@@ -461,21 +461,6 @@ class Dom0:
 
 SYSCTL_ORIGIN = "sysctl-origin.json"
 _RECORD_KEY = re.compile(r"^(xen-\d{1,5}-\d{1,5}|[A-Za-z0-9_.@-]{1,15})$")
-_SYSCTL_KEY = re.compile(r"^net/ipv[46]/(ip_forward|conf/[A-Za-z0-9_.@-]{1,15}/[a-z_]{1,32})$")
-_SYSCTL_VALUE = re.compile(r"^-?\d{1,10}$")
-
-
-def sysctls_from(data: object) -> dict[str, str]:
-    """Saved sysctl values, checked: only net/ipv4|6 keys domunet sets, only numbers."""
-    if not isinstance(data, dict):
-        raise ValueError("not a mapping")
-    for key, value in data.items():
-        if not isinstance(key, str) or not _SYSCTL_KEY.match(key) or not isinstance(value, str) \
-                or not _SYSCTL_VALUE.match(value):
-            raise ValueError(f"{str(key)[:60]!r} = {str(value)[:20]!r}")
-    return dict(data)
-
-
 def record_from(data: object) -> VifRecord:
     """A record as read back, checked as strictly as online's own input (ValueError if not)."""
     if not isinstance(data, dict):
@@ -500,5 +485,5 @@ def record_from(data: object) -> VifRecord:
         if not isinstance(entry, list) or not 2 <= len(entry) <= 3 or not all(isinstance(e, str) for e in entry):
             raise ValueError(f"route {str(entry)[:60]!r}")
         _route(record.vif, *entry)
-    sysctls_from(record.vif_sysctls)
+    sysctl.saved_values(record.vif_sysctls)
     return record

@@ -6,13 +6,14 @@ and NetlinkError into domunet.errors. It decides nothing.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from domunet.errors import GatewayRefused, KernelError, ObjectExists, ObjectMissing
 from domunet.model import TABLE_MAIN, IPAddress, Route, Rule, default_network
@@ -25,8 +26,9 @@ def _import_pyroute2() -> tuple[Any, Any]:
 
     That __init__ imports all of pyroute2 (NDB, asyncio, unittest.mock, importlib.metadata):
     40 ms of a 115 ms import on 0.7.2, 70 of 170 on 0.9.x, paid by every hook call at boot.
-    The modules domunet uses import what they need themselves. Any surprise falls back to the
-    ordinary import; both pyroute2 versions are tested in both ways.
+    The modules domunet uses import what they need themselves. On 0.7, two more costs are
+    spared (see _lean_0_7). Any surprise falls back to the ordinary import; both pyroute2
+    versions are tested in both ways.
     """
     import importlib.util
     import sys
@@ -41,8 +43,9 @@ def _import_pyroute2() -> tuple[Any, Any]:
             package.__file__ = spec.origin
             sys.modules["pyroute2"] = package
             try:
-                from pyroute2.iproute.linux import IPRoute as iproute
-                from pyroute2.netlink.exceptions import NetlinkError as netlink_error
+                with _lean_0_7(package.__path__):
+                    from pyroute2.iproute.linux import IPRoute as iproute
+                    from pyroute2.netlink.exceptions import NetlinkError as netlink_error
 
                 return iproute, netlink_error
             except Exception:  # noqa: BLE001 (anything at all: take the documented way)
@@ -52,6 +55,46 @@ def _import_pyroute2() -> tuple[Any, Any]:
     from pyroute2.netlink.exceptions import NetlinkError as netlink_error
 
     return iproute, netlink_error
+
+
+@contextlib.contextmanager
+def _lean_0_7(path: list[str]) -> Iterator[None]:
+    """pyroute2 0.7 (Debian 12) pays at import for two things domunet never uses; 0.9 does not.
+
+    - pyroute2.config reads every field of platform.uname() and calls platform.architecture():
+      `uname -p` and `file -b python3` in two subprocesses (15-25 ms). Both are answered here
+      from the running interpreter while pyroute2 is imported, and platform is restored after.
+    - pyroute2.lab (IPRoute's base class LAB_API) imports unittest.mock (25-45 ms) for pyroute2's
+      own test mode. A stand-in without that mode takes its place: IPRoute then initialises
+      exactly as with use_mock False, the only way 0.7 runs outside pyroute2's test suite.
+    0.9 has neither (no pyroute2/lab.py; its config reads uname's fields by name): untouched.
+    """
+    import platform
+    import struct
+    import sys
+    import types
+
+    if not os.path.exists(os.path.join(path[0], "lab.py")) or "pyroute2.lab" in sys.modules:
+        yield
+        return
+    lab = types.ModuleType("pyroute2.lab")
+    lab.__doc__ = "domunet's stand-in for pyroute2 0.7's test-mode mixin (see domunet.kernel)"
+    lab.LAB_API = type("LAB_API", (), {"__module__": "pyroute2.lab"})  # type: ignore[attr-defined]
+    lab.registry, lab.use_mock = [], False  # type: ignore[attr-defined]
+    sys.modules["pyroute2.lab"] = lab
+    uname = platform.uname()
+    vars(uname).setdefault("processor", "")  # functools.cached_property: `uname -p` never runs
+    architecture = platform.architecture
+    bits = f"{struct.calcsize('P') * 8}bit"
+    platform.architecture = lambda *args, **kwargs: (bits, "ELF")  # type: ignore[assignment]
+    try:
+        yield
+    except BaseException:
+        if sys.modules.get("pyroute2.lab") is lab:
+            del sys.modules["pyroute2.lab"]
+        raise
+    finally:
+        platform.architecture = architecture
 
 
 IPRoute, NetlinkError = _import_pyroute2()
@@ -211,15 +254,19 @@ class Kernel:
             proto=_attr(msg, "FRA_PROTOCOL", 0),
         )
 
-    def routes(self, version: int) -> list[Route]:
-        """All unicast routes of one family, in every table, as Route objects.
+    def routes(self, version: int, table: int | None = None) -> list[Route]:
+        """All unicast routes of one family, in every table or in one, as Route objects.
 
-        The kernel filters the dump (a socket with strict checking, rtm_type unicast): a guest
-        with 4,096 addresses has as many local-table entries, which cost 180-240 ms to decode
-        and are never domunet's. Where strict checking is not to be had, the same filter runs
-        here instead (route_from)."""
-        messages = self._dump(f"the IPv{version} routes", *self._route_dump(version))
-        return [route for route in map(self.route_from, messages) if route is not None]
+        The kernel filters the dump (a socket with strict checking, rtm_type unicast, and the
+        table when one is asked for): a guest with 4,096 addresses has as many local-table
+        entries, which cost 180-240 ms to decode and are never domunet's. Where strict checking
+        is not to be had, the same filter runs here instead (route_from)."""
+        call, request, *args = self._route_dump(version)
+        if table is not None and self._strict:
+            request = {**request, "table": table}
+        routes = [route for route in map(self.route_from, self._dump(f"the IPv{version} routes", call, request,
+                                                                     *args)) if route is not None]
+        return routes if table is None else [route for route in routes if route.table == table]
 
     def _route_dump(self, version: int) -> tuple[Any, ...]:
         if self._strict is None:
@@ -375,12 +422,10 @@ class Kernel:
         if rename:
             self._links = None
 
-    def default_route_interface(self, version: int = 4) -> str | None:
-        """The interface of the main table's default route (dom0's uplink when none is given)."""
-        for route in self.routes(version):
-            if route.table == TABLE_MAIN and route.dst.prefixlen == 0 and route.dev:
-                return route.dev
-        return None
+    def main_defaults(self) -> list[Route]:
+        """The main table's default routes, IPv4's first: one kernel-filtered dump per family."""
+        return [route for version in (4, 6) for route in self.routes(version, table=TABLE_MAIN)
+                if route.dst.prefixlen == 0]
 
 
 #: rtnetlink multicast groups (1 << (RTNLGRP_x - 1)): links, addresses, routes, rules of both families.

@@ -95,31 +95,67 @@ class Interface:
     loopback: bool = False
 
     def addresses_of(self, version: int) -> tuple[IPInterface, ...]:
-        """Usable addresses of one family (IPv6 link-local excluded: not routable)."""
-        return self._derived()[0][version]
+        """Usable addresses of one family (link-local excluded: not routable)."""
+        return self._derived().usable[version]
 
     def networks_of(self, version: int) -> tuple[tuple[IPNetwork, IPAddress], ...]:
         """Each distinct on-link prefix of one family with its first address (host prefixes have
         no link route)."""
-        return self._derived()[1][version]
+        return self._derived().networks[version]
 
-    def _derived(self) -> tuple[dict[int, tuple[IPInterface, ...]], dict[int, tuple[tuple[IPNetwork, IPAddress], ...]]]:
-        """Worked out once per Interface (4,096 addresses are planned over many times): frozen
-        objects never change, so the cache lives on the instance, outside eq and hash."""
-        cached = self.__dict__.get("_cache")
+    def hosts_of(self, version: int) -> tuple[IPAddress, ...]:
+        """Usable addresses of one family that have no prefix of their own (a /32 or /128)."""
+        return self._derived().hosts[version]
+
+    def members_of(self, network: IPNetwork) -> tuple[IPAddress, ...]:
+        """This interface's usable addresses on one of its prefixes (networks_of), in order."""
+        return self._derived().members.get(network, ())
+
+    def holds(self, address: IPAddress) -> bool:
+        """Whether the address is one of this interface's own (link-local ones included)."""
+        return int(address) in self._derived().numbers[address.version]
+
+    def _derived(self) -> _Derived:
+        """Worked out once per Interface, in one pass (4,096 addresses are planned over many
+        times): frozen objects never change, so the cache lives on the instance, outside eq and
+        hash. An address's `.ip` is a new object on every access: asked for once per address."""
+        cached: _Derived | None = self.__dict__.get("_cache")
         if cached is None:
-            usable: dict[int, tuple[IPInterface, ...]] = {
-                v: tuple(a for a in self.addresses if a.version == v and not a.ip.is_link_local) for v in (4, 6)}
-            networks: dict[int, tuple[tuple[IPNetwork, IPAddress], ...]] = {}
-            for version, addresses in usable.items():
-                seen: dict[IPNetwork, IPAddress] = {}
-                for address in addresses:
-                    if address.network.prefixlen < address.max_prefixlen:
-                        seen.setdefault(address.network, address.ip)
-                networks[version] = tuple(seen.items())
-            cached = (usable, networks)
+            cached = _Derived(self.addresses)
             object.__setattr__(self, "_cache", cached)
         return cached
+
+
+_LINK_LOCAL = {4: ipaddress.IPv4Network("169.254.0.0/16"), 6: ipaddress.IPv6Network("fe80::/10")}
+
+
+class _Derived:
+    """What an Interface's addresses give the planner, per family (4, 6)."""
+
+    __slots__ = ("usable", "networks", "members", "hosts", "numbers")
+
+    def __init__(self, addresses: tuple[IPInterface, ...]) -> None:
+        usable: dict[int, list[IPInterface]] = {4: [], 6: []}
+        hosts: dict[int, list[IPAddress]] = {4: [], 6: []}
+        members: dict[IPNetwork, list[IPAddress]] = {}
+        self.numbers: dict[int, set[int]] = {4: set(), 6: set()}
+        for address in addresses:
+            version = address.version
+            self.numbers[version].add(int(address))
+            if address in _LINK_LOCAL[version]:
+                continue
+            usable[version].append(address)
+            network = address.network
+            if network.prefixlen == address.max_prefixlen:
+                hosts[version].append(address.ip)
+            else:
+                members.setdefault(network, []).append(address.ip)
+        self.usable = {v: tuple(found) for v, found in usable.items()}
+        self.hosts = {v: tuple(found) for v, found in hosts.items()}
+        self.members = {network: tuple(ips) for network, ips in members.items()}
+        self.networks: dict[int, tuple[tuple[IPNetwork, IPAddress], ...]] = {
+            v: tuple((network, ips[0]) for network, ips in self.members.items() if network.version == v)
+            for v in (4, 6)}
 
 
 @dataclass(frozen=True, order=True)

@@ -1,20 +1,28 @@
-"""dom0's anti-spoofing: one nftables table of domunet's own, replaced atomically with `nft -f`.
+"""dom0's anti-spoofing: one nftables table of domunet's own, replaced atomically.
 
 From a guarded vif, only its listed source addresses (and IPv6 link-local and `::`, which
 neighbour discovery and DAD need) enter; everything else is dropped before routing. The sets
 are rebuilt from domunet's records in one transaction, so the result never depends on the
 order in which vifs came and went.
+
+The transaction goes through libnftables in-process (Debian's python3-nftables, which
+domunet-dom0 depends on): a hotplug run then starts no `nft` process (15-20 ms of it). Where
+that binding is missing (a venv, another distribution) `nft -f -` takes the same text.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
+import os
 import subprocess
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from domunet import tools
 from domunet.errors import KernelError
 from domunet.model import IPNetwork
+
+log = logging.getLogger(__name__)
 
 TABLE = "domunet"
 
@@ -78,8 +86,21 @@ def ruleset(guarded: Mapping[str, Sequence[IPNetwork]], restrict_input: bool = T
     return text
 
 
+def require(who: str) -> None:
+    """Raise MissingTool (naming the package) before anything changes when nftables cannot be
+    driven at all: neither the in-process binding nor the `nft` program is there."""
+    if _library() is None:
+        tools.require(who, "nft")
+
+
 def load(text: str) -> None:
     """One atomic transaction: all of it applies, or none of it."""
+    library = _library()
+    if library is not None:
+        code, _, error = library.cmd(text)
+        if code != 0:
+            raise KernelError(f"nft refused the anti-spoofing rules: {error.strip()}")
+        return
     nft = tools.require("dom0's anti-spoofing", "nft")["nft"]
     try:
         result = subprocess.run([nft, "-f", "-"], input=text, capture_output=True, text=True, timeout=20)
@@ -87,3 +108,22 @@ def load(text: str) -> None:
         raise KernelError(f"cannot run nft: {error}") from None
     if result.returncode != 0:
         raise KernelError(f"nft refused the anti-spoofing rules: {result.stderr.strip()}")
+
+
+_LIBRARY: list[Any] = []  # [the binding's Nftables context, or None], made when first needed
+
+
+def _library() -> Any:
+    """libnftables through python3-nftables, or None when it cannot be had (then `nft -f -`).
+    DOMUNET_NFT=command asks for the program (to compare both ways)."""
+    if not _LIBRARY:
+        context = None
+        if os.environ.get("DOMUNET_NFT") != "command":
+            try:
+                from nftables import Nftables
+
+                context = Nftables()
+            except (ImportError, OSError) as error:  # no binding, or no libnftables.so.1
+                log.debug("no in-process libnftables (%s): using nft -f -", error)
+        _LIBRARY.append(context)
+    return _LIBRARY[0]

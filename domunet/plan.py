@@ -101,7 +101,7 @@ def _ignored(config: Config, interface: Interface) -> bool:
 
 def _main_gateway(facts: Facts, interface: Interface) -> ipaddress.IPv4Address | None:
     """The main table's IPv4 default gateway, when it lies in one of this interface's subnets."""
-    networks = [a.network for a in interface.addresses_of(4)]
+    networks = [n for n, _ in interface.networks_of(4)] + [host_network(ip) for ip in interface.hosts_of(4)]
     defaults = sorted(
         (r for r in facts.main_defaults if r.version == 4 and r.gateway is not None),
         key=lambda r: (r.dev != interface.name, r.metric),
@@ -129,7 +129,7 @@ def _check_gateway(config: Config, interface: Interface, key: str, gateway: IPAd
     if gateway is None:
         return
     where = f"[interfaces] [[{interface.name}]] key '{key}'"
-    if gateway in [a.ip for a in interface.addresses]:
+    if interface.holds(gateway):
         raise ConfigError(config.path, where, f"{gateway} is an address of {interface.name} itself, not a gateway")
     for address in interface.addresses_of(4):
         network = address.network
@@ -234,11 +234,14 @@ def _family_rules(interface: Interface, version: int, table: int, priority: int,
                   shared: set[IPNetwork]) -> list[Rule]:
     """`from` rules, then the `oif` rule. A prefix only this NIC holds gets one rule for the whole
     prefix (256 IPv6 addresses: one rule, not 256); in a shared subnet each address its own."""
-    sources: dict[IPNetwork, None] = {}
-    for address in interface.addresses_of(version):
-        on_own_prefix = address.network.prefixlen < address.max_prefixlen and address.network not in shared
-        sources[address.network if on_own_prefix else host_network(address.ip)] = None
-    rules = [Rule(version, priority, table, src=source) for source in sources]
+    sources: list[IPNetwork] = []
+    for network, _ in interface.networks_of(version):
+        if network in shared:
+            sources += [host_network(ip) for ip in interface.members_of(network)]
+        else:
+            sources.append(network)
+    sources += [host_network(ip) for ip in interface.hosts_of(version)]
+    rules = [Rule(version, priority, table, src=source) for source in dict.fromkeys(sources)]
     rules.append(Rule(version, priority + 1, table, oif=interface.name))
     return rules
 
@@ -253,7 +256,8 @@ def _main_default6(config: Config, facts: Facts, candidates: list[_Candidate], t
     assert gateway is not None
     name = chosen.interface.name
     routes = []
-    if not any(gateway in a.network for a in chosen.interface.addresses_of(6)):
+    if not any(gateway in network for network, _ in chosen.interface.networks_of(6)) \
+            and not chosen.interface.holds(gateway):
         routes.append(Route(TABLE_MAIN, host_network(gateway), name, metric=METRIC6))
     routes.append(Route(TABLE_MAIN, default_network(6), name, gateway=gateway, metric=METRIC6))
     return routes

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from domunet.errors import KernelError
@@ -26,3 +27,19 @@ def write(key: str, value: str) -> None:
 
 def ipv6_enabled() -> bool:
     return read("net/ipv6/conf/all/disable_ipv6") == "0"
+
+
+_SAVED_KEY = re.compile(r"^net/ipv[46]/(ip_forward|conf/[A-Za-z0-9_.@-]{1,15}/[a-z_]{1,32})$")
+_SAVED_VALUE = re.compile(r"^-?\d{1,10}$")
+
+
+def saved_values(data: object) -> dict[str, str]:
+    """Sysctl values domunet saved to restore later, read back and checked (ValueError if not):
+    only net/ipv4|6 keys of the kind domunet sets, only numbers."""
+    if not isinstance(data, dict):
+        raise ValueError("not a mapping")
+    for key, value in data.items():
+        if not isinstance(key, str) or not _SAVED_KEY.match(key) or not isinstance(value, str) \
+                or not _SAVED_VALUE.match(value):
+            raise ValueError(f"{str(key)[:60]!r} = {str(value)[:20]!r}")
+    return dict(data)

@@ -106,17 +106,21 @@ DOM0_ACTIONS = [["dom0", "online", "--vif", "vif1.0", "--ip", "192.168.0.200"], 
 START = {"IFACE": "eth1", "LOGICAL": "eth1", "MODE": "start", "ADDRFAM": "inet", "METHOD": "static"}
 
 
+#: with no `nft` on PATH, also no in-process libnftables (python3-nftables): nftables not installed
+NO_NFTABLES = {"DOMUNET_NFT": "command"}
+
+
 @pytest.mark.parametrize("args", DOM0_ACTIONS, ids=" ".join)
 def test_dom0_without_nft_names_the_package_and_changes_nothing(cli_lab, args):
     before = snapshot(cli_lab)
-    result = run(cli_lab, "dom0", *args, env={"PATH": path_without(cli_lab, "nft")})
+    result = run(cli_lab, "dom0", *args, env={"PATH": path_without(cli_lab, "nft"), **NO_NFTABLES})
     assert_one_line(result, 2, "needs `nft`", "apt-get install nftables")
     assert snapshot(cli_lab) == before
 
 
 def test_hotplug_without_nft_reports_to_libxl(cli_lab):
     before = snapshot(cli_lab)
-    result = hotplug(cli_lab, "online", env={"PATH": path_without(cli_lab, "nft")})
+    result = hotplug(cli_lab, "online", env={"PATH": path_without(cli_lab, "nft"), **NO_NFTABLES})
     assert_one_line(result, 1, "vif-domunet: online vif1.9: ", "apt-get install nftables")
     assert cli_lab.xenstore_read("backend/vif/1/9/hotplug-status") == "error"
     assert "apt-get install nftables" in cli_lab.xenstore_read("backend/vif/1/9/hotplug-error")

@@ -1,6 +1,7 @@
 """dom0 through vif-domunet in the lab, with a stand-in xenstore; dom0's rp_filter is off,
 so anti-spoofing is domunet's nftables table alone."""
 
+import shutil
 import subprocess
 import time
 
@@ -189,3 +190,28 @@ def test_the_guest_engine_run_on_a_dom0_leaves_vif_domunets_work_alone(dom0_lab)
         result = lab.domunet(verb, role="dom0")
         assert result.returncode == 0, result.stderr
         assert dom0_dump(lab) == before, verb
+
+
+@pytest.mark.parametrize("address", ["192.168.0.200 2001:db8:4309:2388::60"])
+def test_in_process_nftables_and_the_nft_program_leave_dom0_the_same(lab, address):
+    """vif-domunet loads its table through libnftables in-process (python3-nftables), or with
+    `nft -f -` where the binding is missing (issue 17): both give dom0 the same state, and
+    offline undoes either."""
+    pytest.importorskip("nftables", reason="no python3-nftables for this interpreter: only `nft -f -` to test "
+                                           "(every other dom0 test runs it)")
+    no_nft = f"{lab.bin}:/usr/bin:/bin"  # the in-process way needs no `nft` program: prove it
+    assert shutil.which("nft", path=no_nft) is None
+    before = dom0_dump(lab)
+    states = {}
+    for way in ("in-process", "command"):
+        env = {**lab.hook_env(path=no_nft if way == "in-process" else None), "DOMUNET_NFT": way}
+        online = lab.run("dom0", str(lab.bin / "domunet"), "dom0", "online", "--vif", "vif1.0", "--ip", address,
+                         check=False, env=env)
+        assert online.returncode == 0, online.stderr
+        states[way] = dom0_dump(lab)
+        offline = lab.run("dom0", str(lab.bin / "domunet"), "dom0", "offline", "--vif", "vif1.0", check=False,
+                          env=env)
+        assert offline.returncode == 0, offline.stderr
+        assert dom0_dump(lab) == before
+    assert states["in-process"] == states["command"]
+    assert '"vif1.0" . 192.168.0.200' in states["command"]

@@ -108,3 +108,33 @@ def test_bad_interface_arguments_are_refused_before_anything_is_read(argv, capsy
     assert cli.main(argv) == cli.EXIT_USAGE  # no netlink here: the autouse fixture would fail the test
     err = capsys.readouterr().err
     assert err.startswith("domunet: IFACE argument: ") and err.count("\n") == 1 and len(err) <= cli.MAX_MESSAGE + 1
+
+
+def test_version_is_answered_before_anything_heavy_is_imported():
+    """`domunet --version` costs about what the interpreter costs (issue 17): the answer comes
+    before argparse, logging, typing, pyroute2 or importlib.metadata are imported, and it is the
+    same answer the full command line gives."""
+    heavy = ("argparse", "logging", "typing", "pyroute2", "importlib.metadata", "platform", "domunet.cli")
+    code = ("import sys\nfrom domunet.entry import main\nmain(['--version'])\n"
+            f"print(sorted(m for m in sys.modules if m.startswith({heavy!r})))")
+    fast = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert fast.returncode == 0, fast.stderr
+    line, imported = fast.stdout.splitlines()
+    assert imported == "[]"
+    full = subprocess.run([sys.executable, "-m", "domunet", "-v", "--version"], capture_output=True, text=True,
+                          timeout=60)
+    assert full.returncode == 0 and full.stdout == line + "\n"
+
+
+def test_distribution_versions_are_read_from_the_first_metadata_directory(tmp_path, monkeypatch):
+    from domunet.version import distribution_version
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    (first / "pyroute2").mkdir(parents=True)
+    (second / "pyroute2-0.9.7.dist-info").mkdir(parents=True)
+    (first / "pyroute2_extras-1.0.dist-info").mkdir()
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "missing"), str(first), str(second)])
+    assert distribution_version("pyroute2") == "0.9.7"
+    (first / "pyroute2-0.7.2-py3.11.egg-info").mkdir()
+    assert distribution_version("pyroute2") == "0.7.2"
+    assert distribution_version("netifaces") is None

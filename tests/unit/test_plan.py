@@ -159,3 +159,37 @@ def test_a_table_with_foreign_routes_is_not_adopted_unless_the_config_names_it()
     assert allocate_tables(config.parse(b""), nics, frozenset({1001})) == {"eth1": 1002}
     named = config.parse(b"[interfaces]\n[[eth1]]\ntable = 1001\n")
     assert allocate_tables(named, nics, frozenset({1001})) == {"eth1": 1001}
+
+
+# --- the rule shapes, computed in one pass over the addresses (issue 17) -------------------
+
+ADDRESS_POOL = ["10.0.0.5/24", "10.0.0.6/24", "10.0.1.5/24", "10.0.2.9/32", "169.254.1.1/16",
+                "2001:db8:1::5/64", "2001:db8:1::6/64", "2001:db8:2::5/64", "2001:db8:3::9/128", "fe80::5/64"]
+
+
+def rules_by_definition(interface, shared):
+    """The planner's documented rule, address by address: a prefix this NIC holds alone is one
+    rule, an address in a shared subnet or on a host prefix its own; link-local none."""
+    sources = set()
+    for address in interface.addresses:
+        if address.ip.is_link_local:
+            continue
+        alone = address.network.prefixlen < address.max_prefixlen and address.network not in shared
+        sources.add(address.network if alone else ipaddress.ip_network(address.ip))
+    return sources
+
+
+@pytest.mark.parametrize("picks", [
+    (0,), (0, 1), (0, 1, 2, 3), (4, 9), (5, 6, 7, 8), (0, 2, 3, 5, 7, 8, 9), tuple(range(10)),
+])
+@pytest.mark.parametrize("shared_with_other", [False, True])
+def test_from_rules_follow_the_per_address_definition(picks, shared_with_other):
+    from domunet.plan import _family_rules, _shared
+
+    eth1 = nic("eth1", 3, *(ADDRESS_POOL[i] for i in picks))
+    other = nic("eth2", 4, "10.0.0.7/24", "2001:db8:1::7/64") if shared_with_other else nic("eth2", 4, "10.9.9.9/24")
+    shared = _shared([eth1, other])
+    made = {rule.src for version in (4, 6) for rule in _family_rules(eth1, version, 100, 1000, shared)
+            if rule.src is not None}
+    assert made == rules_by_definition(eth1, shared)
+    assert eth1.holds(ip("169.254.1.1")) == (4 in picks) and not eth1.holds(ip("10.0.0.99"))
