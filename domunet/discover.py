@@ -16,7 +16,7 @@ from typing import Mapping
 
 import netifaces
 
-from domunet import sysctl, tools
+from domunet import sysctl, tools, xenstore
 from domunet.errors import KernelError
 from domunet.kernel import Kernel
 from domunet.model import (
@@ -31,6 +31,7 @@ from domunet.model import (
     State,
     VifFacts,
 )
+from domunet.xen import Published
 from domunet.xen import discover as discover_xen
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,10 @@ def parse_netifaces(entries: dict[int, list[dict[str, str]]]) -> tuple[IPInterfa
 
 def xen_facts(kernel: Kernel) -> Mapping[str, VifFacts]:
     """What dom0 published, read on its own (before the lock is taken: xenstore may be slow);
-    only the links' names, MACs and vif ids are needed for it, not their addresses."""
+    only the links' names, MACs and vif ids are needed for it, not their addresses. Without
+    xenstore's tools there is nothing to read, and the links are not even dumped."""
+    if not xenstore.available():
+        return Published()
     links = [Interface(name=link.name, index=link.index, mac=link.mac, up=link.up,
                        xen_devid=xen_devid(link.name), loopback=link.loopback)
              for link in kernel.links(refresh=True).values()]

@@ -134,7 +134,9 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
             undone = [Change("remove" if c.action == "add" else "add", c.obj) for c in reversed(done)]
             apply(undone, kernel, config.gateway_strategy)
             raise
-    gone = sorted({m.name for m in desired.managed} - set(kernel.links(refresh=True)))
+    # a NIC that vanished while this run made something for it: what was made goes (a run that
+    # made nothing leaves that to the next one, and to ifdown: it costs a link dump)
+    gone = sorted({m.name for m in desired.managed} - set(kernel.links(refresh=True))) if done or marked else []
     if gone:
         done += _forget_vanished(kernel, config, gone)
     write_table_names(config.rt_tables_file, table_names_after(owned, done))
