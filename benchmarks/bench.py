@@ -155,19 +155,58 @@ def bench_dom0(addresses: int, repeats: int) -> dict[str, object]:
         guest = [f"2001:db8:4309:2388::{0x1000 + i:x}" for i in range(addresses)]
         ours = ["ip", "netns", "exec", ns, "env", f"PYTHONPATH={ROOT}", sys.executable, "-c", LAUNCH,
                 "--state-dir", str(workdir / "run"), "dom0"]
-        seed_times, ours_times = [], []
+        # the nftables table through libnftables in-process (python3-nftables), and through `nft -f -`
+        command = [*ours[:5], "DOMUNET_NFT=command", *ours[5:]]
+        times: dict[str, list[float]] = {"seed": [], "vif-domunet": [], "vif-domunet, nft -f -": []}
         for _ in range(repeats):
-            seed_times.append(timed_rss(["ip", "netns", "exec", ns, "sh", str(script), "vif1.0", *guest])[0])
+            times["seed"].append(timed_rss(["ip", "netns", "exec", ns, "sh", str(script), "vif1.0", *guest])[0])
             run_batch(ns, ["addr flush dev vif1.0 scope global", "link set vif1.0 down",
                         *(f"neigh del proxy {a} dev eth0" for a in guest)])
-            ours_times.append(timed_rss([*ours, "online", "--vif", "vif1.0", "--uplink", "eth0",
-                                         "--ip", " ".join(guest)])[0])
-            timed_rss([*ours, "offline", "--vif", "vif1.0"])
+            for name, argv in (("vif-domunet", ours), ("vif-domunet, nft -f -", command)):
+                times[name].append(timed_rss([*argv, "online", "--vif", "vif1.0", "--uplink", "eth0",
+                                              "--ip", " ".join(guest)])[0])
+                timed_rss([*argv, "offline", "--vif", "vif1.0"])
         return {"addresses": addresses, "repeats": repeats,
-                "seconds": {"seed": statistics.median(seed_times), "vif-domunet": statistics.median(ours_times)}}
+                "seconds": {name: statistics.median(values) for name, values in times.items()}}
     finally:
         subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
         subprocess.run(["rm", "-rf", str(workdir)])
+
+
+#: A guest run's start-up, part by part, timed inside one fresh interpreter (each part after the
+#: ones before it, so nothing is counted twice): what the interpreter brings is (g).
+_STARTUP_PARTS = """
+import json, sys, time
+parts, last = {}, time.perf_counter()
+def part(name):
+    global last
+    now = time.perf_counter()
+    parts[name] = now - last
+    last = now
+import argparse, logging, json, re, typing, dataclasses, ipaddress, contextlib, fcntl, fnmatch, zlib, shutil
+import subprocess, tempfile, errno, socket, stat
+part("standard library (argparse, logging, typing, dataclasses, ipaddress, ...)")
+import configobj, validate, netifaces
+part("configobj, validate, netifaces")
+import domunet.model
+part("domunet.model (its dataclasses)")
+import domunet.kernel
+part("pyroute2 (as domunet.kernel imports it)")
+import domunet.cli, domunet.guest
+part("the rest of domunet's modules")
+print(json.dumps(parts))
+"""
+
+
+def bench_startup(repeats: int) -> dict[str, float]:
+    """Where a guest run's imports go: medians of each part (see _STARTUP_PARTS)."""
+    samples: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        result = subprocess.run([sys.executable, "-c", _STARTUP_PARTS], capture_output=True, text=True,
+                                check=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        for name, seconds in json.loads(result.stdout).items():
+            samples.setdefault(name, []).append(seconds)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def bench_hook(repeats: int) -> dict[str, float]:
@@ -279,11 +318,12 @@ def main() -> int:
         print(f"measured {nics}x{addresses6}", file=sys.stderr)
     dom0 = bench_dom0(64, args.repeats)
     hook = bench_hook(20)
+    startup = bench_startup(max(5, args.repeats))
     watch = bench_watch(20 if args.quick else 40, 5.0 if args.quick else 30.0)
     found = versions()
     report = {"versions": found, "python": found["python"], "pyroute2": found["pyroute2"],
               "machine": platform.machine(), "cpus": os.cpu_count(), "guest": guest, "dom0": dom0,
-              "hook_seconds": hook, "watch": watch, "ratios": ratios(guest, dom0)}
+              "hook_seconds": hook, "startup_seconds": startup, "watch": watch, "ratios": ratios(guest, dom0)}
     print(render(report))
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nwritten to {args.json}")
@@ -331,9 +371,15 @@ def render(report: dict) -> str:
                      f"{s.get('h', 0):>11.3f} {g['peak_rss_kib_setup'] / 1024:>9.1f}")
     d = report["dom0"]["seconds"]
     lines += ["", f"dom0 online, 64 IPv6 addresses: seed script {d['seed']:.3f} s, "
-                  f"vif-domunet {d['vif-domunet']:.3f} s",
+                  f"vif-domunet {d['vif-domunet']:.3f} s"
+                  + (f" (with `nft -f -` instead of libnftables in-process: {d['vif-domunet, nft -f -']:.3f} s)"
+                     if "vif-domunet, nft -f -" in d else ""),
               "ifupdown hook: " + ", ".join(f"IFACE={k} {v * 1000:.1f} ms" for k, v in report["hook_seconds"].items()),
               ""]
+    if report.get("startup_seconds"):
+        lines += ["a guest run's imports, after the interpreter's own start-up (g):"]
+        lines += [f"  {seconds * 1000:6.1f} ms  {name}" for name, seconds in report["startup_seconds"].items()]
+        lines += [""]
     w = report.get("watch")
     if w:
         lines += [f"watch: one address change to converged p50 {w['latency_p50_s'] * 1000:.0f} ms, "

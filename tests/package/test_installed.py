@@ -31,7 +31,7 @@ def test_dependencies_are_debians_own_packages():
         assert package in depends
     assert "domunet-common (= " in field("domunet", "Depends")
     dom0 = field("domunet-dom0", "Depends")
-    assert "nftables" in dom0 and "domunet-common (= " in dom0
+    assert "nftables" in dom0 and "python3-nftables" in dom0 and "domunet-common (= " in dom0
     assert "domunet (" not in dom0  # a dom0 gets none of the guest's units and udev rule (issue 13)
 
 
@@ -104,3 +104,24 @@ def test_this_run_uses_the_installed_code():
     import domunet
 
     assert Path(domunet.__file__).resolve().is_relative_to(ROOT.resolve())
+
+
+def test_the_installed_command_answers_version_as_cheaply_as_the_interpreter():
+    """/usr/bin/domunet starts at domunet.entry (issue 17): `--version` imports neither argparse
+    nor pyroute2, and prints the same line as the full command line."""
+    site = ROOT / "usr/lib/python3/dist-packages"
+    script = (ROOT / "usr/bin/domunet").read_text()
+    assert "domunet.entry" in script
+    env = {"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}
+    heavy = "m == 'domunet.cli' or m.split('.')[0] in ('argparse', 'pyroute2')"
+    probe = (f"import runpy, sys; sys.argv = ['domunet', '--version']\n"
+             f"try:\n    runpy.run_path({str(ROOT / 'usr/bin/domunet')!r}, run_name='__main__')\n"
+             f"except SystemExit:\n    pass\n"
+             f"print(sorted(m for m in sys.modules if {heavy}))")
+    fast = subprocess.run(["/usr/bin/python3", "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert fast.returncode == 0, fast.stderr
+    line, imported = fast.stdout.splitlines()
+    assert line.startswith("domunet ") and imported == "[]"
+    full = subprocess.run(["/usr/bin/python3", str(ROOT / "usr/bin/domunet"), "-v", "--version"], capture_output=True,
+                          text=True, env=env, timeout=60)
+    assert full.stdout == line + "\n"
