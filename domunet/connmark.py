@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import logging
 import re
-import subprocess
 from pathlib import Path
 from typing import Mapping
 
-from domunet import sysctl, tools
+from domunet import nft, sysctl
 from domunet.errors import KernelError
 from domunet.state import CorruptState, read_json, set_aside, write_json
 
@@ -54,18 +53,10 @@ def digest_of(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def _nft(*args: str, text: str | None = None) -> subprocess.CompletedProcess[str]:
-    nft = tools.require("connection marks", "nft")["nft"]
-    try:
-        return subprocess.run([nft, *args], input=text, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise KernelError(f"cannot run nft: {error}") from None
-
-
 def current_digest() -> str | None:
     """The digest of domunet's table in the kernel; None when there is none."""
-    result = _nft("list", "table", "inet", TABLE)
-    return digest_of(result.stdout) if result.returncode == 0 else None
+    code, output, _ = nft.run(f"list table inet {TABLE}\n", "connection marks")
+    return digest_of(output) if code == 0 else None
 
 
 class Marks:
@@ -119,9 +110,9 @@ class Marks:
         wanted = ruleset(marks, mask) if marks else None
         if (digest_of(wanted) if wanted else None) != current_digest():
             text = f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n" + (wanted or "")
-            result = _nft("-f", "-", text=text)
-            if result.returncode != 0:
-                raise KernelError(f"nft refused the connection-mark table: {result.stderr.strip()}")
+            code, _, error = nft.run(text, "connection marks")
+            if code != 0:
+                raise KernelError(f"nft refused the connection-mark table: {error.strip()}")
             done.append(f"connection marks: {_listed(marks)}" if marks else "connection marks removed")
         saved = self._saved()
         wanted_keys = {_key(name) for name in marks}

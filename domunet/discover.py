@@ -16,7 +16,7 @@ from typing import Mapping
 
 import netifaces
 
-from domunet import sysctl, tools, xenstore
+from domunet import nft, sysctl, xenstore
 from domunet.errors import KernelError
 from domunet.kernel import Kernel
 from domunet.model import (
@@ -126,5 +126,5 @@ def discover(kernel: Kernel, xen: Mapping[str, VifFacts] | None = None) -> tuple
                            if sysctl.read(key) == "1")
     facts = Facts(interfaces=tuple(interfaces), main_defaults=main_defaults, main_routes=main_routes,
                   xen=discover_xen(interfaces) if xen is None else xen, forwarding=forwarding,
-                  nft=bool(forwarding) and tools.find("nft") is not None, foreign_tables=foreign_tables)
+                  nft=bool(forwarding) and nft.available(), foreign_tables=foreign_tables)
     return facts, owned

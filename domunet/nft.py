@@ -5,9 +5,10 @@ neighbour discovery and DAD need) enter; everything else is dropped before routi
 are rebuilt from domunet's records in one transaction, so the result never depends on the
 order in which vifs came and went.
 
-The transaction goes through libnftables in-process (Debian's python3-nftables, which
-domunet-dom0 depends on): a hotplug run then starts no `nft` process (15-20 ms of it). Where
-that binding is missing (a venv, another distribution) `nft -f -` takes the same text.
+Every nft script domunet runs (this table, and the guest's connection marks) goes through
+libnftables in-process (Debian's python3-nftables: domunet-dom0 depends on it, domunet
+recommends it), so a run starts no `nft` process (15-20 ms each). Where that binding is
+missing (a venv, another distribution) `nft -f -` takes the same text.
 """
 
 from __future__ import annotations
@@ -86,6 +87,11 @@ def ruleset(guarded: Mapping[str, Sequence[IPNetwork]], restrict_input: bool = T
     return text
 
 
+def available() -> bool:
+    """Whether nftables can be driven at all: in-process, or the `nft` program."""
+    return _library() is not None or tools.find("nft") is not None
+
+
 def require(who: str) -> None:
     """Raise MissingTool (naming the package) before anything changes when nftables cannot be
     driven at all: neither the in-process binding nor the `nft` program is there."""
@@ -93,21 +99,27 @@ def require(who: str) -> None:
         tools.require(who, "nft")
 
 
-def load(text: str) -> None:
-    """One atomic transaction: all of it applies, or none of it."""
+def run(text: str, who: str) -> tuple[int, str, str]:
+    """One nft script, as `nft -f` reads it (one transaction; `list` commands print): exit
+    code, output, error text. The one place domunet drives nftables (dom0's table, the guest's
+    connection marks)."""
     library = _library()
     if library is not None:
-        code, _, error = library.cmd(text)
-        if code != 0:
-            raise KernelError(f"nft refused the anti-spoofing rules: {error.strip()}")
-        return
-    nft = tools.require("dom0's anti-spoofing", "nft")["nft"]
+        code, output, error = library.cmd(text)
+        return code, output or "", error or ""
+    program = tools.require(who, "nft")["nft"]
     try:
-        result = subprocess.run([nft, "-f", "-"], input=text, capture_output=True, text=True, timeout=20)
+        result = subprocess.run([program, "-f", "-"], input=text, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as error:
         raise KernelError(f"cannot run nft: {error}") from None
-    if result.returncode != 0:
-        raise KernelError(f"nft refused the anti-spoofing rules: {result.stderr.strip()}")
+    return result.returncode, result.stdout, result.stderr
+
+
+def load(text: str) -> None:
+    """dom0's table in one atomic transaction: all of it applies, or none of it."""
+    code, _, error = run(text, "dom0's anti-spoofing")
+    if code != 0:
+        raise KernelError(f"nft refused the anti-spoofing rules: {error.strip()}")
 
 
 _LIBRARY: list[Any] = []  # [the binding's Nftables context, or None], made when first needed

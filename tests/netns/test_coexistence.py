@@ -6,6 +6,7 @@ an admin's static route 10.98.0.0/16 via the peer. Each check is real traffic th
 rp_filter, before and after `domunet setup`.
 """
 
+import shutil
 import subprocess
 import sys
 import uuid
@@ -254,3 +255,25 @@ def test_without_forwarding_no_marks_and_no_nft_table(routed_lab, domunet):
     assert_ok(domunet("setup"))
     assert "domunet-guest" not in routed_lab.run("guest", "nft", "list", "ruleset").stdout
     assert "fwmark" not in routed_lab.run("guest", "ip", "rule").stdout
+
+
+def test_connection_marks_in_process_and_with_the_nft_program_are_the_same(routed_lab, neighbours):
+    """The connection-mark table goes through libnftables in-process where python3-nftables is
+    installed, else through `nft -f -` (issue 17): the same guest state both ways, teardown
+    undoes either, and the in-process way needs no `nft` program at all."""
+    pytest.importorskip("nftables", reason="no python3-nftables for this interpreter: only `nft -f -` to test "
+                                           "(every other connection-mark test runs it)")
+    lab = routed_lab
+    no_nft = f"{lab.bin}:/usr/bin:/bin"
+    assert shutil.which("nft", path=no_nft) is None
+    before = guest_state(lab)
+    states = {}
+    for way in ("in-process", "command"):
+        env = {**lab.hook_env(path=no_nft if way == "in-process" else None), "DOMUNET_NFT": way}
+        for verb in ("setup", "teardown"):
+            result = lab.run("guest", str(lab.bin / "domunet"), verb, check=False, env=env)
+            assert result.returncode == 0, result.stderr
+            states.setdefault(way, guest_state(lab))
+        assert guest_state(lab) == before
+    assert states["in-process"] == states["command"]
+    assert "table inet domunet-guest" in states["command"]

@@ -296,4 +296,6 @@ def test_an_address_deleted_while_setup_runs_is_converged_around():
         assert "Traceback" not in stderr
         planned = lab.domunet("plan")
         assert planned.returncode == 0 and planned.stdout == "", planned.stdout
-        assert address.split("/")[0] not in lab.dump()
+        # as a whole word: 10.0.0.25 (eth15's, when eth15 has the last table: its table slot
+        # follows its random MAC) is also the start of every NIC's broadcast 10.0.0.255
+        assert not re.search(rf"(?<![\d.]){re.escape(address.split('/')[0])}(?![\d.])", lab.dump())
