@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from domunet import nft, sysctl
 from domunet.errors import KernelError
@@ -83,22 +83,30 @@ class Marks:
     def _save(self, saved: dict[str, str]) -> None:
         write_json(self.origin, saved)
 
+    def _pending(self, marks: Mapping[str, int], mask: int) -> _Pending:
+        """What differs from the plan: read once, for `changes` to print and `converge` to do."""
+        wanted = ruleset(marks, mask) if marks else None
+        keys = {_key(name) for name in marks}
+        turn_on = {}
+        for key in sorted(keys):
+            value = sysctl.read(key)
+            if value is not None and value != "1":
+                turn_on[key] = value
+        saved = self._saved()
+        return _Pending(wanted, (digest_of(wanted) if wanted else None) != current_digest(), turn_on, saved,
+                        sorted(set(saved) - keys))
+
     def changes(self, marks: Mapping[str, int], mask: int) -> list[str]:
         """What `converge` would do, as commands (for `domunet plan`)."""
         if not marks and not self.origin.exists():
             return []
-        wanted = ruleset(marks, mask) if marks else None
+        pending = self._pending(marks, mask)
         out = []
-        if (digest_of(wanted) if wanted else None) != current_digest():
+        if pending.table_differs:
             out.append(f"nft -f - <<< 'table inet {TABLE} ...' # marks {_listed(marks)}" if marks
                        else f"nft delete table inet {TABLE}")
-        saved = self._saved()
-        for name in sorted(marks):
-            key = _key(name)
-            if sysctl.read(key) != "1":
-                out.append(f"sysctl -w {key.replace('/', '.')}=1")
-        out += [f"sysctl -w {key.replace('/', '.')}={value}" for key, value in sorted(saved.items())
-                if key not in {_key(n) for n in marks}]
+        out += [f"sysctl -w {key.replace('/', '.')}=1" for key in pending.turn_on]
+        out += [f"sysctl -w {key.replace('/', '.')}={pending.saved[key]}" for key in pending.put_back]
         return out
 
     def converge(self, marks: Mapping[str, int], mask: int) -> list[str]:
@@ -106,25 +114,21 @@ class Marks:
         no marks and domunet never made any."""
         if not marks and not self.origin.exists():
             return []
+        pending = self._pending(marks, mask)
         done = []
-        wanted = ruleset(marks, mask) if marks else None
-        if (digest_of(wanted) if wanted else None) != current_digest():
-            text = f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n" + (wanted or "")
+        if pending.table_differs:
+            text = f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n" + (pending.wanted or "")
             code, _, error = nft.run(text, "connection marks")
             if code != 0:
                 raise KernelError(f"nft refused the connection-mark table: {error.strip()}")
             done.append(f"connection marks: {_listed(marks)}" if marks else "connection marks removed")
-        saved = self._saved()
-        wanted_keys = {_key(name) for name in marks}
-        for key in sorted(wanted_keys):
-            value = sysctl.read(key)
-            if value is None or value == "1":
-                continue
+        saved = pending.saved
+        for key, value in pending.turn_on.items():
             saved.setdefault(key, value)
             self._save(saved)
             sysctl.write(key, "1")
             done.append(f"{key.replace('/', '.')} = 1")
-        for key in sorted(set(saved) - wanted_keys):
+        for key in pending.put_back:
             try:
                 sysctl.write(key, saved[key])
                 done.append(f"{key.replace('/', '.')} = {saved[key]} (as before)")
@@ -138,6 +142,14 @@ class Marks:
         for line in done:
             log.info("%s", line)
         return done
+
+
+class _Pending(NamedTuple):
+    wanted: str | None  # the table's text; None: no table
+    table_differs: bool  # the kernel's table is not that one
+    turn_on: dict[str, str]  # src_valid_mark keys to set to 1, with their values now
+    saved: dict[str, str]  # values from before domunet set them (the state file)
+    put_back: list[str]  # saved keys no longer wanted: their old values go back
 
 
 def _key(name: str) -> str:
