@@ -63,7 +63,8 @@ def _lean_0_7(path: list[str]) -> Iterator[None]:
 
     - pyroute2.config reads every field of platform.uname() and calls platform.architecture():
       `uname -p` and `file -b python3` in two subprocesses (15-25 ms). Both are answered here
-      from the running interpreter while pyroute2 is imported, and platform is restored after.
+      from the running interpreter: architecture() only while pyroute2 is imported; uname's
+      processor field stays "" (what `uname -p`'s "unknown" becomes on Debian).
     - pyroute2.lab (IPRoute's base class LAB_API) imports unittest.mock (25-45 ms) for pyroute2's
       own test mode. A stand-in without that mode takes its place: IPRoute then initialises
       exactly as with use_mock False, the only way 0.7 runs outside pyroute2's test suite.
