@@ -111,6 +111,12 @@ class Interface:
         """This interface's usable addresses on one of its prefixes (networks_of), in order."""
         return self._derived().members.get(network, ())
 
+    def reaches(self, address: IPAddress) -> bool:
+        """Whether the address is on one of this interface's prefixes, or is one of its host
+        addresses (a /32 or /128): on-link, no gateway needed to get there."""
+        return any(address in network for network, _ in self.networks_of(address.version)) \
+            or address in self.hosts_of(address.version)
+
     def holds(self, address: IPAddress) -> bool:
         """Whether the address is one of this interface's own (link-local ones included)."""
         return int(address) in self._derived().numbers[address.version]

@@ -101,13 +101,12 @@ def _ignored(config: Config, interface: Interface) -> bool:
 
 def _main_gateway(facts: Facts, interface: Interface) -> ipaddress.IPv4Address | None:
     """The main table's IPv4 default gateway, when it lies in one of this interface's subnets."""
-    networks = [n for n, _ in interface.networks_of(4)] + [host_network(ip) for ip in interface.hosts_of(4)]
     defaults = sorted(
         (r for r in facts.main_defaults if r.version == 4 and r.gateway is not None),
         key=lambda r: (r.dev != interface.name, r.metric),
     )
     for route in defaults:
-        if any(route.gateway in n for n in networks):
+        if interface.reaches(route.gateway):  # type: ignore[arg-type]
             return route.gateway  # type: ignore[return-value]
     return None
 
@@ -256,8 +255,7 @@ def _main_default6(config: Config, facts: Facts, candidates: list[_Candidate], t
     assert gateway is not None
     name = chosen.interface.name
     routes = []
-    if not any(gateway in network for network, _ in chosen.interface.networks_of(6)) \
-            and not chosen.interface.holds(gateway):
+    if not chosen.interface.reaches(gateway):
         routes.append(Route(TABLE_MAIN, host_network(gateway), name, metric=METRIC6))
     routes.append(Route(TABLE_MAIN, default_network(6), name, gateway=gateway, metric=METRIC6))
     return routes
