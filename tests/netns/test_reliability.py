@@ -262,11 +262,14 @@ def test_dom0_crash_mid_online_then_offline_cleans_up(lab):
     lab.sysctl("dom0", ["net/ipv4/conf/all/rp_filter=0"])
     before = dom0_dump(lab)
     lab.xenstore_write("backend/vif/1/3/ip", "2001:db8:4309:2388::50 192.168.0.203")
-    started = time.monotonic()
-    assert lab.vif_hotplug("online", "vif1.3", 3).returncode == 0
-    duration = time.monotonic() - started
-    assert lab.vif_hotplug("offline", "vif1.3", 3).returncode == 0
-    assert dom0_dump(lab) == before
+    durations = []
+    for _ in range(3):  # the median: one cold or slow run must not set where the kills land
+        started = time.monotonic()
+        assert lab.vif_hotplug("online", "vif1.3", 3).returncode == 0
+        durations.append(time.monotonic() - started)
+        assert lab.vif_hotplug("offline", "vif1.3", 3).returncode == 0
+        assert dom0_dump(lab) == before
+    duration = sorted(durations)[1]
     env = {**lab.xen_env(0), "vif": "vif1.3", "XENBUS_PATH": "backend/vif/1/3", "netdev": "",
            "DOMUNET_STATE_DIR": str(lab.state_dir)}
     partial = 0
@@ -274,7 +277,9 @@ def test_dom0_crash_mid_online_then_offline_cleans_up(lab):
         run = subprocess.Popen(["ip", "netns", "exec", lab.ns["dom0"], "env", *(f"{a}={b}" for a, b in env.items()),
                                 str(lab.bin / "domunet"), "dom0", "hotplug", "online"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(duration * (0.4 + 0.6 * k / DOM0_CRASHES))
+        # online changes dom0 only in the last part of its run (after start-up and xenstore):
+        # from half of it on, up to just after it (a kill after the end is a finished online)
+        time.sleep(duration * (0.5 + 0.6 * k / DOM0_CRASHES))
         run.kill()
         run.wait()
         partial += dom0_dump(lab) != before  # the kill landed while online was changing dom0
