@@ -13,7 +13,18 @@ from typing import Protocol, Sequence
 
 from domunet.diff import Change, Scope
 from domunet.errors import ApplyError, GatewayRefused, KernelError, ObjectExists, ObjectMissing
-from domunet.model import PROTO_TEMP, STRATEGY_AUTO, STRATEGY_TEMPORARY, TABLE_MAIN, Route, Rule, Strategy, host_network
+from domunet.model import (
+    ADD,
+    PROTO_TEMP,
+    REMOVE,
+    STRATEGY_AUTO,
+    STRATEGY_TEMPORARY,
+    TABLE_MAIN,
+    Route,
+    Rule,
+    Strategy,
+    host_network,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +83,7 @@ def add_gateway_route(kernel: Netlink, route: Route, strategy: Strategy = STRATE
 def _do(kernel: Netlink, change: Change, strategy: str) -> bool:
     """Carry out one change; False when there was nothing to do (already gone)."""
     obj = change.obj
-    if change.action == "add":
+    if change.action == ADD:
         if isinstance(obj, Rule):
             kernel.add_rule(obj)
         elif obj.gateway is not None:
@@ -91,13 +102,13 @@ def _do(kernel: Netlink, change: Change, strategy: str) -> bool:
     return True
 
 
-def _inverse(change: Change) -> Change:
-    return Change("remove" if change.action == "add" else "add", change.obj)
+def inverse(change: Change) -> Change:
+    return Change(REMOVE if change.action == ADD else ADD, change.obj)
 
 
 def _vanished(error: KernelError, change: Change) -> str | None:
     """The interface an add failed for because it no longer exists (hotplug, a deleted veth)."""
-    if change.action == "add" and isinstance(change.obj, Route) and error.errno == errno.ENODEV:
+    if change.action == ADD and isinstance(change.obj, Route) and error.errno == errno.ENODEV:
         return change.obj.dev
     return None
 
@@ -141,6 +152,13 @@ def apply(changes: Sequence[Change], kernel: Netlink, strategy: Strategy = STRAT
             raise ApplyError(
                 f"{error}{hint}; rolled back {undone} of {len(journal)} change(s) made by this run"
             ) from None
+        except BaseException as error:  # anything else: a bug, an interrupt, a socket gone bad
+            undone = rollback(journal, kernel, strategy)
+            done = f"rolled back {undone} of {len(journal)} change(s) made by this run"
+            if isinstance(error, OSError):
+                raise ApplyError(f"cannot {change.describe()}: {error.strerror or error}; {done}") from None
+            log.error("%s failed (%s: %s); %s", change.describe(), type(error).__name__, error, done)
+            raise
     return journal
 
 
@@ -148,10 +166,10 @@ def rollback(journal: Sequence[Change], kernel: Netlink, strategy: Strategy = ST
     """Undo changes newest first; keep going past failures and report them."""
     undone = 0
     for change in reversed(journal):
-        undo = _inverse(change)
+        undo = inverse(change)
         try:
             _do(kernel, undo, strategy)
             undone += 1
-        except KernelError as error:
+        except Exception as error:  # noqa: BLE001 (keep undoing the rest, and say what stayed)
             log.error("rollback: could not %s: %s", undo.describe(), error)
     return undone

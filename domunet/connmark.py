@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Mapping, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 from domunet import nft, sysctl
 from domunet.errors import KernelError
@@ -53,10 +53,18 @@ def digest_of(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-def current_digest() -> str | None:
-    """The digest of domunet's table in the kernel; None when there is none."""
+def current_table() -> str | None:
+    """domunet's table in the kernel, as nft lists it (and can load it again); None when there is none."""
     code, output, _ = nft.run(f"list table inet {TABLE}\n", "connection marks")
-    return digest_of(output) if code == 0 else None
+    return output if code == 0 else None
+
+
+def _replace_table(text: str | None) -> None:
+    """The table, atomically, as text says; None: no table."""
+    script = f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n" + (text or "")
+    code, _, error = nft.run(script, "connection marks")
+    if code != 0:
+        raise KernelError(f"nft refused the connection-mark table: {error.strip()}")
 
 
 class Marks:
@@ -93,8 +101,9 @@ class Marks:
             if value is not None and value != "1":
                 turn_on[key] = value
         saved = self._saved()
-        return _Pending(wanted, (digest_of(wanted) if wanted else None) != current_digest(), turn_on, saved,
-                        sorted(set(saved) - keys))
+        current = current_table()
+        differs = (digest_of(wanted) if wanted else None) != (digest_of(current) if current else None)
+        return _Pending(wanted, current, differs, turn_on, saved, sorted(set(saved) - keys))
 
     def changes(self, marks: Mapping[str, int], mask: int) -> list[str]:
         """What `converge` would do, as commands (for `domunet plan`)."""
@@ -115,22 +124,43 @@ class Marks:
         if not marks and not self.origin.exists():
             return []
         pending = self._pending(marks, mask)
+        undo: list[Callable[[], None]] = []
+        try:
+            done = self._converge(marks, pending, undo)
+        except BaseException:
+            for step in reversed(undo):  # the table, the sysctls and the state file as they were
+                try:
+                    step()
+                except Exception as error:  # noqa: BLE001 (undo the rest, say what stayed)
+                    log.error("connection marks: could not undo a step: %s", error)
+            raise
+        for line in done:
+            log.info("%s", line)
+        return done
+
+    def _converge(self, marks: Mapping[str, int], pending: _Pending, undo: list[Callable[[], None]]) -> list[str]:
         done = []
         if pending.table_differs:
-            text = f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n" + (pending.wanted or "")
-            code, _, error = nft.run(text, "connection marks")
-            if code != 0:
-                raise KernelError(f"nft refused the connection-mark table: {error.strip()}")
+            _replace_table(pending.wanted)
+            undo.append(lambda: _replace_table(pending.current))
             done.append(f"connection marks: {_listed(marks)}" if marks else "connection marks removed")
-        saved = pending.saved
+        saved = dict(pending.saved)
+        if self.origin.exists():
+            undo.append(lambda before=dict(pending.saved): self._save(before))
+        else:
+            undo.append(lambda: self.origin.unlink(missing_ok=True))
         for key, value in pending.turn_on.items():
             saved.setdefault(key, value)
             self._save(saved)
             sysctl.write(key, "1")
+            undo.append(lambda key=key, value=value: sysctl.write(key, value))
             done.append(f"{key.replace('/', '.')} = 1")
         for key in pending.put_back:
+            before = sysctl.read(key)
             try:
                 sysctl.write(key, saved[key])
+                if before is not None:
+                    undo.append(lambda key=key, value=before: sysctl.write(key, value))
                 done.append(f"{key.replace('/', '.')} = {saved[key]} (as before)")
             except KernelError:
                 log.info("%s: gone with its interface", key.replace("/", "."))
@@ -139,13 +169,12 @@ class Marks:
             self._save(saved)
         else:
             self.origin.unlink(missing_ok=True)
-        for line in done:
-            log.info("%s", line)
         return done
 
 
 class _Pending(NamedTuple):
     wanted: str | None  # the table's text; None: no table
+    current: str | None  # the kernel's table as listed; None: none
     table_differs: bool  # the kernel's table is not that one
     turn_on: dict[str, str]  # src_valid_mark keys to set to 1, with their values now
     saved: dict[str, str]  # values from before domunet set them (the state file)

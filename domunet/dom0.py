@@ -19,14 +19,15 @@ import re
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from domunet import nft, sysctl
-from domunet.errors import DomunetError, KernelError, ObjectExists, ObjectMissing, UsageError
+from domunet.errors import KernelError, ObjectExists, ObjectMissing, UsageError
 from domunet.kernel import Kernel
 from domunet.lock import locked
 from domunet.model import (
     DEFAULT_STATE_DIR,
+    IFNAME_CHARS,
     METRIC6,
     PROTO_DOM0,
     TABLE_MAIN,
@@ -96,31 +97,41 @@ def domain_of(key: str, vif: str) -> int | None:
 WIDEST = {4: 24, 6: 48}
 _LIMITED_BROADCAST = ipaddress.ip_network("255.255.255.255/32")
 _THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+_MAPPED4 = ipaddress.ip_network("::ffff:0:0/96")
 
 
 def check_guest_networks(vif: str, guest: tuple[IPNetwork, ...], uplink_addresses: list[IPInterface],
                          gateways: list[Any], others: dict[str, list[IPNetwork]],
-                         allow: tuple[IPNetwork, ...] = ()) -> None:
+                         allow: tuple[IPNetwork, ...] = (), dom0_addresses: Sequence[IPInterface] = ()) -> None:
     """Pure: refuse what would let a guest capture traffic that is not its own: dom0's own
-    addresses or gateway, an uplink's whole subnet, broadcast and reserved ranges, prefixes wider
-    than /24 or /48 (unless listed in [dom0] allow_prefixes), an address already routed to another vif."""
+    addresses (on any device) or gateway, a slice or the whole of an uplink subnet (a single
+    address in it is what proxy ARP/NDP is for), broadcast, reserved and IPv4-mapped ranges,
+    prefixes wider than /24 or /48 (unless listed in [dom0] allow_prefixes), an address already
+    routed to another vif."""
     for network in guest:
         allowed = any(network.version == a.version and network.subnet_of(a) for a in allow)  # type: ignore[arg-type]
 
         def refuse(why: str, network: IPNetwork = network) -> None:
             raise UsageError(f"{vif}: guest address {network} {why}")
 
-        if network.version == 4 and (network.is_reserved or network.overlaps(_LIMITED_BROADCAST)
-                                     or network.overlaps(_THIS_NETWORK)):
+        if network.is_reserved or (network.version == 4 and (network.overlaps(_LIMITED_BROADCAST)
+                                                             or network.overlaps(_THIS_NETWORK))):
             refuse("is a broadcast or reserved range")
-        for own in (a for a in uplink_addresses if a.version == network.version and not a.ip.is_link_local):
+        if network.version == 6 and network.overlaps(_MAPPED4):
+            refuse("is an IPv4-mapped IPv6 range (give the IPv4 address)")
+        for own in (a for a in [*uplink_addresses, *dom0_addresses]
+                    if a.version == network.version and not a.ip.is_link_local and not a.ip.is_loopback):
             if own.ip in network:
                 refuse(f"holds dom0's own address {own.ip}")
+        for own in (a for a in uplink_addresses if a.version == network.version and not a.ip.is_link_local):
             subnet = own.network
             if allowed or subnet.prefixlen == subnet.max_prefixlen or not network.overlaps(subnet):
                 continue
             if network.prefixlen <= subnet.prefixlen:
                 refuse(f"covers dom0's whole uplink subnet {subnet} (list it in [dom0] allow_prefixes if deliberate)")
+            if network.prefixlen < network.max_prefixlen:
+                refuse(f"is a slice of dom0's uplink subnet {subnet}: proxy ARP/NDP would claim its neighbours' "
+                       "addresses (give single addresses, or list it in [dom0] allow_prefixes if deliberate)")
             if network.version == 4 and subnet.prefixlen < 31 and (
                     subnet.broadcast_address in network or subnet.network_address in network):
                 refuse(f"holds the network or broadcast address of {subnet}")
@@ -212,6 +223,10 @@ class Dom0:
         self.dir = Path(state_dir) / "dom0"
         self.allow_prefixes = allow_prefixes
         self.input_policy = input_policy
+        #: Records that cannot be used, as last read: their vifs stay guarded (fail closed).
+        self.unusable: list[Unusable] = []
+        #: vifs whose unusable record an offline released during this run (no longer kept guarded).
+        self.released: set[str] = set()
 
     # --- records ---------------------------------------------------------------------------
 
@@ -223,24 +238,53 @@ class Dom0:
         return self.dir / f"vif-{key}.json"
 
     def records(self) -> list[VifRecord]:
-        """The records; a corrupt one is set aside (kept as .corrupt) and the rest go on."""
-        found = []
+        """The usable records. One that is not (a newer domunet's, a truncated file) stays where it
+        is and keeps its vif guarded (see `unusable`); the rest go on."""
+        return self._read()[0]
+
+    def _read(self) -> tuple[list[VifRecord], list[Unusable]]:
+        found, unusable = [], []
         for path in sorted(self.dir.glob("vif-*.json")):
+            key = path.name[len("vif-"):-len(".json")]
             try:
-                found.append(record_from(read_json(path)))
+                data = read_json(path)
+                found.append(record_from(data))
+                continue
             except CorruptState as error:
-                set_aside(path, str(error))
+                reason, data = str(error).removeprefix(f"{path}: "), None
             except (ValueError, TypeError, UsageError) as error:
-                set_aside(path, f"not a valid record ({error})")
+                reason = f"not a valid record ({error})"
             except OSError as error:
-                log.error("ignoring unreadable record %s: %s", path, error.strerror)
-        return found
+                reason, data = f"unreadable ({error.strerror})", None
+            held = Unusable(key, path, reason, salvage(data))
+            log.error("%s: %s; %s", path, reason, held.consequence())
+            unusable.append(held)
+        self.unusable = unusable
+        return found, unusable
 
     def _save(self, record: VifRecord) -> None:
         write_json(self._path(record.key), asdict(record))
 
     def _guarded(self, records: list[VifRecord]) -> dict[str, list[IPNetwork]]:
-        return {r.vif: r.networks() for r in records}
+        """The vifs to guard and their allowed sources: every usable record's, and fail closed for
+        every unusable one: what could be read of it, else what the kernel's table allows it now,
+        else nothing at all (its vif still guarded)."""
+        guarded = {r.vif: r.networks() for r in records}
+        held = [u for u in self.unusable if u.key not in {r.key for r in records}]
+        if not held:
+            return guarded
+        now = nft.guarded_now()
+        for unusable in held:
+            if unusable.salvaged is not None:
+                vif = unusable.salvaged.vif
+                guarded.setdefault(vif, [])
+                guarded[vif] += [n for n in [*unusable.salvaged.networks(), *now.get(vif, [])]
+                                 if n not in guarded[vif]]
+        if any(u.salvaged is None for u in held):  # whose vif it was is unknown: keep every unnamed one
+            for vif, networks in now.items():
+                if vif not in guarded and vif not in self.released:
+                    guarded[vif] = list(networks)
+        return guarded
 
     def _guard(self, records: list[VifRecord]) -> None:
         nft.load(nft.ruleset(self._guarded(records), restrict_input=self.input_policy == "restricted"))
@@ -250,9 +294,10 @@ class Dom0:
     def online(self, request: VifRequest) -> VifRecord:
         nft.require(f"online of {request.vif}")  # before anything changes
         with self.locked():
-            if any(r.key == request.key for r in self.records()):
+            records, unusable = self._read()
+            if any(r.key == request.key for r in records) or any(u.key == request.key for u in unusable):
                 log.info("%s: online again: undoing the earlier online first", request.vif)
-                self._offline(request.key)
+                self._offline(request.key, request.vif)
             links = self.kernel.links(refresh=True)
             if request.vif not in links:
                 raise UsageError(f"vif {request.vif} does not exist")
@@ -271,19 +316,22 @@ class Dom0:
             domain = domain_of(request.key, request.vif)
             other_domains = {r.vif: r.networks() for r in others
                              if domain is None or domain_of(r.key, r.original_name or r.vif) != domain}
+            # a vif whose record is unusable keeps its addresses: nobody claims them until an admin acts
+            other_domains.update({vif: networks for vif, networks in self._guarded(others).items()
+                                  if vif not in {r.vif for r in others} and networks})
             check_guest_networks(request.rename or request.vif, request.guest, uplink_addresses, gateways,
-                                 other_domains, self.allow_prefixes)
+                                 other_domains, self.allow_prefixes, self.kernel.addresses())
             record = plan_online(request, uplink, uplink_addresses, ipv6)
             undo: list[Callable[[], None]] = []
             try:
                 self._online(request, record, others, ipv6, undo)
-            except DomunetError:
+            except BaseException:  # whatever failed (a full /run, a bug, an interrupt): dom0 as before
                 for step in reversed(undo):
                     try:
                         step()
                     except ObjectMissing:
                         pass  # e.g. IPv6 addresses go with the link
-                    except DomunetError as error:
+                    except Exception as error:  # noqa: BLE001 (undo the rest, say what stayed)
                         log.error("%s: undo failed: %s", record.vif, error)
                 raise
             return record
@@ -393,19 +441,31 @@ class Dom0:
 
     # --- offline ---------------------------------------------------------------------------
 
-    def offline(self, key: str) -> bool:
+    def offline(self, key: str, vif: str | None = None) -> bool:
         """Undo what online recorded; False when there was nothing recorded. Never raises for
-        what is already gone; other errors are logged and the rest is still undone."""
+        what is already gone; other errors are logged and the rest is still undone. `vif`: the
+        vif's name as libxl gives it (releases the guard of a vif whose record is unusable)."""
         with self.locked():
-            return self._offline(key)
+            return self._offline(key, vif)
 
-    def _offline(self, key: str) -> bool:
-        records = self.records()
+    def _offline(self, key: str, vif_name: str | None = None) -> bool:
+        records, unusable = self._read()
         record = next((r for r in records if r.key == key), None)
+        held = next((u for u in unusable if u.key == key), None)
+        if held is not None:
+            # the vif itself goes offline: undo what could be read of its record, release its guard
+            log.warning("%s: offline of a vif whose record is unusable: undoing what could be read of it",
+                        key)
+            self.released |= {name for name in (vif_name, held.salvaged and held.salvaged.vif) if name}
+            self.unusable = [u for u in unusable if u is not held]
+            set_aside(held.path, held.reason)
+            record = held.salvaged
         if record is None:
             log.info("%s: offline: nothing recorded, nothing to undo", key)
             self._path(key).unlink(missing_ok=True)
-            return False
+            if held is not None:
+                self._guard(records)
+            return held is not None
         others = [r for r in records if r.key != key]
         kernel, vif = self.kernel, record.vif
         exists = vif in kernel.links(refresh=True)
@@ -415,7 +475,7 @@ class Dom0:
                 step()
             except ObjectMissing:
                 log.debug("%s: %s: already gone", vif, what)
-            except DomunetError as error:
+            except Exception as error:  # noqa: BLE001 (offline undoes all it can, whatever one step does)
                 log.error("%s: offline: %s: %s", vif, what, error)
 
         if exists:
@@ -459,8 +519,56 @@ class Dom0:
             return len(records)
 
 
+@dataclass(frozen=True)
+class Unusable:
+    """A record that fails validation (a newer domunet's after a downgrade, a truncated file). It
+    is left in place and read again every run, its vif stays guarded and its addresses claimed,
+    until the vif goes offline or an admin removes the file."""
+
+    key: str
+    path: Path
+    reason: str
+    salvaged: VifRecord | None  # what could be read of it, field by field and item by item
+
+    def consequence(self) -> str:
+        vif = self.salvaged.vif if self.salvaged else "its vif"
+        return (f"{vif} stays guarded with the sources it is allowed now, and its addresses stay claimed: "
+                f"fix or remove the file, or take the vif offline (domunet dom0 offline --vif {vif})")
+
+
+def salvage(data: object) -> VifRecord | None:
+    """The parts of an unusable record that check out on their own; None without a valid vif name."""
+    if not isinstance(data, dict) or not valid_ifname(data.get("vif")):
+        return None
+    vif = data["vif"]
+
+    def items(name: str, check: Callable[[Any], object]) -> list[Any]:
+        good = []
+        for item in data.get(name) if isinstance(data.get(name), list) else []:
+            try:
+                check(item)
+                good.append(item)
+            except (ValueError, TypeError, UsageError):
+                continue
+        return good
+
+    def route(entry: Any) -> None:
+        if not isinstance(entry, list) or not 2 <= len(entry) <= 3 or not all(isinstance(e, str) for e in entry):
+            raise ValueError("not a route")
+        _route(vif, *entry)
+
+    uplink = data.get("uplink") if valid_ifname(data.get("uplink")) else ""
+    original = data.get("original_name") if valid_ifname(data.get("original_name")) else None
+    return VifRecord(key=str(data.get("key", ""))[:40], vif=vif, uplink=uplink,
+                     guest=items("guest", lambda t: parse_network(t)),
+                     dom0_addresses=items("dom0_addresses", lambda t: parse_network(t, strict=False)),
+                     routes=items("routes", route) if uplink else [],
+                     proxies=items("proxies", parse_address) if uplink else [],
+                     original_name=original)
+
+
 SYSCTL_ORIGIN = "sysctl-origin.json"
-_RECORD_KEY = re.compile(r"^(xen-\d{1,5}-\d{1,5}|[A-Za-z0-9_.@-]{1,15})$")
+_RECORD_KEY = re.compile(rf"^(xen-\d{{1,5}}-\d{{1,5}}|{IFNAME_CHARS}{{1,15}})$")
 def record_from(data: object) -> VifRecord:
     """A record as read back, checked as strictly as online's own input (ValueError if not)."""
     if not isinstance(data, dict):

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from domunet import config as configuration
-from domunet.apply import apply
+from domunet.apply import apply, rollback
 from domunet.connmark import Marks
 from domunet.diff import Change, Scope, diff, scope_for
 from domunet.discover import discover, xen_facts
@@ -127,18 +127,22 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
             return _run(verb, config, state_dir, names, None, kernel, xen, again=False)
         raise
     marked: list[str] = []
-    if verb == "setup" or not names:
-        try:
+    try:
+        if verb == "setup" or not names:
             marked = marks.converge(desired.marks, desired.fwmask)
-        except DomunetError:
-            undone = [Change("remove" if c.action == "add" else "add", c.obj) for c in reversed(done)]
-            apply(undone, kernel, config.gateway_strategy)
-            raise
-    # a NIC that vanished while this run made something for it: what was made goes (a run that
-    # made nothing leaves that to the next one, and to ifdown: it costs a link dump)
-    gone = sorted({m.name for m in desired.managed} - set(kernel.links(refresh=True))) if done or marked else []
-    if gone:
-        done += _forget_vanished(kernel, config, gone)
+        # a NIC that vanished while this run made something for it: what was made goes (a run that
+        # made nothing leaves that to the next one, and to ifdown: it costs a link dump)
+        gone = sorted({m.name for m in desired.managed} - set(kernel.links(refresh=True))) if done or marked else []
+        if gone:
+            done += _forget_vanished(kernel, config, gone)
+    except BaseException as error:  # whatever failed after the routes and rules: they go back too
+        rolled = f"rolled back {rollback(done, kernel, config.gateway_strategy)} of {len(done)} change(s) " \
+                 "made by this run"
+        if isinstance(error, (DomunetError, OSError)):
+            what = error if isinstance(error, DomunetError) else f"{verb}: {error.strerror or error}"
+            raise ApplyError(f"{what}; {rolled}") from None
+        log.error("%s: %s", verb, rolled)
+        raise
     write_table_names(config.rt_tables_file, table_names_after(owned, done))
     log.info("%s: %d change(s)", verb, len(done) + len(marked))
     return Outcome(desired, done, marks=marked)

@@ -30,9 +30,9 @@ def handle(command: str, settings: Mapping[str, str], env: Mapping[str, str],
     if command == "offline":
         try:
             with engine() as dom0:
-                dom0.offline(hotplug_key(env))
-        except DomunetError as error:
-            log.error("offline %s: %s", env.get("vif"), error)
+                dom0.offline(hotplug_key(env), env.get("vif") or None)
+        except Exception as error:  # noqa: BLE001 (offline always goes on to clear xenstore)
+            log.error("offline %s: %s", env.get("vif"), failure(error))
         if path:
             for key in XEN_KEYS:
                 try:
@@ -53,15 +53,26 @@ def handle(command: str, settings: Mapping[str, str], env: Mapping[str, str],
                 log.warning("cannot publish %s for the guest: %s", key, error)
         xenstore.write(f"{path}/hotplug-status", "connected")
         return True
-    except DomunetError as error:
-        log.error("online %s: %s", env.get("vif"), error)
+    except Exception as error:  # noqa: BLE001 (libxl must hear `error` whatever failed; dom0 is as before)
+        message = failure(error)
+        log.error("online %s: %s", env.get("vif"), message)
         if path:
             try:
-                xenstore.write(f"{path}/hotplug-error", str(error))
+                xenstore.write(f"{path}/hotplug-error", message)
                 xenstore.write(f"{path}/hotplug-status", "error")
-            except DomunetError as failed:
-                log.error("cannot report the error in xenstore: %s", failed)
+            except Exception as failed:  # noqa: BLE001
+                log.error("cannot report the error in xenstore: %s", failure(failed))
         return False
+
+
+def failure(error: BaseException) -> str:
+    """One line for libxl and the log: the admin's message, an OS error's cause, or a bug's type."""
+    if isinstance(error, DomunetError):
+        return str(error)
+    if isinstance(error, OSError):
+        return f"{error.filename + ': ' if error.filename else ''}{error.strerror or error}"
+    log.debug("internal error", exc_info=True)
+    return f"internal error: {type(error).__name__}: {error} (please report it)"
 
 
 def published_keys(record: VifRecord) -> dict[str, str]:

@@ -95,6 +95,8 @@ def save_hints(state_dir: str, call: HookCall) -> None:
 
 
 def remove_hints(state_dir: str, iface: str) -> None:
+    if _directory(state_dir).is_symlink():
+        return  # never written through (load_hints says so)
     for path in _directory(state_dir).glob(f"{iface}.*.json"):
         path.unlink(missing_ok=True)
 
@@ -124,10 +126,15 @@ def hint_from(data: object) -> HookCall:
 def load_hints(state_dir: str) -> list[HookCall]:
     """The stanza options of interfaces ifupdown has up; a corrupt file is set aside, loudly."""
     calls = []
+    directory = _directory(state_dir)
+    if directory.is_symlink():
+        log.warning("%s: is a symlink; its hints are not read (domunet does not follow symlinks in its "
+                    "state: remove it)", directory)
+        return []
     try:
-        paths = sorted(_directory(state_dir).glob("*.json"))
+        paths = sorted(directory.glob("*.json"))
     except OSError as error:  # setup then names the state directory when it takes the lock
-        log.debug("cannot read the ifupdown hints in %s: %s", _directory(state_dir), error.strerror)
+        log.debug("cannot read the ifupdown hints in %s: %s", directory, error.strerror)
         return []
     for path in paths:
         try:

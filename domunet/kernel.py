@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import os
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -351,10 +352,12 @@ class Kernel:
             "action": "to_tbl",
             "protocol": rule.proto,
         }
+        # prefixes as "address/length": pyroute2 0.7 cannot encode a bare "0.0.0.0" or "::" with a
+        # length (inet_pton fails, 0.9 sends EINVAL), so `to 0.0.0.0/5` needs this form
         if rule.src is not None:
-            args.update(src=str(rule.src.network_address), src_len=rule.src.prefixlen)
+            args["src"] = str(rule.src)
         if rule.dst is not None:
-            args.update(dst=str(rule.dst.network_address), dst_len=rule.dst.prefixlen)
+            args["dst"] = str(rule.dst)
         if rule.oif is not None:
             args["oifname"] = rule.oif
         if rule.fwmark is not None:
@@ -369,12 +372,13 @@ class Kernel:
 
     # --- dom0: addresses, proxy neighbour entries, links -----------------------------------
 
-    def addresses(self, name: str) -> list[Any]:
-        """Addresses of one interface as ipaddress interfaces (with prefix length)."""
-        index = self._index(name)
+    def addresses(self, name: str | None = None) -> list[Any]:
+        """Addresses of one interface (or of all) as ipaddress interfaces (with prefix length)."""
+        index = self._index(name) if name is not None else None
         found = []
-        for msg in self._dump(f"the addresses of {name}", self._ipr.get_addr, index=index):
-            if msg["index"] != index:  # 0.7 filters in the client, be explicit
+        request = {"index": index} if index is not None else {}
+        for msg in self._dump(f"the addresses of {name or 'every interface'}", self._ipr.get_addr, request):
+            if index is not None and msg["index"] != index:  # 0.7 filters in the client, be explicit
                 continue
             address = msg.get_attr("IFA_ADDRESS") if msg["family"] == socket.AF_INET6 else (
                 msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS"))
@@ -478,3 +482,74 @@ class Events:
                     raise EventsLost("the kernel dropped change events (a burst)", error.errno) from None
                 raise KernelError(f"cannot read change events: {error.strerror}", error.errno) from None
             messages.extend(self._marshal.parse(data))
+
+
+NETLINK_NETFILTER = 12
+#: nf_tables' change notifications (NFNLGRP_NFTABLES), and the messages of that subsystem.
+NFNLGRP_NFTABLES = 7
+NFNL_SUBSYS_NFTABLES = 10
+#: NFT_MSG_DELTABLE, DELCHAIN, DELRULE, DELSET, DELSETELEM: something of a table was removed.
+NFT_DELETES = frozenset({2, 5, 8, 11, 14})
+_NLMSG = struct.Struct("=IHHII")
+_NLA = struct.Struct("=HH")
+_NFGENMSG_SIZE = 4
+
+
+def nft_tables_deleted_from(data: bytes) -> set[str]:
+    """Pure: the tables that nf_tables notifications in one datagram removed something from (a
+    table, chain, rule, set or element: `nft flush ruleset`, a firewall reload). The table's
+    name is the first attribute (NFTA_*_TABLE = 1) of each of these messages."""
+    tables: set[str] = set()
+    offset = 0
+    while offset + _NLMSG.size <= len(data):
+        length, kind, _, _, _ = _NLMSG.unpack_from(data, offset)
+        if length < _NLMSG.size:
+            break
+        end = min(offset + length, len(data))
+        if kind >> 8 == NFNL_SUBSYS_NFTABLES and kind & 0xFF in NFT_DELETES:
+            at = offset + _NLMSG.size + _NFGENMSG_SIZE
+            while at + _NLA.size <= end:
+                size, number = _NLA.unpack_from(data, at)
+                if size < _NLA.size:
+                    break
+                if number & 0x3FFF == 1:
+                    tables.add(data[at + _NLA.size:at + size].split(b"\0", 1)[0].decode("utf-8", "replace"))
+                    break
+                at += (size + 3) & ~3
+        offset += (length + 3) & ~3
+    return tables
+
+
+class NftEvents:
+    """nf_tables' notifications: which tables someone removed something from. None where the
+    kernel has no nf_tables (then nothing is followed, as before)."""
+
+    def __init__(self) -> None:
+        self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            self._socket.bind((0, 1 << (NFNLGRP_NFTABLES - 1)))
+        except OSError:
+            self._socket.close()
+            raise
+        self._socket.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def read(self) -> set[str]:
+        """Tables touched by what is queued now (never blocks); a lost burst counts as all of them."""
+        tables: set[str] = set()
+        while True:
+            try:
+                data = self._socket.recv(1 << 20)
+            except BlockingIOError:
+                return tables
+            except OSError as error:
+                if error.errno == errno.ENOBUFS:
+                    tables.add("*")
+                    continue
+                raise KernelError(f"cannot read nftables events: {error.strerror}", error.errno) from None
+            tables |= nft_tables_deleted_from(data)

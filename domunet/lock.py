@@ -7,6 +7,7 @@ import errno
 import fcntl
 import logging
 import os
+import socket
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -43,21 +44,51 @@ def _text(error: Exception, state_dir: str) -> str:
 
 
 WATCH_LOCK = "watch.lock"
+#: An abstract unix socket name: abstract names are per network namespace, so holding it means
+#: one watch per namespace whatever its state directory or config (two would fight forever).
+WATCH_NAME = b"\0domunet-watch"
+
+
+def _claim_namespace() -> socket.socket | None:
+    """The namespace's watch name, bound; None when another watch holds it."""
+    claim = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        claim.bind(WATCH_NAME)
+    except OSError as error:
+        claim.close()
+        if error.errno == errno.EADDRINUSE:
+            return None
+        raise
+    return claim
 
 
 @contextmanager
 def watching(state_dir: str) -> Iterator[None]:
-    """Held by `domunet watch` for its lifetime: one watch at a time, and others can tell it runs."""
-    fd = open_nofollow(check_dir(state_dir) / WATCH_LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    with os.fdopen(fd, "a") as handle:
+    """Held by `domunet watch` for its lifetime: one watch per network namespace, and others can
+    tell it runs (the lock file in its state directory, and the namespace's name)."""
+    claim = _claim_namespace()
+    if claim is None:
+        raise UsageError("another domunet watch is running in this network namespace (one converges it; "
+                         "two with different configs would undo each other)")
+    with claim:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise UsageError(f"another domunet watch is running (it holds {state_dir}/{WATCH_LOCK})") from None
-        yield
+            fd = open_nofollow(check_dir(state_dir) / WATCH_LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as error:
+            raise UsageError(_text(error, state_dir).replace("its lock", "its watch lock")) from None
+        with os.fdopen(fd, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UsageError(f"another domunet watch is running (it holds {state_dir}/{WATCH_LOCK})") from None
+            yield
 
 
 def watch_running(state_dir: str) -> bool:
+    """A watch in this network namespace (whatever its state directory)."""
+    claim = _claim_namespace()
+    if claim is None:
+        return True
+    claim.close()
     try:
         with open(os.path.join(state_dir, WATCH_LOCK)) as handle:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)

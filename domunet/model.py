@@ -54,7 +54,8 @@ DEFAULT6 = ipaddress.IPv6Network("::/0")
 
 #: Interface names as domunet accepts them everywhere (config, stanzas, IFACE, vif, vifname,
 #: uplink): what admins and the toolstack write; the kernel allows more, shells and tools do not.
-IFNAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,15}$")
+IFNAME_CHARS = r"[A-Za-z0-9_.@+-]"
+IFNAME = re.compile(rf"^{IFNAME_CHARS}{{1,15}}$")
 
 
 def valid_ifname(name: object) -> bool:

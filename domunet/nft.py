@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import subprocess
 from typing import Any, Mapping, Sequence
 
@@ -57,12 +58,14 @@ table inet {TABLE} {{
 
 #: What a guest may send to dom0 itself under the restricted input policy: replies, ICMP and
 #: neighbour discovery, DHCP (v4 and v6). Everything else (ssh, dom0's other services) is dropped.
+#: Protocols by number (1 ICMP, 58 ICMPv6): nftables 1.0.6 resolves names through /etc/protocols,
+#: which a minimal Debian (no netbase) lacks; ports and ICMP types need no file.
 _INPUT = f"""\
 table inet {TABLE} {{
     chain guestinput {{
         iifname != @guarded accept
         ct state established,related accept
-        meta l4proto {{ icmp, ipv6-icmp }} accept
+        meta l4proto {{ 1, 58 }} accept
         udp dport {{ 67, 547 }} accept
         counter drop
     }}
@@ -85,6 +88,32 @@ def ruleset(guarded: Mapping[str, Sequence[IPNetwork]], restrict_input: bool = T
         if elements:
             text += f"add element inet {TABLE} allowed{version} {{ {', '.join(elements)} }}\n"
     return text
+
+
+_ELEMENT = re.compile(r'"([^"]{1,15})" \. ([0-9A-Fa-f:.]+(?:/\d{1,3})?)')
+_NAME = re.compile(r'"([^"]{1,15})"')
+
+
+def guarded_now() -> dict[str, list[IPNetwork]]:
+    """What the kernel's table guards now: vif -> allowed sources (a vif with none is still
+    guarded). Read only when a record is unusable, to keep its vif guarded as it is."""
+    code, output, _ = run(f"list table inet {TABLE}\n", "dom0's anti-spoofing")
+    if code != 0:
+        return {}
+    guarded: dict[str, list[IPNetwork]] = {}
+    for block in re.split(r"\bset ", output)[1:]:
+        name = block.split(None, 1)[0]
+        elements = block.split("elements = {", 1)[1].split("}", 1)[0] if "elements = {" in block else ""
+        if name == "guarded":
+            for vif in _NAME.findall(elements):
+                guarded.setdefault(vif, [])
+        elif name in ("allowed4", "allowed6"):
+            for vif, text in _ELEMENT.findall(elements):
+                try:
+                    guarded.setdefault(vif, []).append(ipaddress.ip_network(text))
+                except ValueError:
+                    continue
+    return guarded
 
 
 def available() -> bool:

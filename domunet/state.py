@@ -23,6 +23,10 @@ from domunet.errors import DomunetError, UsageError
 log = logging.getLogger(__name__)
 
 
+class StateError(DomunetError):
+    """A state file cannot be written (a full or read-only /run): the run undoes its changes (exit 1)."""
+
+
 class CorruptState(DomunetError):
     """A state file that cannot be used as it is: set aside, the run goes on from the kernel."""
 
@@ -64,12 +68,17 @@ def write_json(path: str | Path, data: Any) -> None:
     """Atomically replace path with data as JSON, never through a symlink."""
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(temporary)  # a stale one, or a planted symlink: unlink removes the link itself
-    fd = open_nofollow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-    os.replace(temporary, path)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # a stale one, or a planted symlink: unlink removes the link itself
+        fd = open_nofollow(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=1)
+        os.replace(temporary, path)
+    except OSError as error:  # a full or read-only /run: the caller undoes what it changed
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise StateError(f"cannot write {path}: {error.strerror or error}") from None
 
 
 def read_json(path: str | Path) -> Any:
@@ -94,6 +103,7 @@ def read_json(path: str | Path) -> Any:
 def set_aside(path: str | Path, reason: str) -> None:
     """Move a corrupt file out of the way (kept as .corrupt for the admin) and say so."""
     path = Path(path)
+    reason = reason.removeprefix(f"{path}: ")  # CorruptState's text names the file already
     log.warning("%s: %s; set aside as %s.corrupt, going on from the kernel's state", path, reason, path.name)
     try:
         os.replace(path, path.with_name(path.name + ".corrupt"))

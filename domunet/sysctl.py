@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from domunet.errors import KernelError
+from domunet.model import IFNAME_CHARS
 
 PROC = Path("/proc/sys")
 
@@ -29,7 +30,7 @@ def ipv6_enabled() -> bool:
     return read("net/ipv6/conf/all/disable_ipv6") == "0"
 
 
-_SAVED_KEY = re.compile(r"^net/ipv[46]/(ip_forward|conf/[A-Za-z0-9_.@-]{1,15}/[a-z_]{1,32})$")
+_SAVED_KEY = re.compile(rf"^net/ipv[46]/(ip_forward|conf/{IFNAME_CHARS}{{1,15}}/[a-z_]{{1,32}})$")
 _SAVED_VALUE = re.compile(r"^-?\d{1,10}$")
 
 

@@ -108,16 +108,22 @@ class Watch:
     returns a fresh config (raising ConfigError for a bad one)."""
 
     def __init__(self, events: Any, kernel: Any, converge: Callable[[], list[Change]],
-                 reload: Callable[[], None]) -> None:
+                 reload: Callable[[], None], nft_events: Any = None, tables: frozenset[str] = frozenset()) -> None:
         self.events = events
         self.kernel = kernel
         self.converge = converge
         self.reload = reload
+        #: nf_tables notifications (kernel.NftEvents), and the tables of domunet's they are about.
+        self.nft_events = nft_events
+        self.tables = tables
         self.echoes: Echoes = Counter()
         self.runs = 0
         self.stopping = False
         self.reloading = False
+        #: After a failed run: the next delay, and no run before `not_before` (only a success or a
+        #: SIGHUP ends that: the echo of a rolled-back run is just another event).
         self.retry_in: float | None = None
+        self.not_before: float | None = None
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -141,7 +147,7 @@ class Watch:
             log.info("%s: converging from scratch", error)
             self.echoes.clear()
             return True
-        wanted = False
+        wanted = self._nft_touched()
         for message in messages:
             event = event_from(message, self.kernel)
             if event is not None and matters(event, self.echoes):
@@ -149,9 +155,24 @@ class Watch:
                 wanted = True
         return wanted
 
+    def _nft_touched(self) -> bool:
+        """Did someone remove (part of) one of domunet's nftables tables (`nft flush ruleset`)?"""
+        if self.nft_events is None:
+            return False
+        try:
+            touched = self.nft_events.read()
+        except DomunetError as error:
+            log.info("%s: converging from scratch", error)
+            return True
+        if touched & self.tables or "*" in touched:
+            log.debug("change: nftables table %s removed or changed", ", ".join(sorted(touched & self.tables)))
+            return True
+        return False
+
     def _wait(self, timeout: float | None) -> bool:
-        """Sleep until an event, a signal or the timeout; True when the netlink socket is readable."""
-        readable, _, _ = select.select([self.events, self._wake_r], [], [], timeout)
+        """Sleep until an event, a signal or the timeout; True when an event socket is readable."""
+        sockets = [self.events, self._wake_r] + ([self.nft_events] if self.nft_events is not None else [])
+        readable, _, _ = select.select(sockets, [], [], timeout)
         if self._wake_r in readable:
             while True:
                 try:
@@ -159,19 +180,29 @@ class Watch:
                         break
                 except BlockingIOError:
                     break
-        return self.events in readable
+        return self.events in readable or (self.nft_events is not None and self.nft_events in readable)
+
+    def _backing_off(self) -> bool:
+        return self.not_before is not None and time.monotonic() < self.not_before
 
     def _run_once(self) -> None:
         self._pending()  # echoes of the last run still queued are consumed, not run for
         started = time.monotonic()
         try:
             changes = self.converge()
-        except DomunetError as error:
+        except Exception as error:  # noqa: BLE001 (watch outlives any one run: a full /run, a bug)
             self.retry_in = min(RETRY_MAX, self.retry_in * 2) if self.retry_in else RETRY_FIRST
-            log.error("%s (trying again in %.0f s or at the next change)", error, self.retry_in)
+            self.not_before = time.monotonic() + self.retry_in
+            message = str(error)
+            if not isinstance(error, DomunetError):
+                log.debug("internal error", exc_info=True)
+                message = f"internal error: {type(error).__name__}: {error}"
+            log.error("%s (trying again in %.0f s)", message, self.retry_in)
             self.echoes.clear()
+            self._nft_touched()  # its own nftables changes (and their undoing) are no news
             return
-        self.retry_in = None
+        self._nft_touched()
+        self.retry_in = self.not_before = None
         self.runs += 1
         self.echoes = echoes_of(changes)
         log.info("converged: %d change(s) in %.1f ms (run %d)", len(changes),
@@ -195,12 +226,14 @@ class Watch:
                 self._do_reload()
                 self._run_once()
                 continue
-            if not self._wait(self.retry_in):
-                if self.retry_in is not None and not self.stopping and not self.reloading:
+            timeout = None if self.not_before is None else max(0.0, self.not_before - time.monotonic())
+            if not self._wait(timeout):
+                if self.not_before is not None and not self._backing_off() and not self.stopping \
+                        and not self.reloading:
                     self._run_once()
                 continue
-            if not self._pending():
-                continue
+            if not self._pending() or self._backing_off():
+                continue  # while backing off, the retry converges whatever came meanwhile
             first = time.monotonic()
             while time.monotonic() - first < MAX_DELAY and not self.stopping:
                 if not self._wait(SETTLE):
@@ -216,7 +249,7 @@ def run(config_path: str | None, state_dir: str) -> None:
     """`domunet watch`: a bad config at start is an error (exit 2); later, SIGHUP re-reads it."""
     from domunet import config as configuration
     from domunet import guest
-    from domunet.kernel import Events, Kernel
+    from domunet.kernel import Events, Kernel, NftEvents
     from domunet.lock import watching
 
     current = {"config": configuration.load(config_path)}
@@ -224,15 +257,25 @@ def run(config_path: str | None, state_dir: str) -> None:
     def reload() -> None:
         current["config"] = configuration.load(config_path)
 
-    events = Events()
+    from domunet.connmark import TABLE as MARKS_TABLE
+
     with watching(state_dir), Kernel() as kernel:
+        events = Events()
+        try:
+            nft_events = NftEvents()
+        except OSError as error:  # no nf_tables in this kernel: no connection marks to follow either
+            log.debug("not following nftables (%s)", error)
+            nft_events = None
+
         def converge() -> list[Change]:
             config = guest.with_current_hints(current["config"], state_dir)
             return guest.run("setup", config, state_dir, kernel=kernel).changes
 
-        watch = Watch(events, kernel, converge, reload)
+        watch = Watch(events, kernel, converge, reload, nft_events, frozenset({MARKS_TABLE}))
         watch.install_signals()
         try:
             watch.loop()
         finally:
             events.close()
+            if nft_events is not None:
+                nft_events.close()

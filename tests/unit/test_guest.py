@@ -106,7 +106,7 @@ class FakeDom0:
         return VifRecord(key=request.key, vif=request.vif, uplink="eth0", guest=[str(n) for n in request.guest],
                          routes=[["192.0.2.5/32", "192.0.2.1"]])
 
-    def offline(self, key):
+    def offline(self, key, vif=None):
         self.calls.append(("offline", key))
 
 
@@ -138,6 +138,23 @@ def test_a_failed_online_reports_error_with_the_message(store):
     assert hotplug.handle("online", {}, ENV, engine_of(FakeDom0(fail=True))) is False
     assert store["backend/vif/1/0/hotplug-status"] == "error"
     assert store["backend/vif/1/0/hotplug-error"] == "vif1.0: no uplink"
+
+
+@pytest.mark.parametrize("error, said", [
+    (RuntimeError("boom"), "internal error: RuntimeError: boom"),
+    (OSError(28, "No space left on device", "/run/domunet/dom0/vif-xen-1-0.json"),
+     "/run/domunet/dom0/vif-xen-1-0.json: No space left on device"),
+])
+def test_any_failure_of_online_reports_error_to_libxl(store, error, said):
+    """Issue 21 (N3): an exception domunet did not expect still ends in hotplug-status error."""
+
+    class Failing(FakeDom0):
+        def online(self, request):
+            raise error
+
+    assert hotplug.handle("online", {}, ENV, engine_of(Failing())) is False
+    assert store["backend/vif/1/0/hotplug-status"] == "error"
+    assert said in store["backend/vif/1/0/hotplug-error"]
 
 
 def test_offline_undoes_and_removes_what_was_published(store):
