@@ -88,6 +88,8 @@ class Config:
     dom0_input: str = DOM0_INPUTS[0]
     #: Stanza options refused (interface, why): `domunet status` shows them.
     refused: tuple[tuple[str, str], ...] = ()
+    #: [[NAME]] sections with a bad value: NAME -> the error. That interface is left as it is.
+    broken: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def for_interface(self, name: str) -> InterfaceConfig:
         return self.interfaces.get(name) or InterfaceConfig(name)
@@ -318,15 +320,23 @@ def parse(raw: bytes, path: str = DEFAULT_PATH) -> Config:
         raise ConfigError(path, where, message) from None
     _check_structure(parsed, path)
     result = parsed.validate(_VALIDATOR, preserve_errors=True)
+    #: A bad value in one [[NAME]] section costs that interface only (plan leaves it as it is).
+    broken: dict[str, str] = {}
+    problems: list[tuple[list[str], str | None, str]] = []
     if result is not True:
         for sections, key, error in configobj.flatten_errors(parsed, result):
-            message = str(error) if isinstance(error, Exception) else "missing section"
-            raise ConfigError(path, _where(sections, key), message)
+            problems.append((list(sections), key, str(error) if isinstance(error, Exception) else "missing section"))
     for sections, name in configobj.get_extra_values(parsed):
         if isinstance(_lookup(parsed, sections).get(name), dict):
-            raise ConfigError(path, _where([*sections, name], None), "unknown section")
-        raise ConfigError(path, _where(list(sections), name), "unknown key")
-    return _typed(parsed, path)
+            problems.append(([*sections, name], None, "unknown section"))
+        else:
+            problems.append((list(sections), name, "unknown key"))
+    for sections, key, message in problems:
+        if len(sections) == 2 and sections[0] == "interfaces":
+            broken.setdefault(sections[1], str(ConfigError(path, _where(sections, key), message)))
+            continue
+        raise ConfigError(path, _where(sections, key), message)
+    return _typed(parsed, path, broken)
 
 
 def _check_structure(parsed: configobj.ConfigObj, path: str) -> None:
@@ -354,7 +364,7 @@ def _lookup(section: Any, names: tuple[str, ...]) -> Any:
     return section
 
 
-def _typed(parsed: configobj.ConfigObj, path: str) -> Config:
+def _typed(parsed: configobj.ConfigObj, path: str, broken: dict[str, str]) -> Config:
     interfaces = {}
     for name, values in parsed["interfaces"].items():
         where = _where(["interfaces", name], None)
@@ -362,13 +372,16 @@ def _typed(parsed: configobj.ConfigObj, path: str) -> Config:
             _ifname(name)
         except _Invalid as error:
             raise ConfigError(path, where, str(error)) from None
+        if name in broken:
+            continue
         table = values["table"]
         base = parsed["table_base"]
         if table is not None and not base <= table < base + TABLE_SLOTS:
-            raise ConfigError(
+            broken[name] = str(ConfigError(
                 path, _where(["interfaces", name], "table"),
                 f"{table} is outside domunet's tables {base}..{base + TABLE_SLOTS - 1} (see table_base)",
-            )
+            ))
+            continue
         interfaces[name] = InterfaceConfig(
             name=name, manage=values["manage"], gateway=values["gateway"],
             gateway6=values["gateway6"], table=table,
@@ -395,4 +408,5 @@ def _typed(parsed: configobj.ConfigObj, path: str) -> Config:
         default6_interface=parsed["default6_interface"],
         rt_tables_file=parsed["rt_tables_file"],
         interfaces=MappingProxyType(interfaces),
+        broken=MappingProxyType(broken),
     )

@@ -30,6 +30,7 @@ from domunet.model import (
     IPInterface,
     State,
     VifFacts,
+    main_route_of_ours,
 )
 from domunet.xen import Published
 from domunet.xen import discover as discover_xen
@@ -112,7 +113,7 @@ def discover(kernel: Kernel, xen: Mapping[str, VifFacts] | None = None) -> tuple
             raise
         log.warning("IPv6 is not available in this kernel (ipv6.disable=1?): IPv4 only")
     ours = (PROTO, PROTO_TEMP)
-    main = [r for r in routes if r.table == TABLE_MAIN and r.proto not in ours]
+    main = [r for r in routes if r.table == TABLE_MAIN and not main_route_of_ours(r)]
     main_defaults = tuple(r for r in main if r.dst.prefixlen == 0)
     main_routes = tuple(r for r in main if r.dst.prefixlen != 0)
     owned = State(

@@ -96,12 +96,16 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
         from domunet.status import report
 
         desired = plan(config, facts)
-        return Outcome(desired, rows=report(facts, desired, owned, kernel.route_get, config.refused))
+        held = tuple(desired.held.items())
+        return Outcome(desired, rows=report(facts, desired, owned, kernel.route_get, config.refused + held))
     desired = plan(config, facts) if verb != "teardown" else State()
     if pending:
         save_hints(state_dir, pending)
     scope: Scope | None = scope_for(names, desired, owned) if names else None
     changes = diff(desired, owned, scope)
+    if desired.held and verb != "teardown":  # one bad fact costs its NIC: what it has stays as it is
+        held = scope_for(desired.held, desired, owned)
+        changes = [c for c in changes if not held.covers(c.obj)]
     if verb == "setup" and not getattr(xen, "complete", True):
         kept = [c for c in changes if c.action == REMOVE]
         if kept:

@@ -79,6 +79,16 @@ def default_network(version: int) -> IPNetwork:
     return DEFAULT4 if version == 4 else DEFAULT6
 
 
+def main_route_of_ours(route: Route) -> bool:
+    """Could domunet have made this main-table route? Only by shape: its temporary host routes,
+    and the IPv6 default and /128 via dom0. Anything else in main that carries its protocol (an
+    IPv4 default made by hand with `proto 213`) is the admin's, and counts as main's own."""
+    host = route.dst.prefixlen == route.dst.max_prefixlen
+    if route.proto == PROTO_TEMP:
+        return host
+    return route.proto == PROTO and route.version == 6 and (host or route.dst.prefixlen == 0)
+
+
 def host_network(address: IPAddress) -> IPNetwork:
     return ipaddress.ip_network(address)
 
@@ -252,6 +262,9 @@ class State:
     #: Connection marks per NIC (domunet.connmark): forwarded connections answer by the NIC they came in on.
     marks: Mapping[str, int] = field(default_factory=dict, compare=False)
     fwmask: int = 0
+    #: NICs left exactly as they are this run, with why: one bad fact (a config value, a gateway dom0
+    #: published) costs that NIC, never the others.
+    held: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def tables(self) -> set[int]:
         return {r.table for r in self.routes} | {r.table for r in self.rules}

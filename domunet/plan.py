@@ -16,12 +16,10 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from domunet.config import TABLE_SLOTS, Config, InterfaceConfig
-from domunet.errors import ConfigError
 from domunet.model import (
     LINK_LOCAL6,
     METRIC6,
     PROTO_KERNEL,
-    PROTO_TEMP,
     TABLE_MAIN,
     Facts,
     Interface,
@@ -34,6 +32,7 @@ from domunet.model import (
     VifFacts,
     default_network,
     host_network,
+    main_route_of_ours,
 )
 
 log = logging.getLogger(__name__)
@@ -124,17 +123,32 @@ def _gateway4(settings: InterfaceConfig, facts: Facts, interface: Interface,
     return None, None
 
 
-def _check_gateway(config: Config, interface: Interface, key: str, gateway: IPAddress | None) -> None:
+class _Held(Exception):
+    """One NIC's fact is unusable: that NIC is left as it is, the others are served."""
+
+
+def _source_of(config: Config, interface: Interface, key: str, source: str | None,
+               published: VifFacts | None) -> str:
+    """Where a gateway came from, as the admin finds it: the file and key, or the xenstore path."""
+    if source == "xenstore" and published is not None:
+        return f"xenstore {published.backend}/domunet-{key}"
+    if source in (None, "config"):
+        return f"{config.path} [interfaces] [[{interface.name}]] key '{key}'"
+    return f"{key} from {source}"
+
+
+def _check_gateway(config: Config, interface: Interface, key: str, gateway: IPAddress | None,
+                   source: str | None = None, published: VifFacts | None = None) -> None:
     if gateway is None:
         return
-    where = f"[interfaces] [[{interface.name}]] key '{key}'"
+    where = _source_of(config, interface, key, source, published)
     if interface.holds(gateway):
-        raise ConfigError(config.path, where, f"{gateway} is an address of {interface.name} itself, not a gateway")
+        raise _Held(f"{where}: {gateway} is an address of {interface.name} itself, not a gateway")
     for address in interface.addresses_of(4):
         network = address.network
         if network.prefixlen < 31 and gateway in (network.network_address, network.broadcast_address):
-            raise ConfigError(config.path, where, f"{gateway} is the network or broadcast address of "
-                                                  f"{network} on {interface.name}, not a gateway")
+            raise _Held(f"{where}: {gateway} is the network or broadcast address of {network} on "
+                        f"{interface.name}, not a gateway")
 
 
 def _usable(config: Config, facts: Facts) -> list[Interface]:
@@ -161,47 +175,65 @@ def _shared(interfaces: list[Interface]) -> set[IPNetwork]:
 
 
 def _candidates(config: Config, facts: Facts, usable: list[Interface], shared_networks: set[IPNetwork],
-                ) -> list[_Candidate]:
+                held: dict[str, str]) -> list[_Candidate]:
+    """The NICs to manage; a NIC with an unusable fact goes to `held` (with why), not here."""
     candidates = []
     with_ipv4 = sum(1 for i in usable if i.addresses_of(4))
     for interface in usable:
-        settings = config.for_interface(interface.name)
-        published = facts.xen.get(interface.name)
-        families: list[int] = []
-        reasons: list[str] = []
-        gateway = gateway6 = None
-        gateway_source = gateway6_source = None
-        if interface.addresses_of(4):
-            shared = sorted({
-                str(network) for network, _ in interface.networks_of(4) if network in shared_networks
-            })
-            if shared:
-                reasons.append(f"shares {', '.join(shared)}")
-            if settings.gateway:
-                reasons.append(f"gateway from {settings.source('gateway')}")
-            if settings.manage == "yes":
-                reasons.append(f"manage = yes ({settings.source('manage')})")
-            if published and published.routed and published.gateway and with_ipv4 > 1:
-                reasons.append("routed by dom0 (xenstore)")
-            if reasons:
-                families.append(4)
-                gateway, gateway_source = _gateway4(settings, facts, interface, published)
-                _check_gateway(config, interface, "gateway", gateway)
-        gateway6, gateway6_source = (settings.gateway6, settings.source("gateway6")) if settings.gateway6 else (
-            (published.gateway6, "xenstore") if published and published.gateway6 else (None, None))
-        if gateway6 and not interface.addresses_of(6):
-            log.warning("%s: gateway6 %s (from %s) is set, but %s has no IPv6 address (IPv6 disabled?): "
-                        "IPv6 skipped", interface.name, gateway6, gateway6_source, interface.name)
-        if interface.addresses_of(6) and (gateway6 or settings.manage == "yes"):
-            families.append(6)
-            _check_gateway(config, interface, "gateway6", gateway6)
-            reasons.append(f"IPv6 gateway from {gateway6_source}" if gateway6 else "manage = yes (IPv6)")
-        else:
-            gateway6 = gateway6_source = None
-        if families:
-            candidates.append(_Candidate(interface, tuple(families), gateway, gateway6, tuple(reasons),
-                                         gateway_source, gateway6_source))
+        if interface.name in config.broken:
+            held[interface.name] = config.broken[interface.name]
+            continue
+        try:
+            candidate = _candidate(config, facts, interface, shared_networks, with_ipv4)
+        except _Held as error:
+            held[interface.name] = str(error)
+            continue
+        if candidate is not None:
+            candidates.append(candidate)
+    for name, why in held.items():
+        log.warning("%s: left as it is: %s", name, why)
     return candidates
+
+
+def _candidate(config: Config, facts: Facts, interface: Interface, shared_networks: set[IPNetwork],
+               with_ipv4: int) -> _Candidate | None:
+    settings = config.for_interface(interface.name)
+    published = facts.xen.get(interface.name)
+    families: list[int] = []
+    reasons: list[str] = []
+    gateway = gateway6 = None
+    gateway_source = gateway6_source = None
+    if interface.addresses_of(4):
+        shared = sorted({
+            str(network) for network, _ in interface.networks_of(4) if network in shared_networks
+        })
+        if shared:
+            reasons.append(f"shares {', '.join(shared)}")
+        if settings.gateway:
+            reasons.append(f"gateway from {settings.source('gateway')}")
+        if settings.manage == "yes":
+            reasons.append(f"manage = yes ({settings.source('manage')})")
+        if published and published.routed and published.gateway and with_ipv4 > 1:
+            reasons.append("routed by dom0 (xenstore)")
+        if reasons:
+            families.append(4)
+            gateway, gateway_source = _gateway4(settings, facts, interface, published)
+            _check_gateway(config, interface, "gateway", gateway, gateway_source, published)
+    gateway6, gateway6_source = (settings.gateway6, settings.source("gateway6")) if settings.gateway6 else (
+        (published.gateway6, "xenstore") if published and published.gateway6 else (None, None))
+    if gateway6 and not interface.addresses_of(6):
+        log.warning("%s: gateway6 %s (from %s) is set, but %s has no IPv6 address (IPv6 disabled?): "
+                    "IPv6 skipped", interface.name, gateway6, gateway6_source, interface.name)
+    if interface.addresses_of(6) and (gateway6 or settings.manage == "yes"):
+        families.append(6)
+        _check_gateway(config, interface, "gateway6", gateway6, gateway6_source, published)
+        reasons.append(f"IPv6 gateway from {gateway6_source}" if gateway6 else "manage = yes (IPv6)")
+    else:
+        gateway6 = gateway6_source = None
+    if families:
+        return _Candidate(interface, tuple(families), gateway, gateway6, tuple(reasons),
+                          gateway_source, gateway6_source)
+    return None
 
 
 def _family_routes(
@@ -351,7 +383,8 @@ def plan(config: Config, facts: Facts) -> State:
     """The complete desired state for this host."""
     usable = _usable(config, facts)
     shared = _shared(usable)
-    candidates = _candidates(config, facts, usable, shared)
+    held: dict[str, str] = {}
+    candidates = _candidates(config, facts, usable, shared, held)
     tables = allocate_tables(config, [c.interface for c in candidates], facts.foreign_tables)
     routes: list[Route] = []
     rules: list[Rule] = []
@@ -386,7 +419,8 @@ def plan(config: Config, facts: Facts) -> State:
         rules += exempt
         routes += mirrored
     return State(routes=frozenset(routes), rules=frozenset(rules), managed=tuple(managed),
-                 stands_for=stands_for, passed_over=tuple(passed_over), marks=marks, fwmask=config.fwmark_mask)
+                 stands_for=stands_for, passed_over=tuple(passed_over), marks=marks, fwmask=config.fwmark_mask,
+                 held=held)
 
 
 def within_reach(owned: State, config: Config) -> State:
@@ -411,12 +445,7 @@ def _ours(table: int, config: Config) -> bool:
 def _route_in_reach(route: Route, config: Config) -> bool:
     if _ours(route.table, config):
         return True
-    if route.table != TABLE_MAIN:
-        return False
-    host = route.dst.prefixlen == route.dst.max_prefixlen
-    if route.proto == PROTO_TEMP:
-        return host
-    return route.version == 6 and (host or route.dst.prefixlen == 0)
+    return route.table == TABLE_MAIN and main_route_of_ours(route)
 
 
 def _rule_in_reach(rule: Rule, config: Config) -> bool:

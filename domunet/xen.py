@@ -32,7 +32,8 @@ def _address(value: str | None, version: int, key: str) -> IPAddress | None:
         address = parse_address(value)
     except ValueError:
         address = None
-    if address is None or address.version != version or address.is_multicast or address.is_unspecified:
+    if address is None or address.version != version or address.is_multicast or address.is_unspecified \
+            or address.is_loopback:
         log.warning("xenstore %s: %r is not an IPv%d address; ignored", key, value[:80], version)
         return None
     return address

@@ -46,14 +46,29 @@ manage = no
     assert parsed.for_interface("eth7").manage == "auto"
 
 
-@pytest.mark.parametrize("text, where", [
+INTERFACE_ERRORS = [
     (b"[interfaces]\n[[eth3]]\ngateway6 = 2001:db8::zz\n", "[interfaces] [[eth3]] key 'gateway6'"),
     (b"[interfaces]\n[[eth3]]\ngateway6 = 192.168.0.1\n", "[interfaces] [[eth3]] key 'gateway6'"),
     (b"[interfaces]\n[[eth0]]\ngateway = 2001:db8::1\n", "[interfaces] [[eth0]] key 'gateway'"),
     (b"[interfaces]\n[[eth0]]\ngatway = 10.0.0.1\n", "[interfaces] [[eth0]] key 'gatway'"),
     (b"[interfaces]\n[[eth0]]\ntable = 17\n", "[interfaces] [[eth0]] key 'table'"),
-    (b"[interfaces]\n[[eth0]]\ntable = 1500\n[[eth1]]\ntable = 1500\n", "[interfaces]"),
     (b"[interfaces]\n[[eth0]]\nmanage = maybe\n", "[interfaces] [[eth0]] key 'manage'"),
+    (b"[interfaces]\n[[eth0]]\ntable = 2999\n", "[interfaces] [[eth0]] key 'table'"),
+]
+
+
+@pytest.mark.parametrize("text, where", INTERFACE_ERRORS)
+def test_a_bad_value_for_one_interface_costs_that_interface_only(text, where):
+    """Issue 21 (cause 2): the NIC is left as it is, named with file, section and key; the rest loads."""
+    parsed = config.parse(text + b"[[eth9]]\nmanage = no\n", "/etc/domunet.conf")
+    name = where.split("[[")[1].split("]]")[0]
+    message = parsed.broken[name]
+    assert message.startswith("/etc/domunet.conf: ") and where in message and "\n" not in message
+    assert name not in parsed.interfaces and parsed.interfaces["eth9"].manage == "no"
+
+
+@pytest.mark.parametrize("text, where", [
+    (b"[interfaces]\n[[eth0]]\ntable = 1500\n[[eth1]]\ntable = 1500\n", "[interfaces]"),
     (b"[interfaces]\n[[a/b]]\n", "[interfaces] [[a/b]]"),
     (b"priority_base = 40000\n", "key 'priority_base'"),
     (b"gateway_strategy = sometimes\n", "key 'gateway_strategy'"),

@@ -6,7 +6,6 @@ import pytest
 
 from domunet import config
 from domunet.diff import Change
-from domunet.errors import ConfigError
 from domunet.model import PROTO, Route
 from domunet.plan import allocate_tables, plan, preferred_slot
 from domunet.render import ip_command
@@ -122,10 +121,30 @@ def test_every_object_carries_the_owner_marker():
     assert {o.proto for o in state.routes | state.rules} == {PROTO}
 
 
-def test_gateway_equal_to_own_address_is_a_config_error():
+def test_a_gateway_equal_to_its_own_address_holds_that_nic_only():
     settings = config.parse(b"[interfaces]\n[[eth1]]\ngateway = 192.168.0.201\n")
-    with pytest.raises(ConfigError, match=r"\[\[eth1\]\] key 'gateway'"):
-        plan(settings, lab_guest())
+    state = plan(settings, lab_guest())
+    assert "[[eth1]] key 'gateway'" in state.held["eth1"] and "eth1 itself" in state.held["eth1"]
+    assert {m.name for m in state.managed} == {"eth0", "eth2"}
+
+
+@pytest.mark.parametrize("published, why", [("192.168.0.203", "eth4 itself"), ("192.168.0.255", "broadcast")])
+def test_a_bad_gateway_from_xenstore_names_its_xenstore_path(published, why):
+    """Issue 21 (N4): dom0 published a bad gateway for one vif; only that NIC is held."""
+    from dataclasses import replace
+
+    from domunet.model import Interface, VifFacts
+
+    facts = lab_guest()
+    extra = Interface("eth4", 9, "00:16:3e:00:00:09", True, (ipaddress.ip_interface("192.168.0.203/24"),))
+    facts = replace(facts, interfaces=(*facts.interfaces, extra), xen={"eth4": VifFacts(
+        backend="/local/domain/0/backend/vif/1/4", gateway=ip(published), routed=True)})
+    settings = config.parse(b"[interfaces]\n[[eth4]]\nmanage = yes\n")
+    facts = replace(facts, main_defaults=())
+    state = plan(settings, facts)
+    assert "xenstore /local/domain/0/backend/vif/1/4/domunet-gateway" in state.held["eth4"]
+    assert why in state.held["eth4"]
+    assert "eth4" not in {m.name for m in state.managed} and "eth1" in {m.name for m in state.managed}
 
 
 def test_only_objects_of_domunets_own_shapes_are_within_reach():
