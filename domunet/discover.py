@@ -31,6 +31,7 @@ from domunet.model import (
     State,
     VifFacts,
     main_route_of_ours,
+    valid_ifname,
 )
 from domunet.xen import Published
 from domunet.xen import discover as discover_xen
@@ -91,6 +92,12 @@ def discover(kernel: Kernel, xen: Mapping[str, VifFacts] | None = None) -> tuple
     links = kernel.links(refresh=True)
     labels = kernel.address_labels()
     for link in sorted(links.values(), key=lambda link: link.index):
+        if not valid_ifname(link.name) and not link.loopback:
+            # the same rule as for IFACE, vif and every name in the config: a name such as `a"b` or
+            # `x;id` is served by no verb (nftables and the shells it reaches cannot quote it)
+            log.warning("%s: not a name domunet serves (letters, digits and _.@+- only); left alone "
+                        "(rename it to have domunet serve it)", link.name)
+            continue
         try:
             entries = netifaces.ifaddresses(link.name)
             for label in labels.get(link.name, []):

@@ -114,11 +114,11 @@ def check_guest_networks(vif: str, guest: tuple[IPNetwork, ...], uplink_addresse
         def refuse(why: str, network: IPNetwork = network) -> None:
             raise UsageError(f"{vif}: guest address {network} {why}")
 
+        if network.version == 6 and network.overlaps(_MAPPED4):
+            refuse("is an IPv4-mapped IPv6 range (give the IPv4 address)")
         if network.is_reserved or (network.version == 4 and (network.overlaps(_LIMITED_BROADCAST)
                                                              or network.overlaps(_THIS_NETWORK))):
             refuse("is a broadcast or reserved range")
-        if network.version == 6 and network.overlaps(_MAPPED4):
-            refuse("is an IPv4-mapped IPv6 range (give the IPv4 address)")
         for own in (a for a in [*uplink_addresses, *dom0_addresses]
                     if a.version == network.version and not a.ip.is_link_local and not a.ip.is_loopback):
             if own.ip in network:

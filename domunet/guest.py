@@ -99,7 +99,7 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
         held = tuple(desired.held.items())
         return Outcome(desired, rows=report(facts, desired, owned, kernel.route_get, config.refused + held))
     desired = plan(config, facts) if verb != "teardown" else State()
-    if pending:
+    if pending and pending.iface not in desired.held:  # a stanza that cannot be used is not kept
         save_hints(state_dir, pending)
     scope: Scope | None = scope_for(names, desired, owned) if names else None
     changes = diff(desired, owned, scope)

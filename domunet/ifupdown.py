@@ -12,6 +12,8 @@ that every later run (boot unit, udev, the admin) plans with them too.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
@@ -94,8 +96,15 @@ def save_hints(state_dir: str, call: HookCall) -> None:
     write_json(directory / f"{call.iface}.{call.addrfam}.json", asdict(call))
 
 
+def _is_symlink(path: Path) -> bool:
+    try:
+        return stat.S_ISLNK(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def remove_hints(state_dir: str, iface: str) -> None:
-    if _directory(state_dir).is_symlink():
+    if _is_symlink(_directory(state_dir)):
         return  # never written through (load_hints says so)
     for path in _directory(state_dir).glob(f"{iface}.*.json"):
         path.unlink(missing_ok=True)
@@ -127,11 +136,11 @@ def load_hints(state_dir: str) -> list[HookCall]:
     """The stanza options of interfaces ifupdown has up; a corrupt file is set aside, loudly."""
     calls = []
     directory = _directory(state_dir)
-    if directory.is_symlink():
-        log.warning("%s: is a symlink; its hints are not read (domunet does not follow symlinks in its "
-                    "state: remove it)", directory)
-        return []
     try:
+        if _is_symlink(directory):
+            log.warning("%s: is a symlink; its hints are not read (domunet does not follow symlinks in its "
+                        "state: remove it)", directory)
+            return []
         paths = sorted(directory.glob("*.json"))
     except OSError as error:  # setup then names the state directory when it takes the lock
         log.debug("cannot read the ifupdown hints in %s: %s", directory, error.strerror)

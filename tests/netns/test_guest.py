@@ -144,13 +144,23 @@ def test_failure_part_way_rolls_back_to_the_state_before(routed_lab, domunet):
     assert lab.dump() == pristine
 
 
-def test_bad_config_exits_2_names_the_key_and_changes_nothing(routed_lab, domunet):
+def test_a_bad_value_for_one_nic_names_the_key_and_the_others_are_served(routed_lab, domunet):
+    """Issue 21: a bad [[NAME]] value costs that NIC only (it was exit 2 for every NIC)."""
     config = write_config(routed_lab, "[interfaces]\n[[eth3]]\ngateway6 = 2001:db8::zz\n")
+    result = domunet("setup", config=config)
+    assert result.returncode == 0
+    assert "key 'gateway6'" in result.stderr and config in result.stderr
+    assert "Traceback" not in result.stderr
+    rules = routed_lab.run("guest", "ip", "rule").stdout
+    assert "oif eth1" in rules and "oif eth3" not in routed_lab.run("guest", "ip", "-6", "rule").stdout
+
+
+def test_a_bad_top_level_value_exits_2_and_changes_nothing(routed_lab, domunet):
+    config = write_config(routed_lab, "priority_base = 40000\n")
     pristine = routed_lab.dump()
     result = domunet("setup", config=config)
     assert result.returncode == 2
-    assert "key 'gateway6'" in result.stderr and config in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "key 'priority_base'" in result.stderr and config in result.stderr
     assert routed_lab.dump() == pristine
 
 
