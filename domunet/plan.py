@@ -347,20 +347,47 @@ def _coexistence(config: Config, facts: Facts, candidates: list[_Candidate], tab
                     mirrored.append(copy)
                     stands_for[copy] = route
             continue
-        overlap = next((n for n in covered if n.version == dst.version and n.subnet_of(dst)), None)  # type: ignore[arg-type]
+        inside = [n for n in covered if n.version == dst.version and n.subnet_of(dst)]  # type: ignore[arg-type]
         if dst.prefixlen <= 1:
             passed_over.append((route, "half of a default (a VPN's redirect-gateway): the NICs' tables keep "
                                        "their defaults for their own addresses"))
-        elif overlap is not None:
-            passed_over.append((route, f"covers {overlap}, which domunet manages"))
-        elif not any(dst.subnet_of(other) for other in exempt if other.version == dst.version):  # type: ignore[arg-type]
-            exempt[dst] = route
+            continue
+        pieces = _around(dst, inside)
+        if pieces is None:
+            passed_over.append((route, f"covers {inside[0]}, which domunet manages, and would take "
+                                       f"more than {MAX_PIECES} rules to go around it"))
+        for piece in pieces or ():
+            if not any(piece.subnet_of(other) for other in exempt if other.version == piece.version):  # type: ignore[arg-type]
+                exempt[piece] = route
     rules = []
     for dst, route in exempt.items():
         rule = Rule(dst.version, config.priority_base, TABLE_MAIN, dst=dst)
         rules.append(rule)
         stands_for[rule] = route
     return rules, mirrored, stands_for, passed_over
+
+
+#: A covering prefix is split around the managed subnets into at most this many `lookup main` rules.
+MAX_PIECES = 64
+
+
+def _around(prefix: IPNetwork, managed: list[IPNetwork]) -> list[IPNetwork] | None:
+    """Pure: `prefix` less the managed subnets and gateways inside it, as the fewest prefixes (a
+    bridge's 192.168.0.0/16 around a NIC's 192.168.200.0/24: 8 of them), so that the rest of the
+    bridge's traffic still looks up main while the managed subnet stays with its NICs; None when
+    that takes more than MAX_PIECES rules."""
+    pieces = [prefix]
+    for hole in sorted(set(managed), key=lambda n: n.prefixlen):
+        next_pieces: list[IPNetwork] = []
+        for piece in pieces:
+            if hole.subnet_of(piece):  # type: ignore[arg-type]
+                next_pieces += piece.address_exclude(hole)  # type: ignore[arg-type]
+            elif not piece.subnet_of(hole):  # type: ignore[arg-type]
+                next_pieces.append(piece)
+        pieces = next_pieces
+        if len(pieces) > MAX_PIECES:
+            return None
+    return sorted(pieces)
 
 
 def _marks(config: Config, facts: Facts, candidates: list[_Candidate], tables: dict[str, int]) -> dict[str, int]:

@@ -402,3 +402,18 @@ def test_dom0_refuses_its_own_addresses_mapped_ranges_and_uplink_slices(lab, ip,
     lab.batch("dom0", ["link add mgmt0 type veth peer name mgmt0p", "addr add 10.250.0.1/24 dev mgmt0",
                        "link set mgmt0 up"])
     refused_online(lab, 0, ip, fragment)
+
+
+# --- N6: a prefix that covers a managed subnet ----------------------------------------------------
+
+def test_a_bridge_covering_the_managed_subnet_keeps_the_rest_of_its_prefix(routed_lab, domunet):
+    lab = routed_lab
+    lab.batch("guest", ["link add br1 type veth peer name br1p", "addr add 192.168.200.1/16 dev br1",
+                        "link set br1 up", "link set br1p up"])
+    assert_ok(domunet("setup"))
+    for source in ("192.168.0.200", "192.168.0.201", "192.168.0.202"):
+        answer = lab.run("guest", "ip", "route", "get", "192.168.200.2", "from", source).stdout
+        assert "dev br1" in answer, (source, answer)
+        back = lab.run("guest", "ip", "route", "get", "192.168.0.1", "from", source).stdout
+        assert "dev br1" not in back, (source, back)
+    assert lab.answers() == dict.fromkeys(ALL, True)

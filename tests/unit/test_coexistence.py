@@ -66,11 +66,18 @@ def test_the_managed_nics_own_subnets_are_not_copied():
     assert not state.stands_for and not main_rules(state)
 
 
-def test_a_route_that_covers_a_managed_subnet_is_passed_over_with_the_reason():
-    wide = route("192.0.0.0/8", "tun0", proto=4)
+def test_a_route_that_covers_a_managed_subnet_keeps_main_for_the_rest_of_it():
+    """Issue 21 (N6): the covering prefix is split around the managed subnet, not passed over."""
+    wide = route("192.168.0.0/16", "br1", proto=4)
     state = planned(wide, route("10.0.0.0/8", "tun0", proto=4))
-    assert sorted(main_rules(state)) == ["10.0.0.0/8"]
-    assert "covers 192.168.0.0/24" in dict(state.passed_over)[wide]
+    rules = main_rules(state)
+    pieces = [ipaddress.ip_network(r) for r in rules if r != "10.0.0.0/8"]
+    assert len(pieces) == 8 and "10.0.0.0/8" in rules
+    managed = ipaddress.ip_network("192.168.0.0/24")
+    assert not any(p.overlaps(managed) for p in pieces)
+    assert sum(p.num_addresses for p in pieces) == 65536 - 256
+    assert all(state.stands_for[r] == wide for r in state.rules if str(r.dst) in map(str, pieces))
+    assert wide not in dict(state.passed_over)
 
 
 def test_a_vpn_default_in_two_halves_leaves_the_nics_their_defaults():
