@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from domunet import config as configuration
@@ -17,9 +18,10 @@ from domunet.errors import ApplyError, DomunetError, UsageError
 from domunet.ifupdown import HookCall, load_hints, save_hints
 from domunet.kernel import Kernel
 from domunet.lock import locked, watch_running
-from domunet.model import REMOVE, State, VifFacts
+from domunet.model import ADD, REMOVE, Route, Rule, State, VifFacts
 from domunet.names import table_names_after, write_table_names
-from domunet.plan import plan, within_reach
+from domunet.plan import Block, blocks_in_use, plan, within_reach
+from domunet.state import CorruptState, read_json, set_aside, write_json
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +58,48 @@ def with_current_hints(config: configuration.Config, state_dir: str) -> configur
     return configuration.with_hints(config, load_hints(state_dir))
 
 
-def _forget_vanished(kernel: Kernel, config: configuration.Config, names: list[str]) -> list[Change]:
+#: Under the state dir: the blocks of tables and priorities domunet has made objects in, so that a
+#: changed priority_base or table_base still finds (and removes) what the earlier one made.
+BLOCKS = "blocks.json"
+
+
+def remembered_blocks(state_dir: str) -> list[Block]:
+    path = Path(state_dir) / BLOCKS
+    try:
+        data = read_json(path)
+        blocks = [(int(t), int(p)) for t, p in data or [] if not isinstance(t, bool) and not isinstance(p, bool)]
+        if any(not (256 <= t <= 4294960000 and 1 <= p <= 30000) for t, p in blocks):
+            raise ValueError("a base out of range")
+        return blocks
+    except CorruptState as error:
+        set_aside(path, str(error))
+    except (TypeError, ValueError) as error:
+        set_aside(path, f"not a list of [table_base, priority_base] ({error})")
+    return []
+
+
+def _remember_blocks(state_dir: str, config: configuration.Config, owned: State, done: list[Change],
+                     before: list[Block]) -> None:
+    """The blocks that hold domunet's objects after this run (none: no file); written only when
+    that changes, so a run that changes nothing writes nothing."""
+    objects: set[Route | Rule] = set(owned.routes) | set(owned.rules)
+    for change in done:
+        (objects.add if change.action == ADD else objects.discard)(change.obj)
+    blocks = blocks_in_use(objects, config, before) if objects else []
+    if blocks == before:
+        return
+    path = Path(state_dir) / BLOCKS
+    if blocks:
+        write_json(path, [list(block) for block in blocks])
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _forget_vanished(kernel: Kernel, config: configuration.Config, names: list[str],
+                     blocks: list[Block]) -> list[Change]:
     """Interfaces that went away during this run (after their routes were in): drop the rules
     and routes made for them, so that nothing half-made stays."""
-    owned = within_reach(discover(kernel, {})[1], config)
+    owned = within_reach(discover(kernel, {})[1], config, blocks)
     log.warning("%s: vanished during this run; removing what was made for it", ", ".join(names))
     return apply(diff(State(), owned, scope_for(names, State(), owned)), kernel)
 
@@ -87,7 +127,8 @@ def _locked(verb: str, config: configuration.Config, state_dir: str, names: list
 def _run(verb: str, config: configuration.Config, state_dir: str, names: list[str],
          pending: HookCall | None, kernel: Kernel, xen: Mapping[str, VifFacts], again: bool = True) -> Outcome:
     facts, owned = discover(kernel, xen)
-    owned = within_reach(owned, config)
+    blocks = remembered_blocks(state_dir)
+    owned = within_reach(owned, config, blocks)
     if verb in ("setup", "plan"):
         missing = [n for n in names if facts.interface(n) is None]
         if missing:
@@ -138,7 +179,8 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
         # made nothing leaves that to the next one, and to ifdown: it costs a link dump)
         gone = sorted({m.name for m in desired.managed} - set(kernel.links(refresh=True))) if done or marked else []
         if gone:
-            done += _forget_vanished(kernel, config, gone)
+            done += _forget_vanished(kernel, config, gone, blocks)
+        _remember_blocks(state_dir, config, owned, done, blocks)
     except BaseException as error:  # whatever failed after the routes and rules: they go back too
         rolled = f"rolled back {rollback(done, kernel, config.gateway_strategy)} of {len(done)} change(s) " \
                  "made by this run"

@@ -13,7 +13,8 @@ import ipaddress
 import logging
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Iterable
 
 from domunet.config import TABLE_SLOTS, Config, InterfaceConfig
 from domunet.model import (
@@ -450,15 +451,47 @@ def plan(config: Config, facts: Facts) -> State:
                  held=held)
 
 
-def within_reach(owned: State, config: Config) -> State:
+#: A block of tables and rule priorities: (table_base, priority_base).
+Block = tuple[int, int]
+
+
+def block_of(config: Config) -> Block:
+    return (config.table_base, config.priority_base)
+
+
+def _as_block(config: Config, block: Block) -> Config:
+    return config if block == block_of(config) else replace(config, table_base=block[0], priority_base=block[1])
+
+
+def blocks_in_use(objects: Iterable[Route | Rule], config: Config, earlier: Iterable[Block]) -> list[Block]:
+    """Pure: the blocks to remember after a run: this config's, and every earlier one that still
+    holds objects of domunet's shapes (a NIC left as it is, a teardown of some NICs only)."""
+    objects = list(objects)
+    kept = [block_of(config)]
+    for block in earlier:
+        if block in kept:
+            continue
+        shaped = _as_block(config, block)
+        if any(_in_reach(obj, shaped) and not _in_reach(obj, config) for obj in objects):
+            kept.append(block)
+    return kept
+
+
+def _in_reach(obj: Route | Rule, config: Config) -> bool:
+    return _route_in_reach(obj, config) if isinstance(obj, Route) else _rule_in_reach(obj, config)
+
+
+def within_reach(owned: State, config: Config, earlier: Iterable[Block] = ()) -> State:
     """Of the objects that carry domunet's protocols, those its plan could have made, by shape:
     routes in its tables; in main only the temporary host routes and the IPv6 default and /128
     via dom0 (never an IPv4 default: main's default route is never removed); rules in its priority
     block that look like its own (`to PREFIX lookup main` at priority_base, `fwmark` at +1, `from`
     or `oif` rules into its tables). Anything else with these numbers (made by hand, by another
-    tool) is left alone."""
-    routes = frozenset(r for r in owned.routes if _route_in_reach(r, config))
-    rules = frozenset(r for r in owned.rules if _rule_in_reach(r, config))
+    tool) is left alone. `earlier`: blocks an earlier config used (priority_base or table_base
+    changed since): what is left there is domunet's too, and goes."""
+    configs = [config, *(_as_block(config, block) for block in earlier if block != block_of(config))]
+    routes = frozenset(r for r in owned.routes if any(_route_in_reach(r, c) for c in configs))
+    rules = frozenset(r for r in owned.rules if any(_rule_in_reach(r, c) for c in configs))
     left = len(owned.routes) - len(routes) + len(owned.rules) - len(rules)
     if left:
         log.info("leaving alone %d route(s) or rule(s) with domunet's protocol that it would not make", left)

@@ -417,3 +417,22 @@ def test_a_bridge_covering_the_managed_subnet_keeps_the_rest_of_its_prefix(route
         back = lab.run("guest", "ip", "route", "get", "192.168.0.1", "from", source).stdout
         assert "dev br1" not in back, (source, back)
     assert lab.answers() == dict.fromkeys(ALL, True)
+
+
+# --- N11: priority_base and table_base changed ----------------------------------------------------
+
+def test_changing_the_bases_moves_everything_and_teardown_leaves_nothing(routed_lab, domunet):
+    lab = routed_lab
+    before = lab.dump()
+    assert_ok(domunet("setup"))
+    moved = write_config(lab, "table_base = 5000\npriority_base = 20000\n"
+                         + (lab.workdir / "domunet.conf").read_text())
+    assert_ok(domunet("setup", config=moved))
+    rules = lab.run("guest", "ip", "-N", "rule").stdout + lab.run("guest", "ip", "-N", "-6", "rule").stdout
+    old = [line for line in rules.splitlines() if "proto 213" in line and int(line.split(":")[0]) < 20000]
+    assert not old, old
+    assert lab.answers() == dict.fromkeys(ALL, True)
+    assert domunet("plan", config=moved).stdout == ""
+    assert_ok(domunet("teardown", config=moved))
+    assert lab.dump() == before
+    assert not (lab.state_dir / "blocks.json").exists()

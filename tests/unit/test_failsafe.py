@@ -85,3 +85,22 @@ def test_an_os_error_rolls_back_and_says_what_failed():
     with pytest.raises(ApplyError, match=r"cannot add route 10\.0\.1\.0/24.*No space left.*rolled back 1 of 1"):
         apply(_changes(), kernel)
     assert [c[0] for c in kernel.calls] == ["add", "remove"]
+
+
+def test_an_earlier_block_is_within_reach_and_remembered_while_it_holds_something():
+    """Issue 21 (N11): priority_base and table_base changed; the old block's objects are still domunet's."""
+    from dataclasses import replace
+
+    from domunet.config import Config
+    from domunet.model import Rule, State
+    from domunet.plan import blocks_in_use, within_reach
+
+    old, new = Config(), replace(Config(), table_base=5000, priority_base=20000)
+    rule = Rule(4, 10000 + 10, 1000, src=ipaddress.ip_network("192.168.0.201/32"))
+    route = Route(1000, ipaddress.ip_network("192.168.0.0/24"), "eth1")
+    owned = State(routes=frozenset({route}), rules=frozenset({rule}))
+    assert within_reach(owned, new) == State()
+    assert within_reach(owned, new, [(1000, 10000)]) == owned
+    assert blocks_in_use({rule}, new, [(1000, 10000)]) == [(5000, 20000), (1000, 10000)]
+    assert blocks_in_use(set(), new, [(1000, 10000)]) == [(5000, 20000)]
+    assert blocks_in_use({rule}, old, [(1000, 10000)]) == [(1000, 10000)]
