@@ -72,6 +72,7 @@ class Marks:
 
     def __init__(self, state_dir: str) -> None:
         self.origin = Path(state_dir) / ORIGIN
+        self._undo: list[Callable[[], None]] = []  # how to take back the last converge
 
     def _saved(self) -> dict[str, str]:
         """The sysctl values before domunet set them; a corrupt file is set aside (nothing to put back)."""
@@ -124,19 +125,25 @@ class Marks:
         if not marks and not self.origin.exists():
             return []
         pending = self._pending(marks, mask)
-        undo: list[Callable[[], None]] = []
+        self._undo = []
         try:
-            done = self._converge(marks, pending, undo)
+            done = self._converge(marks, pending, self._undo)
         except BaseException:
-            for step in reversed(undo):  # the table, the sysctls and the state file as they were
-                try:
-                    step()
-                except Exception as error:  # noqa: BLE001 (undo the rest, say what stayed)
-                    log.error("connection marks: could not undo a step: %s", error)
+            self.rollback()
             raise
         for line in done:
             log.info("%s", line)
         return done
+
+    def rollback(self) -> None:
+        """Undo the last converge (the run failed after it): the table, the sysctls and the state
+        file as they were."""
+        for step in reversed(self._undo):
+            try:
+                step()
+            except Exception as error:  # noqa: BLE001 (undo the rest, say what stayed)
+                log.error("connection marks: could not undo a step: %s", error)
+        self._undo = []
 
     def _converge(self, marks: Mapping[str, int], pending: _Pending, undo: list[Callable[[], None]]) -> list[str]:
         done = []

@@ -75,6 +75,8 @@ def remembered_blocks(state_dir: str) -> list[Block]:
         set_aside(path, str(error))
     except (TypeError, ValueError) as error:
         set_aside(path, f"not a list of [table_base, priority_base] ({error})")
+    except OSError as error:  # an unusable state directory: plan and status go on without it
+        log.debug("cannot read %s: %s", path, error.strerror)
     return []
 
 
@@ -182,6 +184,7 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
             done += _forget_vanished(kernel, config, gone, blocks)
         _remember_blocks(state_dir, config, owned, done, blocks)
     except BaseException as error:  # whatever failed after the routes and rules: they go back too
+        marks.rollback()
         rolled = f"rolled back {rollback(done, kernel, config.gateway_strategy)} of {len(done)} change(s) " \
                  "made by this run"
         if isinstance(error, (DomunetError, OSError)):
