@@ -450,8 +450,13 @@ class Dom0:
 
     def _offline(self, key: str, vif_name: str | None = None) -> bool:
         records, unusable = self._read()
-        record = next((r for r in records if r.key == key), None)
-        held = next((u for u in unusable if u.key == key), None)
+        keys = _keys_for(key)
+        record = next((r for r in records if r.key in keys), None)
+        held = next((u for u in unusable if u.key in keys or (u.salvaged and u.salvaged.vif == key)), None)
+        if record is None and held is not None:
+            key = held.key
+        elif record is not None:
+            key = record.key
         if held is not None:
             # the vif itself goes offline: undo what could be read of its record, release its guard
             log.warning("%s: offline of a vif whose record is unusable: undoing what could be read of it",
@@ -531,9 +536,19 @@ class Unusable:
     salvaged: VifRecord | None  # what could be read of it, field by field and item by item
 
     def consequence(self) -> str:
-        vif = self.salvaged.vif if self.salvaged else "its vif"
+        if self.salvaged is None:
+            return ("its vif is unknown, so every guarded vif without a usable record stays guarded as it is now, "
+                    "and their addresses stay claimed: remove the file once you know which vif it was")
+        vif = self.salvaged.vif
         return (f"{vif} stays guarded with the sources it is allowed now, and its addresses stay claimed: "
                 f"fix or remove the file, or take the vif offline (domunet dom0 offline --vif {vif})")
+
+
+def _keys_for(name: str) -> set[str]:
+    """Record keys an offline by this name means: the key itself, and for a vif named as Xen names
+    them (vifD.N) its hotplug key xen-D-N (so `domunet dom0 offline --vif vif1.1` finds it)."""
+    match = re.match(r"^vif(\d{1,5})\.(\d{1,5})$", name)
+    return {name, f"xen-{match.group(1)}-{match.group(2)}"} if match else {name}
 
 
 def salvage(data: object) -> VifRecord | None:
