@@ -40,3 +40,41 @@ def test_foreign_rules_do_not_matter():
     wg_quick = Rule(4, 32764, TABLE_MAIN, proto=0)
     assert not matters(Event("rule", "add", wg_quick), echoes_of([]))
     assert OURS.proto == PROTO
+
+
+class _Quiet:
+    """An event source that never has anything to say."""
+
+    def __init__(self):
+        import os
+
+        self._r, self._w = os.pipe()
+
+    def fileno(self):
+        return self._r
+
+    def read(self):
+        return []
+
+
+def test_a_run_that_fails_in_any_way_backs_off_and_the_watch_goes_on():
+    """Issue 21 (N3, N5): an OSError (a full /run) or a bug in a run does not end watch; each
+    failure doubles the wait, which only a success resets."""
+    import errno
+
+    from domunet.watch import RETRY_FIRST, Watch
+
+    failures = [OSError(errno.ENOSPC, "No space left on device"), RuntimeError("a bug")]
+
+    def converge():
+        if failures:
+            raise failures.pop(0)
+        return []
+
+    watch = Watch(_Quiet(), None, converge, lambda: None)
+    watch._run_once()
+    assert watch.retry_in == RETRY_FIRST and watch._backing_off()
+    watch._run_once()
+    assert watch.retry_in == 2 * RETRY_FIRST
+    watch._run_once()
+    assert watch.retry_in is None and watch.not_before is None and watch.runs == 1
