@@ -298,6 +298,7 @@ class Dom0:
             if any(r.key == request.key for r in records) or any(u.key == request.key for u in unusable):
                 log.info("%s: online again: undoing the earlier online first", request.vif)
                 self._offline(request.key, request.vif)
+                records = self.records()  # read again only when the offline changed them
             links = self.kernel.links(refresh=True)
             if request.vif not in links:
                 raise UsageError(f"vif {request.vif} does not exist")
@@ -311,7 +312,7 @@ class Dom0:
                 raise UsageError(f"uplink {uplink} does not exist")
             ipv6 = sysctl.ipv6_enabled()
             uplink_addresses = self.kernel.addresses(uplink)
-            others = [r for r in self.records() if r.key != request.key]
+            others = [r for r in records if r.key != request.key]
             gateways = [route.gateway for route in defaults if route.gateway is not None]
             domain = domain_of(request.key, request.vif)
             other_domains = {r.vif: r.networks() for r in others
