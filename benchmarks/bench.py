@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from domunet.lab import run_batch  # noqa: E402
+from domunet.demo import run_batch  # noqa: E402
 from domunet.version import versions  # noqa: E402
 from tests.labs import ScaleLab  # noqa: E402
 
@@ -93,7 +93,7 @@ def teardown(lab: ScaleLab) -> None:
 
 #: (h): what a guest run imports before it does anything (pyroute2, netifaces, configobj and
 #: domunet's modules), so that (d) - (h) is the run's own work.
-IMPORTS = "import domunet.cli, domunet.guest"
+IMPORTS = "import domunet.cli, domunet.guest.pipeline"
 
 
 def bench_guest(nics: int, addresses6: int, repeats: int) -> dict[str, object]:
@@ -188,11 +188,11 @@ import subprocess, tempfile, errno, socket, stat
 part("standard library (argparse, logging, typing, dataclasses, ipaddress, ...)")
 import configobj, validate, netifaces
 part("configobj, validate, netifaces")
-import domunet.model
-part("domunet.model (its dataclasses)")
-import domunet.kernel
-part("pyroute2 (as domunet.kernel imports it)")
-import domunet.cli, domunet.guest
+import domunet.core.model
+part("domunet.core.model (its dataclasses)")
+import domunet.core.kernel
+part("pyroute2 (as domunet.core.kernel imports it)")
+import domunet.cli, domunet.guest.pipeline
 part("the rest of domunet's modules")
 print(json.dumps(parts))
 """
@@ -239,7 +239,7 @@ def bench_watch(changes: int, idle: float) -> dict[str, object]:
     import re
     import threading
 
-    from domunet.lab import Lab
+    from domunet.demo import Lab
 
     converged = re.compile(r"converged: .* \(run (\d+)\)")
     with Lab() as lab:

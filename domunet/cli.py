@@ -14,8 +14,8 @@ import re
 import sys
 from typing import Any, NoReturn, Sequence
 
-from domunet.errors import ConfigError, DomunetError, MissingTool, UsageError
-from domunet.model import DEFAULT_STATE_DIR
+from domunet.core.errors import ConfigError, DomunetError, MissingTool, UsageError
+from domunet.core.model import DEFAULT_STATE_DIR
 
 log = logging.getLogger("domunet")
 
@@ -168,11 +168,11 @@ def _setup_logging(verbose: int, prefix: str = "domunet", syslog: bool = False) 
 
 
 def _hotplug(args: argparse.Namespace) -> int:
-    """libxl's contract (domunet.hotplug): exit 1 when online failed, after hotplug-status error."""
+    """libxl's contract (domunet.dom0.hotplug): exit 1 when online failed, after hotplug-status error."""
     from contextlib import contextmanager
 
-    from domunet import hotplug
-    from domunet.kernel import Kernel
+    from domunet.core.kernel import Kernel
+    from domunet.dom0 import hotplug
 
     @contextmanager
     def engine() -> Any:
@@ -186,8 +186,8 @@ def _hotplug(args: argparse.Namespace) -> int:
 def _dom0_engine(kernel: Any, args: argparse.Namespace) -> Any:
     """dom0's engine with the [dom0] settings of the config file. offline must work whatever the
     file says: a bad file there means the defaults (and an error line)."""
-    from domunet import config as configuration
-    from domunet.dom0 import Dom0
+    from domunet.core import config as configuration
+    from domunet.dom0.executor import Dom0
 
     try:
         settings = configuration.load(args.config)
@@ -201,8 +201,8 @@ def _dom0_engine(kernel: Any, args: argparse.Namespace) -> Any:
 
 
 def _dom0(args: argparse.Namespace) -> int:
-    from domunet.dom0 import VifRequest, check_ifname, parse_addresses
-    from domunet.kernel import Kernel
+    from domunet.core.kernel import Kernel
+    from domunet.dom0.executor import VifRequest, check_ifname, parse_addresses
 
     if args.action == "hotplug":
         return _hotplug(args)
@@ -227,13 +227,13 @@ def _run(args: argparse.Namespace) -> int:
     if args.verb == "dom0":
         return _dom0(args)
     if args.verb == "lab":
-        from domunet.lab import demo
+        from domunet.demo import demo
 
         return EXIT_OK if demo() else EXIT_FAILED
     if args.verb == "ifupdown":
         return _ifupdown(args)
     if args.verb == "watch":
-        from domunet import watch
+        from domunet.guest import watch
 
         watch.run(args.config, args.state_dir)
         return EXIT_OK
@@ -244,7 +244,7 @@ def _interface_names(names: Sequence[str]) -> list[str]:
     """IFACE arguments are checked before anything is read or changed."""
     import validate
 
-    from domunet.config import check_value
+    from domunet.core.config import check_value
 
     for name in names:
         try:
@@ -257,7 +257,7 @@ def _interface_names(names: Sequence[str]) -> list[str]:
 def _ifupdown(args: argparse.Namespace) -> int:
     """setup after an interface came up (all interfaces: its arrival may make others share a
     subnet), teardown of that interface after it went down."""
-    from domunet import ifupdown
+    from domunet.guest import ifupdown
 
     call = ifupdown.parse_env(os.environ)
     if call is None:
@@ -271,17 +271,17 @@ def _ifupdown(args: argparse.Namespace) -> int:
 
 
 def _guest(args: argparse.Namespace, verb: str, names: list[str], pending: Any = None) -> int:
-    """setup, teardown, plan, status: the pipeline is domunet.guest; here only the printing."""
-    from domunet import guest
+    """setup, teardown, plan, status: the pipeline is domunet.guest.pipeline; here only the printing."""
+    from domunet.guest import pipeline
 
-    outcome = guest.run(verb, guest.load_config(args.config, args.state_dir, pending), args.state_dir, names,
+    outcome = pipeline.run(verb, pipeline.load_config(args.config, args.state_dir, pending), args.state_dir, names,
                         pending)
     if verb == "status":
-        from domunet.status import render
+        from domunet.guest.status import render
 
         print(json.dumps(outcome.rows, indent=2) if args.json else render(outcome.rows or []))
     elif verb == "plan":
-        from domunet.render import ip_command
+        from domunet.guest.render import ip_command
 
         for change in outcome.changes:
             source = outcome.desired.stands_for.get(change.obj)

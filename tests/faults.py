@@ -16,8 +16,15 @@ import os
 import sys
 from typing import Any, Callable
 
-from domunet import cli, connmark, dom0, guest, hotplug, ifupdown, nft, state, sysctl  # noqa: F401 (patched)
-from domunet.kernel import Kernel
+from domunet import cli  # noqa: F401 (patched)
+from domunet.core import (  # noqa: F401 (patched)
+    nftables,  # noqa: F401 (patched)
+    state,
+    sysctl,
+)
+from domunet.core.kernel import Kernel
+from domunet.dom0 import executor, guard, hotplug  # noqa: F401 (patched)
+from domunet.guest import connmark, ifupdown, pipeline  # noqa: F401 (patched)
 
 KERNEL_STEPS = ("add_route", "remove_route", "add_rule", "remove_rule", "add_address", "remove_address",
                 "add_proxy", "remove_proxy", "set_link")
@@ -48,7 +55,7 @@ def install() -> None:
     """Wrap every step, wherever domunet's modules hold a reference to it."""
     for name in KERNEL_STEPS:
         setattr(Kernel, name, _counted(f"Kernel.{name}", getattr(Kernel, name)))
-    for module, name in ((nft, "run"), (sysctl, "write"), (state, "write_json")):
+    for module, name in ((nftables, "run"), (sysctl, "write"), (state, "write_json")):
         original = getattr(module, name)
         wrapped = _counted(f"{module.__name__}.{name}", original)
         for loaded in [m for key, m in sys.modules.items() if key.startswith("domunet")]:

@@ -1,5 +1,5 @@
 """Lab scaffolding the tests and the benchmarks share, kept out of the shipped package (the
-demo's Lab stays in domunet.lab): a guest with many NICs and addresses, and dom0's state dump."""
+demo's Lab stays in domunet.demo): a guest with many NICs and addresses, and dom0's state dump."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from domunet.lab import SYSCTL_DEFAULTS, Lab, package_root, run_batch, write_sysctls
+from domunet.demo import SYSCTL_DEFAULTS, Lab, package_root, run_batch, write_sysctls
 
 DOM0_SYSCTLS = (
     "net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv4/conf/eth0/proxy_arp",

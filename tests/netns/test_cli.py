@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from domunet.lab import NICS, Lab, package_root
+from domunet.demo import NICS, Lab, package_root
 from tests.labs import dom0_dump
 from tests.shipped import shipped
 

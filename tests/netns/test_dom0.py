@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from domunet.lab import NICS
+from domunet.demo import NICS
 from tests.labs import dom0_dump
 
 ALL = [nic.address for nic in NICS]

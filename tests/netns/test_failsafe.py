@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import tests
-from domunet.lab import NICS, package_root
+from domunet.demo import NICS, package_root
 from tests.labs import dom0_dump
 from tests.netns.conftest import write_config
 from tests.netns.test_dom0 import status

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from domunet.lab import GUEST_CONFIG, NICS, package_root
+from domunet.demo import GUEST_CONFIG, NICS, package_root
 from tests.netns.conftest import write_config
 
 ALL = [nic.address for nic in NICS]
@@ -209,7 +209,7 @@ def test_ipv6_address_still_in_dad_does_not_break_setup(lab, domunet):
 
 
 def test_the_plain_pyroute2_import_gives_the_same_state(routed_lab, domunet):
-    """domunet.kernel skips pyroute2's package __init__ for speed; the documented import is the
+    """domunet.core.kernel skips pyroute2's package __init__ for speed; the documented import is the
     fallback, and both must lead to the same kernel state."""
     lab = routed_lab
     assert_ok(domunet("setup"))
@@ -220,7 +220,7 @@ def test_the_plain_pyroute2_import_gives_the_same_state(routed_lab, domunet):
     assert_ok(result)
     assert lab.dump() == fast
     # which way pyroute2 came in: its package __init__ (which defines IPRoute) runs only on the plain way
-    code = "import sys, domunet.kernel; print(hasattr(sys.modules['pyroute2'], 'IPRoute'))"
+    code = "import sys, domunet.core.kernel; print(hasattr(sys.modules['pyroute2'], 'IPRoute'))"
     probes = {plain: lab.run("guest", sys.executable, "-c", code, env={
         "PYTHONPATH": package_root(), **({"DOMUNET_PLAIN_IMPORT": "1"} if plain else {})}).stdout.strip()
         for plain in (True, False)}
@@ -230,7 +230,7 @@ def test_the_plain_pyroute2_import_gives_the_same_state(routed_lab, domunet):
 def test_the_readme_demo_shows_every_address_answering():
     import io
 
-    from domunet.lab import demo
+    from domunet.demo import demo
 
     out = io.StringIO()
     assert demo(out) is True

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from domunet.lab import NICS, package_root
+from domunet.demo import NICS, package_root
 from tests.labs import dom0_dump
 from tests.netns.conftest import write_config
 from tests.netns.test_dom0 import status

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from domunet.lab import NICS, Lab
+from domunet.demo import NICS, Lab
 from tests.shipped import shipped
 
 HOOK = shipped("hooks/ifupdown/domunet")

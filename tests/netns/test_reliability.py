@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from domunet import config as configuration
-from domunet.errors import ConfigError
-from domunet.lab import GUEST_CONFIG, NICS
+from domunet.core import config as configuration
+from domunet.core.errors import ConfigError
+from domunet.demo import GUEST_CONFIG, NICS
 from tests.labs import ScaleLab, dom0_dump
 from tests.netns.conftest import write_config
 

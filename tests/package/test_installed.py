@@ -73,7 +73,7 @@ def test_removal_leaves_the_network_alone_and_purge_removes_what_domunet_wrote(t
 
 
 def test_installed_domunet_on_debians_python_passes_the_lab_scenario():
-    from domunet.lab import NICS, Lab
+    from domunet.demo import NICS, Lab
 
     site = ROOT / "usr/lib/python3/dist-packages"
     command = f'PYTHONPATH="{site}" exec /usr/bin/python3 "{ROOT}/usr/bin/domunet"'
@@ -86,7 +86,7 @@ def test_installed_domunet_on_debians_python_passes_the_lab_scenario():
         assert result.returncode == 0, result.stderr
         assert lab.answers() == {nic.address: True for nic in NICS}
         pyroute2 = lab.run("guest", "/usr/bin/python3", "-c",
-                           f"import sys; sys.path.insert(0, '{site}'); import domunet.kernel, pyroute2; "
+                           f"import sys; sys.path.insert(0, '{site}'); import domunet.core.kernel, pyroute2; "
                            "print(pyroute2.__file__)").stdout
         assert pyroute2.startswith("/usr/lib/python3/dist-packages/pyroute2")
 

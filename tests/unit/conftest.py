@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-import domunet.kernel
+import domunet.core.kernel
 
 
 class _NoNetlink:
@@ -14,7 +14,7 @@ class _NoNetlink:
 
 @pytest.fixture(autouse=True)
 def no_netlink(monkeypatch):
-    monkeypatch.setattr(domunet.kernel, "IPRoute", _NoNetlink)
+    monkeypatch.setattr(domunet.core.kernel, "IPRoute", _NoNetlink)
 
 
 # CI runs the same generated examples every time (no flaky red from a new random draw);

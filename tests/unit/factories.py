@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from domunet.model import Facts, Interface, Route
+from domunet.core.model import Facts, Interface, Route
 
 LAB_MACS = ("02:00:00:00:00:10", "02:00:00:00:00:11", "02:00:00:00:00:12", "02:00:00:00:00:13")
 

@@ -8,10 +8,10 @@ import ipaddress
 
 import pytest
 
-from domunet.apply import add_gateway_route, apply, temporary_route
-from domunet.diff import Change
-from domunet.errors import ApplyError, GatewayRefused, KernelError, ObjectExists, ObjectMissing
-from domunet.model import PROTO_TEMP, Route, Rule
+from domunet.core.errors import ApplyError, GatewayRefused, KernelError, ObjectExists, ObjectMissing
+from domunet.core.model import PROTO_TEMP, Route, Rule
+from domunet.guest.apply import add_gateway_route, apply, temporary_route
+from domunet.guest.diff import Change
 
 GATEWAY_ROUTE = Route(1001, ipaddress.ip_network("0.0.0.0/0"), "eth4",
                       gateway=ipaddress.ip_address("10.9.9.1"), src=ipaddress.ip_address("10.9.9.9"))

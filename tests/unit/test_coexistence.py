@@ -2,9 +2,9 @@
 
 import ipaddress
 
-from domunet import config
-from domunet.model import PROTO_KERNEL, TABLE_MAIN, Route, Rule
-from domunet.plan import plan
+from domunet.core import config
+from domunet.core.model import PROTO_KERNEL, TABLE_MAIN, Route, Rule
+from domunet.guest.plan import plan
 from tests.unit.factories import lab_guest
 
 LAB_CONFIG = b"[interfaces]\n[[eth3]]\ngateway6 = 2001:db8:4309:2388::2\n"
@@ -131,7 +131,7 @@ def test_no_marks_without_forwarding_without_nft_or_when_switched_off():
 
 
 def test_the_mark_table_text_is_stable_and_names_each_nic():
-    from domunet.connmark import digest_of, ruleset
+    from domunet.guest.connmark import digest_of, ruleset
 
     text = ruleset({"eth1": 0x20000, "eth0": 0x10000}, 0x03FF0000)
     assert text == ruleset({"eth0": 0x10000, "eth1": 0x20000}, 0x03FF0000)
@@ -140,8 +140,8 @@ def test_the_mark_table_text_is_stable_and_names_each_nic():
 
 
 def test_fwmark_rules_render_as_ip_commands():
-    from domunet.diff import Change
-    from domunet.render import ip_command
+    from domunet.guest.diff import Change
+    from domunet.guest.render import ip_command
 
     rule = Rule(4, 10001, 1001, fwmark=0x20000, fwmask=0x03FF0000)
     assert ip_command(Change("add", rule)) == (

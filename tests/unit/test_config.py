@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from domunet import config
-from domunet.errors import ConfigError
+from domunet.core import config
+from domunet.core.errors import ConfigError
 
 
 def test_empty_file_gives_defaults():
@@ -124,7 +124,7 @@ def test_zone_ids_are_refused_in_prefixes():
 
 
 def test_a_stanza_table_outside_the_range_or_taken_is_refused():
-    from domunet.ifupdown import HookCall
+    from domunet.guest.ifupdown import HookCall
 
     base = config.parse(b"[interfaces]\n[[eth0]]\ntable = 1005\n")
     hints = [HookCall("eth1", "inet", "start", table=4294967295), HookCall("eth2", "inet", "start", table=1005),

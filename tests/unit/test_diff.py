@@ -1,9 +1,9 @@
 import dataclasses
 
-from domunet import config
-from domunet.diff import diff, scope_for
-from domunet.model import PROTO_TEMP, Route, Rule, State
-from domunet.plan import plan
+from domunet.core import config
+from domunet.core.model import PROTO_TEMP, Route, Rule, State
+from domunet.guest.diff import diff, scope_for
+from domunet.guest.plan import plan
 from tests.unit.factories import lab_guest
 
 LAB_CONFIG = config.parse(b"[interfaces]\n[[eth3]]\ngateway6 = 2001:db8:4309:2388::2\n")

@@ -2,7 +2,7 @@ import ipaddress
 
 import netifaces
 
-from domunet.discover import parse_netifaces, xen_devid
+from domunet.guest.discover import parse_netifaces, xen_devid
 
 
 def test_netifaces_entries_become_interfaces_with_prefixes():

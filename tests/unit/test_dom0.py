@@ -2,10 +2,10 @@ import ipaddress
 
 import pytest
 
-from domunet import nft
-from domunet.dom0 import VifRequest, parse_addresses, plan_online
-from domunet.errors import UsageError
-from domunet.hotplug import hotplug_key, request_from_hotplug
+from domunet.core.errors import UsageError
+from domunet.dom0 import guard
+from domunet.dom0.executor import VifRequest, parse_addresses, plan_online
+from domunet.dom0.hotplug import hotplug_key, request_from_hotplug
 
 UPLINK = [ipaddress.ip_interface("192.168.0.100/24"), ipaddress.ip_interface("2001:db8:4309:2388::2/64"),
           ipaddress.ip_interface("fe80::1/64")]
@@ -72,7 +72,7 @@ def test_records_are_keyed_by_the_backend_path_else_the_vif():
 
 
 def test_nft_ruleset_lists_each_vif_and_its_sources_collapsed():
-    text = nft.ruleset({"vif1.0": [net("10.0.0.0/24"), net("10.0.0.5/32")],
+    text = guard.ruleset({"vif1.0": [net("10.0.0.0/24"), net("10.0.0.5/32")],
                         "vif1.3": [net("2001:db8:4309:2388::50/128")]})
     assert 'add element inet domunet guarded { "vif1.0", "vif1.3" }' in text
     assert 'add element inet domunet allowed4 { "vif1.0" . 10.0.0.0/24 }' in text
@@ -81,7 +81,7 @@ def test_nft_ruleset_lists_each_vif_and_its_sources_collapsed():
 
 
 def test_nft_ruleset_without_vifs_removes_the_table():
-    assert nft.ruleset({}) == "table inet domunet {}\ndelete table inet domunet\n"
+    assert guard.ruleset({}) == "table inet domunet {}\ndelete table inet domunet\n"
 
 
 GATEWAYS = [ipaddress.ip_address("192.168.0.1"), ipaddress.ip_address("2001:db8:4309:2389::1")]
@@ -102,7 +102,7 @@ GATEWAYS = [ipaddress.ip_address("192.168.0.1"), ipaddress.ip_address("2001:db8:
     ("192.168.0.201", "routed to vif2.0 already"),
 ])
 def test_a_guest_cannot_be_given_what_is_not_its_own(given, why):
-    from domunet.dom0 import check_guest_networks
+    from domunet.dom0.executor import check_guest_networks
 
     others = {"vif2.0": [net("192.168.0.201/32")]}
     with pytest.raises(UsageError, match=why.replace("/", ".")):
@@ -110,7 +110,7 @@ def test_a_guest_cannot_be_given_what_is_not_its_own(given, why):
 
 
 def test_deliberate_prefixes_and_ordinary_addresses_pass():
-    from domunet.dom0 import check_guest_networks
+    from domunet.dom0.executor import check_guest_networks
 
     for given in ("192.168.0.200", "2001:db8:4309:2388::50", "203.0.113.8/29", "2001:db8:4309:2300::/64"):
         check_guest_networks("vif1.0", (net(given),), UPLINK, GATEWAYS, {})
@@ -118,7 +118,7 @@ def test_deliberate_prefixes_and_ordinary_addresses_pass():
 
 
 def test_one_domains_pv_vif_and_emulated_nic_are_one_domain():
-    from domunet.dom0 import domain_of
+    from domunet.dom0.executor import domain_of
 
     assert domain_of("xen-7-0", "vif7.0") == domain_of("vif7.0-emu", "vif7.0-emu") == 7
     assert domain_of("web0", "web0") is None

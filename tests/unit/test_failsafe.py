@@ -7,13 +7,13 @@ import struct
 
 import pytest
 
-from domunet.apply import apply
-from domunet.diff import Change
-from domunet.errors import ApplyError
-from domunet.ifupdown import load_hints
-from domunet.kernel import nft_tables_deleted_from
-from domunet.model import ADD, Route
-from domunet.state import set_aside
+from domunet.core.errors import ApplyError
+from domunet.core.kernel import nft_tables_deleted_from
+from domunet.core.model import ADD, Route
+from domunet.core.state import set_aside
+from domunet.guest.apply import apply
+from domunet.guest.diff import Change
+from domunet.guest.ifupdown import load_hints
 
 
 def test_a_set_aside_message_names_the_file_once(tmp_path, caplog):
@@ -91,9 +91,9 @@ def test_an_earlier_block_is_within_reach_and_remembered_while_it_holds_somethin
     """Issue 21 (N11): priority_base and table_base changed; the old block's objects are still domunet's."""
     from dataclasses import replace
 
-    from domunet.config import Config
-    from domunet.model import Rule, State
-    from domunet.plan import blocks_in_use, within_reach
+    from domunet.core.config import Config
+    from domunet.core.model import Rule, State
+    from domunet.guest.plan import blocks_in_use, within_reach
 
     old, new = Config(), replace(Config(), table_base=5000, priority_base=20000)
     rule = Rule(4, 10000 + 10, 1000, src=ipaddress.ip_network("192.168.0.201/32"))

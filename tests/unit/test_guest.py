@@ -1,4 +1,4 @@
-"""The guest pipeline (domunet.guest) and libxl's protocol (domunet.hotplug), without a kernel:
+"""The guest pipeline (domunet.guest.pipeline) and libxl's protocol (domunet.dom0.hotplug), without a kernel:
 the kernel-facing steps are replaced, the decisions between them are the real ones."""
 
 import contextlib
@@ -6,25 +6,27 @@ import json
 
 import pytest
 
-from domunet import config, guest, hotplug
-from domunet.errors import UsageError
-from domunet.ifupdown import HookCall
-from domunet.model import State
+from domunet.core import config
+from domunet.core.errors import UsageError
+from domunet.core.model import State
+from domunet.dom0 import hotplug
+from domunet.guest import pipeline
+from domunet.guest.ifupdown import HookCall
 from tests.unit.factories import lab_guest
 
 LAB = b"[interfaces]\n[[eth3]]\ngateway6 = 2001:db8:4309:2388::2\n"
 
 
 @pytest.fixture
-def pipeline(monkeypatch, tmp_path):
-    """guest.run with the lab's facts, an empty kernel, and apply recording what it was given."""
+def runner(monkeypatch, tmp_path):
+    """pipeline.run with the lab's facts, an empty kernel, and apply recording what it was given."""
     applied = []
     owned = {"state": State()}
-    monkeypatch.setattr(guest, "discover", lambda kernel, xen=None: (lab_guest(), owned["state"]))
-    monkeypatch.setattr(guest, "xen_facts", lambda kernel: {})
-    monkeypatch.setattr(guest, "apply", lambda changes, kernel, strategy="auto": applied.extend(changes) or list(
+    monkeypatch.setattr(pipeline, "discover", lambda kernel, xen=None: (lab_guest(), owned["state"]))
+    monkeypatch.setattr(pipeline, "xen_facts", lambda kernel: {})
+    monkeypatch.setattr(pipeline, "apply", lambda changes, kernel, strategy="auto": applied.extend(changes) or list(
         changes))
-    monkeypatch.setattr(guest, "write_table_names", lambda path, tables: None)
+    monkeypatch.setattr(pipeline, "write_table_names", lambda path, tables: None)
 
     class Links:
         def links(self, refresh=False):
@@ -32,13 +34,13 @@ def pipeline(monkeypatch, tmp_path):
 
     def run(verb, names=(), text=LAB, pending=None):
         settings = config.with_hints(config.parse(text), [pending] if pending else [])
-        return guest.run(verb, settings, str(tmp_path / "state"), names, pending, kernel=Links())
+        return pipeline.run(verb, settings, str(tmp_path / "state"), names, pending, kernel=Links())
 
     return run, applied, owned
 
 
-def test_setup_applies_the_plan_and_plan_changes_nothing(pipeline):
-    run, applied, _ = pipeline
+def test_setup_applies_the_plan_and_plan_changes_nothing(runner):
+    run, applied, _ = runner
     planned = run("plan")
     assert planned.changes and not applied
     done = run("setup")
@@ -46,8 +48,8 @@ def test_setup_applies_the_plan_and_plan_changes_nothing(pipeline):
     assert {c.action for c in applied} == {"add"}
 
 
-def test_teardown_of_one_nic_removes_only_its_objects(pipeline):
-    run, applied, owned = pipeline
+def test_teardown_of_one_nic_removes_only_its_objects(runner):
+    run, applied, owned = runner
     desired = run("plan").desired
     owned["state"] = State(desired.routes, desired.rules)
     run("teardown", ["eth1"])
@@ -56,29 +58,29 @@ def test_teardown_of_one_nic_removes_only_its_objects(pipeline):
     assert all(getattr(c.obj, "dev", None) == "eth1" or c.obj.table == table for c in applied)
 
 
-def test_when_xenstore_ran_out_of_time_setup_adds_but_removes_nothing(pipeline, monkeypatch):
-    from domunet.model import Rule
-    from domunet.xen import Published
+def test_when_xenstore_ran_out_of_time_setup_adds_but_removes_nothing(runner, monkeypatch):
+    from domunet.core.model import Rule
+    from domunet.guest.published import Published
 
-    run, applied, owned = pipeline
+    run, applied, owned = runner
     late = Published()
     late.complete = False
-    monkeypatch.setattr(guest, "xen_facts", lambda kernel: late)
+    monkeypatch.setattr(pipeline, "xen_facts", lambda kernel: late)
     stale = Rule(6, 10030, 1003, oif="eth9")
     owned["state"] = State(frozenset(), frozenset({stale}))
     run("setup")
     assert applied and all(c.action == "add" for c in applied)  # the plan went in; the stale rule stayed
 
 
-def test_setup_of_a_missing_interface_is_a_usage_error_before_any_change(pipeline):
-    run, applied, _ = pipeline
+def test_setup_of_a_missing_interface_is_a_usage_error_before_any_change(runner):
+    run, applied, _ = runner
     with pytest.raises(UsageError, match="no such interface: eth9"):
         run("setup", ["eth9"])
     assert applied == []
 
 
-def test_a_pending_stanza_is_kept_only_when_its_plan_was_made(pipeline, tmp_path):
-    run, _, _ = pipeline
+def test_a_pending_stanza_is_kept_only_when_its_plan_was_made(runner, tmp_path):
+    run, _, _ = runner
     run("setup", pending=HookCall("eth1", "inet", "start", manage="yes"))
     kept = json.loads((tmp_path / "state" / "ifupdown" / "eth1.inet.json").read_text())
     assert kept["manage"] == "yes"
@@ -87,7 +89,7 @@ def test_a_pending_stanza_is_kept_only_when_its_plan_was_made(pipeline, tmp_path
 def test_a_refused_pending_stanza_is_a_usage_error_and_not_kept(tmp_path):
     state = tmp_path / "state"
     with pytest.raises(UsageError, match="domunet-table 77"):
-        guest.load_config(None, str(state), HookCall("eth1", "inet", "start", table=77))
+        pipeline.load_config(None, str(state), HookCall("eth1", "inet", "start", table=77))
     assert not (state / "ifupdown").exists()
 
 
@@ -101,7 +103,7 @@ class FakeDom0:
         self.calls.append(("online", request.vif, [str(n) for n in request.guest]))
         if self.fail:
             raise UsageError("vif1.0: no uplink")
-        from domunet.dom0 import VifRecord
+        from domunet.dom0.executor import VifRecord
 
         return VifRecord(key=request.key, vif=request.vif, uplink="eth0", guest=[str(n) for n in request.guest],
                          routes=[["192.0.2.5/32", "192.0.2.1"]])

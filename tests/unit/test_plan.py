@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from domunet import config
-from domunet.diff import Change
-from domunet.model import PROTO, Route
-from domunet.plan import allocate_tables, plan, preferred_slot
-from domunet.render import ip_command
+from domunet.core import config
+from domunet.core.model import PROTO, Route
+from domunet.guest.diff import Change
+from domunet.guest.plan import allocate_tables, plan, preferred_slot
+from domunet.guest.render import ip_command
 from tests.unit.factories import lab_guest, nic
 
 DATA = Path(__file__).parent.parent / "data"
@@ -133,7 +133,7 @@ def test_a_bad_gateway_from_xenstore_names_its_xenstore_path(published, why):
     """Issue 21 (N4): dom0 published a bad gateway for one vif; only that NIC is held."""
     from dataclasses import replace
 
-    from domunet.model import Interface, VifFacts
+    from domunet.core.model import Interface, VifFacts
 
     facts = lab_guest()
     extra = Interface("eth4", 9, "00:16:3e:00:00:09", True, (ipaddress.ip_interface("192.168.0.203/24"),))
@@ -148,8 +148,8 @@ def test_a_bad_gateway_from_xenstore_names_its_xenstore_path(published, why):
 
 
 def test_only_objects_of_domunets_own_shapes_are_within_reach():
-    from domunet.model import PROTO_TEMP, TABLE_MAIN, Rule, State
-    from domunet.plan import within_reach
+    from domunet.core.model import PROTO_TEMP, TABLE_MAIN, Rule, State
+    from domunet.guest.plan import within_reach
 
     net = ipaddress.ip_network
     desired = plan(LAB_CONFIG, lab_guest())
@@ -171,7 +171,7 @@ def test_only_objects_of_domunets_own_shapes_are_within_reach():
 
 
 def test_a_table_with_foreign_routes_is_not_adopted_unless_the_config_names_it():
-    from domunet.plan import allocate_tables
+    from domunet.guest.plan import allocate_tables
 
     nics = [nic("eth1", 3, "192.168.0.201/24", xen_devid=1)]
     assert allocate_tables(config.parse(b""), nics) == {"eth1": 1001}
@@ -203,7 +203,7 @@ def rules_by_definition(interface, shared):
 ])
 @pytest.mark.parametrize("shared_with_other", [False, True])
 def test_from_rules_follow_the_per_address_definition(picks, shared_with_other):
-    from domunet.plan import _family_rules, _shared
+    from domunet.guest.plan import _family_rules, _shared
 
     eth1 = nic("eth1", 3, *(ADDRESS_POOL[i] for i in picks))
     other = nic("eth2", 4, "10.0.0.7/24", "2001:db8:1::7/64") if shared_with_other else nic("eth2", 4, "10.9.9.9/24")

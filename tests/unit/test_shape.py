@@ -1,14 +1,51 @@
 """The pure modules stay pure: importing them loads no kernel library."""
 
+import ast
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
-from domunet.lab import package_root
+from domunet.demo import package_root
 
-PURE = ["domunet.model", "domunet.plan", "domunet.diff", "domunet.render", "domunet.status", "domunet.config",
-        "domunet.watch", "domunet.state"]
+PURE = ["domunet.core.model", "domunet.core.config", "domunet.core.state", "domunet.guest.plan",
+        "domunet.guest.diff", "domunet.guest.render", "domunet.guest.status", "domunet.guest.watch"]
+PACKAGE = Path(__file__).resolve().parents[2] / "domunet"
+
+
+def _imports(path: Path) -> set[str]:
+    """Every domunet module a file imports, at the top or inside a function."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return {name for name in found if name.split(".")[0] == "domunet"}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in ("core", "guest", "dom0") else "top"
+
+
+def test_the_two_programs_share_only_core():
+    """No arrow between guest/ and dom0/, and core/ below both (issue 22): each half can be read,
+    changed and packaged without the other."""
+    allowed = {"core": {"core"}, "guest": {"core", "guest"}, "dom0": {"core", "dom0"}}
+    crossings = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        layer = _layer(module)
+        if layer == "top":
+            continue
+        for imported in _imports(path):
+            if imported in ("domunet.__version__", "domunet") or _layer(imported) not in allowed[layer]:
+                crossings.append(f"{module} imports {imported}")
+    assert crossings == []
+    assert {_layer(".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts))
+            for p in PACKAGE.rglob("*.py")} == {"core", "guest", "dom0", "top"}
 
 
 def test_importing_the_pure_modules_loads_no_pyroute2_nor_netifaces():
@@ -20,7 +57,7 @@ def test_importing_the_pure_modules_loads_no_pyroute2_nor_netifaces():
 
 def test_importing_the_netlink_layer_starts_no_process():
     """pyroute2 0.7's config runs `uname -p` and `file` on import, and its IPRoute's base class
-    imports unittest.mock; domunet.kernel spares both (issue 17): no process is started,
+    imports unittest.mock; domunet.core.kernel spares both (issue 17): no process is started,
     platform is left as it was, and on 0.7 unittest.mock is not loaded (0.9 loads it itself)."""
     code = """
 import json, platform, subprocess, sys
@@ -31,7 +68,7 @@ class Recorded(subprocess.Popen):
         super().__init__(args, *rest, **kwargs)
 subprocess.Popen = Recorded
 architecture = platform.architecture
-import domunet.kernel
+import domunet.core.kernel
 print(json.dumps({"started": started, "platform restored": platform.architecture is architecture,
                   "mock": "unittest.mock" in sys.modules, "0.9": "pyroute2.netlink.core" in sys.modules}))
 """

@@ -2,9 +2,9 @@
 
 import ipaddress
 
-from domunet.diff import Change
-from domunet.model import PROTO, PROTO_TEMP, TABLE_MAIN, Route, Rule
-from domunet.watch import Event, echoes_of, matters
+from domunet.core.model import PROTO, PROTO_TEMP, TABLE_MAIN, Route, Rule
+from domunet.guest.diff import Change
+from domunet.guest.watch import Event, echoes_of, matters
 
 OURS = Rule(4, 10012, 1001, src=ipaddress.ip_network("192.168.0.201/32"))
 TABLE_ROUTE = Route(1001, ipaddress.ip_network("0.0.0.0/0"), "eth1", gateway=ipaddress.ip_address("192.168.0.1"))
@@ -62,7 +62,7 @@ def test_a_run_that_fails_in_any_way_backs_off_and_the_watch_goes_on():
     failure doubles the wait, which only a success resets."""
     import errno
 
-    from domunet.watch import RETRY_FIRST, Watch
+    from domunet.guest.watch import RETRY_FIRST, Watch
 
     failures = [OSError(errno.ENOSPC, "No space left on device"), RuntimeError("a bug")]
 

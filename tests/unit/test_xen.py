@@ -1,10 +1,10 @@
 import ipaddress
 import logging
 
-from domunet import config
-from domunet.model import VifFacts
-from domunet.plan import plan
-from domunet.xen import discover
+from domunet.core import config
+from domunet.core.model import VifFacts
+from domunet.guest.plan import plan
+from domunet.guest.published import discover
 from tests.unit.factories import lab_guest, nic
 
 STORE = {

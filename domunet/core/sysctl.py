@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from domunet.errors import KernelError
-from domunet.model import IFNAME_CHARS
+from domunet.core.errors import KernelError
+from domunet.core.model import IFNAME_CHARS
 
 PROC = Path("/proc/sys")
 

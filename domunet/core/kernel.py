@@ -1,7 +1,7 @@
 """The only module that talks netlink (pyroute2); 0.7 (Debian 12) vs 0.9 (PyPI) lives here.
 
-It maps one request to one kernel call, translates messages into domunet.model objects
-and NetlinkError into domunet.errors. It decides nothing.
+It maps one request to one kernel call, translates messages into domunet.core.model objects
+and NetlinkError into domunet.core.errors. It decides nothing.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from domunet.errors import GatewayRefused, KernelError, ObjectExists, ObjectMissing
-from domunet.model import TABLE_MAIN, IPAddress, Route, Rule, default_network
+from domunet.core.errors import GatewayRefused, KernelError, ObjectExists, ObjectMissing
+from domunet.core.model import TABLE_MAIN, IPAddress, Route, Rule, default_network
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _lean_0_7(path: list[str]) -> Iterator[None]:
         yield
         return
     lab = types.ModuleType("pyroute2.lab")
-    lab.__doc__ = "domunet's stand-in for pyroute2 0.7's test-mode mixin (see domunet.kernel)"
+    lab.__doc__ = "domunet's stand-in for pyroute2 0.7's test-mode mixin (see domunet.core.kernel)"
     lab.LAB_API = type("LAB_API", (), {"__module__": "pyroute2.lab"})  # type: ignore[attr-defined]
     lab.registry, lab.use_mock = [], False  # type: ignore[attr-defined]
     sys.modules["pyroute2.lab"] = lab

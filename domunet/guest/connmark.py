@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 from typing import Callable, Mapping, NamedTuple
 
-from domunet import nft, sysctl
-from domunet.errors import KernelError
-from domunet.state import CorruptState, read_json, set_aside, write_json
+from domunet.core import nftables, sysctl
+from domunet.core.errors import KernelError
+from domunet.core.state import CorruptState, read_json, set_aside, write_json
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,14 @@ def digest_of(text: str) -> str | None:
 
 def current_table() -> str | None:
     """domunet's table in the kernel, as nft lists it (and can load it again); None when there is none."""
-    code, output, _ = nft.run(f"list table inet {TABLE}\n", "connection marks")
+    code, output, _ = nftables.run(f"list table inet {TABLE}\n", "connection marks")
     return output if code == 0 else None
 
 
 def _replace_table(text: str | None) -> None:
     """The table, atomically, as text says; None: no table."""
     script = f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n" + (text or "")
-    code, _, error = nft.run(script, "connection marks")
+    code, _, error = nftables.run(script, "connection marks")
     if code != 0:
         raise KernelError(f"nft refused the connection-mark table: {error.strip()}")
 

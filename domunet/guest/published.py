@@ -1,10 +1,8 @@
 """What dom0 published for each of the guest's vifs in xenstore (zero configuration).
 
-vif-domunet writes, under the vif's backend directory, keys of domunet's own:
-  domunet-gateway    dom0's IPv4 address on the vif (the /32)
-  domunet-gateway6   dom0's IPv6 address on the vif (the /128): the guest's IPv6 gateway
-  domunet-routed     1: dom0 routes this vif (vif-domunet, not a bridge)
-and libxl keeps the vif's `ip` list there. The guest finds its vif's backend through
+vif-domunet writes, under the vif's backend directory, keys of domunet's own (defined in
+domunet.core.xenstore: dom0's gateways on the vif, and that it routes the vif), and libxl keeps
+the vif's `ip` list there. The guest finds its vif's backend through
 `device/vif/N/backend`, N from sysfs (device/vif/N) or, where sysfs has no such link, by
 matching the NIC's MAC against `device/vif/N/mac`. Every value is validated like any other
 input: a malformed one is reported with its key and ignored. No xenstore (not a Xen guest,
@@ -17,13 +15,10 @@ import logging
 import time
 from typing import Any, Callable, Iterable
 
-from domunet import xenstore
-from domunet.model import Interface, IPAddress, IPNetwork, VifFacts, parse_address, parse_network
+from domunet.core import xenstore
+from domunet.core.model import Interface, IPAddress, IPNetwork, VifFacts, parse_address, parse_network
 
 log = logging.getLogger(__name__)
-
-KEYS = ("domunet-gateway", "domunet-gateway6", "domunet-routed")
-
 
 def _address(value: str | None, version: int, key: str) -> IPAddress | None:
     if value is None or value == "":
@@ -50,15 +45,18 @@ def _networks(value: str | None, key: str) -> tuple[IPNetwork, ...]:
 
 
 def vif_facts(backend: str, read: Callable[[str], str | None]) -> VifFacts:
-    routed = read(f"{backend}/domunet-routed")
+    def key(name: str) -> str:
+        return f"{backend}/{name}"
+
+    routed = read(key(xenstore.ROUTED))
     if routed not in (None, "", "0", "1"):
-        log.warning("xenstore %s/domunet-routed: %r is neither 0 nor 1; ignored", backend, routed[:80])
+        log.warning("xenstore %s: %r is neither 0 nor 1; ignored", key(xenstore.ROUTED), routed[:80])
     return VifFacts(
         backend=backend,
-        gateway=_address(read(f"{backend}/domunet-gateway"), 4, f"{backend}/domunet-gateway"),  # type: ignore[arg-type]
-        gateway6=_address(read(f"{backend}/domunet-gateway6"), 6, f"{backend}/domunet-gateway6"),  # type: ignore[arg-type]
+        gateway=_address(read(key(xenstore.GATEWAY)), 4, key(xenstore.GATEWAY)),  # type: ignore[arg-type]
+        gateway6=_address(read(key(xenstore.GATEWAY6)), 6, key(xenstore.GATEWAY6)),  # type: ignore[arg-type]
         routed=routed == "1",
-        addresses=_networks(read(f"{backend}/ip"), f"{backend}/ip"),
+        addresses=_networks(read(key(xenstore.ADDRESSES)), key(xenstore.ADDRESSES)),
     )
 
 

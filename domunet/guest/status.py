@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any, Callable
 
-from domunet.model import Facts, IPAddress, Route, State
+from domunet.core.model import Facts, IPAddress, Route, State
 
 #: Destinations for "a reply from this address leaves through which NIC?" (documentation ranges,
 #: never sent to: the kernel only looks the route up).

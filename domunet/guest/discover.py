@@ -1,6 +1,6 @@
 """What the kernel says: interfaces, their addresses, the main table's defaults, what domunet owns.
 
-netifaces lists the addresses; pyroute2 (through domunet.kernel) gives links, routes and rules.
+netifaces lists the addresses; pyroute2 (through domunet.core.kernel) gives links, routes and rules.
 The result is plain data handed to the planner, which never calls back in here.
 """
 
@@ -16,10 +16,10 @@ from typing import Mapping
 
 import netifaces
 
-from domunet import nft, sysctl, xenstore
-from domunet.errors import KernelError
-from domunet.kernel import Kernel
-from domunet.model import (
+from domunet.core import nftables, sysctl, xenstore
+from domunet.core.errors import KernelError
+from domunet.core.kernel import Kernel
+from domunet.core.model import (
     PROTO,
     PROTO_TEMP,
     TABLE_DEFAULT,
@@ -33,8 +33,8 @@ from domunet.model import (
     main_route_of_ours,
     valid_ifname,
 )
-from domunet.xen import Published
-from domunet.xen import discover as discover_xen
+from domunet.guest.published import Published
+from domunet.guest.published import discover as discover_xen
 
 log = logging.getLogger(__name__)
 
@@ -134,5 +134,5 @@ def discover(kernel: Kernel, xen: Mapping[str, VifFacts] | None = None) -> tuple
                            if sysctl.read(key) == "1")
     facts = Facts(interfaces=tuple(interfaces), main_defaults=main_defaults, main_routes=main_routes,
                   xen=discover_xen(interfaces) if xen is None else xen, forwarding=forwarding,
-                  nft=bool(forwarding) and nft.available(), foreign_tables=foreign_tables)
+                  nft=bool(forwarding) and nftables.available(), foreign_tables=foreign_tables)
     return facts, owned

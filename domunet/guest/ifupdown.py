@@ -20,9 +20,9 @@ from typing import Mapping
 
 import validate
 
-from domunet import config as configuration
-from domunet.errors import UsageError
-from domunet.state import CorruptState, check_dir, read_json, set_aside, write_json
+from domunet.core import config as configuration
+from domunet.core.errors import UsageError
+from domunet.core.state import CorruptState, check_dir, read_json, set_aside, write_json
 
 log = logging.getLogger(__name__)
 

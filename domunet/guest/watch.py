@@ -18,9 +18,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
-from domunet.diff import Change
-from domunet.errors import ConfigError, DomunetError
-from domunet.model import PROTO, PROTO_TEMP, TABLE_LOCAL, TABLE_MAIN, Route, Rule
+from domunet.core.errors import ConfigError, DomunetError
+from domunet.core.model import PROTO, PROTO_TEMP, TABLE_LOCAL, TABLE_MAIN, Route, Rule
+from domunet.guest.diff import Change
 
 log = logging.getLogger(__name__)
 
@@ -247,17 +247,17 @@ class Watch:
 
 def run(config_path: str | None, state_dir: str) -> None:
     """`domunet watch`: a bad config at start is an error (exit 2); later, SIGHUP re-reads it."""
-    from domunet import config as configuration
-    from domunet import guest
-    from domunet.kernel import Events, Kernel, NftEvents
-    from domunet.lock import watching
+    from domunet.core import config as configuration
+    from domunet.core.kernel import Events, Kernel, NftEvents
+    from domunet.core.lock import watching
+    from domunet.guest import pipeline
 
     current = {"config": configuration.load(config_path)}
 
     def reload() -> None:
         current["config"] = configuration.load(config_path)
 
-    from domunet.connmark import TABLE as MARKS_TABLE
+    from domunet.guest.connmark import TABLE as MARKS_TABLE
 
     with watching(state_dir), Kernel() as kernel:
         events = Events()
@@ -268,8 +268,8 @@ def run(config_path: str | None, state_dir: str) -> None:
             nft_events = None
 
         def converge() -> list[Change]:
-            config = guest.with_current_hints(current["config"], state_dir)
-            return guest.run("setup", config, state_dir, kernel=kernel).changes
+            config = pipeline.with_current_hints(current["config"], state_dir)
+            return pipeline.run("setup", config, state_dir, kernel=kernel).changes
 
         watch = Watch(events, kernel, converge, reload, nft_events, frozenset({MARKS_TABLE}))
         watch.install_signals()

@@ -16,8 +16,8 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Iterable
 
-from domunet.config import TABLE_SLOTS, Config, InterfaceConfig
-from domunet.model import (
+from domunet.core.config import TABLE_SLOTS, Config, InterfaceConfig
+from domunet.core.model import (
     LINK_LOCAL6,
     METRIC6,
     PROTO_KERNEL,

@@ -12,8 +12,8 @@ import stat
 import tempfile
 from typing import Iterable, Mapping
 
-from domunet.diff import Change
-from domunet.model import PROTO_NAMES, Rule, State
+from domunet.core.model import PROTO_NAMES, Rule, State
+from domunet.guest.diff import Change
 
 log = logging.getLogger(__name__)
 

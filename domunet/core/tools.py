@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 
-from domunet.errors import MissingTool
+from domunet.core.errors import MissingTool
 
 #: program -> the Debian package that ships it
 PACKAGES = {

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shlex
 
-from domunet.diff import Change
-from domunet.model import TABLE_MAIN, Route, Rule
+from domunet.core.model import TABLE_MAIN, Route, Rule
+from domunet.guest.diff import Change
 
 
 def _table(table: int) -> str:

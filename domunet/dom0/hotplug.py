@@ -1,6 +1,6 @@
 """libxl's hotplug protocol for vif-domunet: what libxl hands over (environment, xenstore), what
 it expects back (hotplug-status `connected`, or `error` with hotplug-error), and what dom0
-publishes for its guest. The work itself is domunet.dom0's; this never prints nor exits."""
+publishes for its guest. The work itself is domunet.dom0.executor's; this never prints nor exits."""
 
 from __future__ import annotations
 
@@ -8,10 +8,16 @@ import ipaddress
 import logging
 from typing import Any, Callable, Mapping
 
-from domunet import xenstore
-from domunet.dom0 import XENBUS_PATH_PATTERN, VifRecord, VifRequest, check_ifname, check_xenbus_path, parse_addresses
-from domunet.errors import DomunetError, UsageError
-from domunet.xen import KEYS as XEN_KEYS
+from domunet.core import xenstore
+from domunet.core.errors import DomunetError, UsageError
+from domunet.dom0.executor import (
+    XENBUS_PATH_PATTERN,
+    VifRecord,
+    VifRequest,
+    check_ifname,
+    check_xenbus_path,
+    parse_addresses,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,7 @@ def handle(command: str, settings: Mapping[str, str], env: Mapping[str, str],
         except Exception as error:  # noqa: BLE001 (offline always goes on to clear xenstore)
             log.error("offline %s: %s", env.get("vif"), failure(error))
         if path:
-            for key in XEN_KEYS:
+            for key in xenstore.PUBLISHED_KEYS:
                 try:
                     xenstore.remove(f"{path}/{key}")
                 except DomunetError as error:
@@ -76,11 +82,11 @@ def failure(error: BaseException) -> str:
 
 
 def published_keys(record: VifRecord) -> dict[str, str]:
-    """What the guest may read about this vif (domunet.xen): dom0's addresses on it, and that
+    """What the guest may read about this vif (domunet.guest.published): dom0's addresses on it, and that
     it is routed. Written under the vif's backend directory, removed again on offline."""
-    keys = {"domunet-routed": "1"}
+    keys = {xenstore.ROUTED: "1"}
     for destination, source, *_ in record.routes:
-        key = "domunet-gateway6" if ipaddress.ip_network(destination).version == 6 else "domunet-gateway"
+        key = xenstore.GATEWAY6 if ipaddress.ip_network(destination).version == 6 else xenstore.GATEWAY
         keys.setdefault(key, source)
     return keys
 
@@ -89,7 +95,7 @@ def request_from_hotplug(env: Mapping[str, str], read: Callable[[str], str | Non
     """The vif, its guest addresses, uplink and new name, from libxl's environment and xenstore."""
     vif = check_ifname(env.get("vif"), "vif")
     path = check_xenbus_path(env.get("XENBUS_PATH", ""))
-    guest = parse_addresses(read(f"{path}/ip"), f"xenstore {path}/ip")
+    guest = parse_addresses(read(f"{path}/{xenstore.ADDRESSES}"), f"xenstore {path}/{xenstore.ADDRESSES}")
     uplink = env.get("netdev") or read(f"{path}/gatewaydev") or None
     rename = read(f"{path}/vifname") or None
     return VifRequest(

@@ -9,19 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from domunet import config as configuration
-from domunet.apply import apply, rollback
-from domunet.connmark import Marks
-from domunet.diff import Change, Scope, diff, scope_for
-from domunet.discover import discover, xen_facts
-from domunet.errors import ApplyError, DomunetError, UsageError
-from domunet.ifupdown import HookCall, load_hints, save_hints
-from domunet.kernel import Kernel
-from domunet.lock import locked, watch_running
-from domunet.model import ADD, REMOVE, Route, Rule, State, VifFacts
-from domunet.names import table_names_after, write_table_names
-from domunet.plan import Block, blocks_in_use, plan, within_reach
-from domunet.state import CorruptState, read_json, set_aside, write_json
+from domunet.core import config as configuration
+from domunet.core.errors import ApplyError, DomunetError, UsageError
+from domunet.core.kernel import Kernel
+from domunet.core.lock import locked, watch_running
+from domunet.core.model import ADD, REMOVE, Route, Rule, State, VifFacts
+from domunet.core.state import CorruptState, read_json, set_aside, write_json
+from domunet.guest.apply import apply, rollback
+from domunet.guest.connmark import Marks
+from domunet.guest.diff import Change, Scope, diff, scope_for
+from domunet.guest.discover import discover, xen_facts
+from domunet.guest.ifupdown import HookCall, load_hints, save_hints
+from domunet.guest.names import table_names_after, write_table_names
+from domunet.guest.plan import Block, blocks_in_use, plan, within_reach
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class Outcome:
     desired: State
     changes: list[Change] = field(default_factory=list)
     rows: list[dict[str, Any]] | None = None
-    #: Connection marks and their sysctls (domunet.connmark): done, or to do for plan.
+    #: Connection marks and their sysctls (domunet.guest.connmark): done, or to do for plan.
     marks: list[str] = field(default_factory=list)
 
 
@@ -136,7 +136,7 @@ def _run(verb: str, config: configuration.Config, state_dir: str, names: list[st
         if missing:
             raise UsageError(f"no such interface: {', '.join(missing)}")
     if verb == "status":
-        from domunet.status import report
+        from domunet.guest.status import report
 
         desired = plan(config, facts)
         held = tuple(desired.held.items())

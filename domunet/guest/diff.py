@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Union
 
-from domunet.model import ADD, REMOVE, TABLE_MAIN, Action, Route, Rule, State
+from domunet.core.model import ADD, REMOVE, TABLE_MAIN, Action, Route, Rule, State
 
 Object = Union[Route, Rule]
 

@@ -8,10 +8,19 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from domunet.errors import DomunetError
+from domunet.core.errors import DomunetError
 
 TIMEOUT = 10
 MAX_VALUE = 4096
+
+# What vif-domunet publishes under a vif's backend directory for the guest to read (and removes
+# on offline): the one definition, read by the guest and written by dom0.
+GATEWAY = "domunet-gateway"  # dom0's IPv4 address on the vif (the /32)
+GATEWAY6 = "domunet-gateway6"  # dom0's IPv6 address on the vif (the /128): the guest's IPv6 gateway
+ROUTED = "domunet-routed"  # "1": dom0 routes this vif (vif-domunet, not a bridge)
+PUBLISHED_KEYS = (GATEWAY, GATEWAY6, ROUTED)
+#: libxl's list of the guest's addresses on the vif, beside the published keys.
+ADDRESSES = "ip"
 
 
 class XenstoreError(DomunetError):

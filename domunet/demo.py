@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from domunet import tools
-from domunet.errors import DomunetError, UsageError
-from domunet.names import rt_protos_text
+from domunet.core import tools
+from domunet.core.errors import DomunetError, UsageError
+from domunet.guest.names import rt_protos_text
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any, Iterable, Mapping
 import configobj
 import validate
 
-from domunet.errors import ConfigError
-from domunet.model import (
+from domunet.core.errors import ConfigError
+from domunet.core.model import (
     IFNAME,
     MANAGE_VALUES,
     STRATEGIES,
@@ -74,7 +74,7 @@ class Config:
     coexistence: bool = True
     #: Destinations coexistence leaves to the per-NIC tables (`0.0.0.0/0, ::/0`: all of them).
     main_exclude: tuple[IPNetwork, ...] = ()
-    #: Forwarded connections (DNAT to a container) answer by the NIC they came in on (domunet.connmark).
+    #: Forwarded connections (DNAT to a container) answer by the NIC they came in on (domunet.guest.connmark).
     connmark: bool = True
     #: The packet and connection mark bits domunet uses for that: 10 contiguous bits at least.
     fwmark_mask: int = DEFAULT_FWMARK_MASK

@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from domunet.errors import DomunetError, UsageError
+from domunet.core.errors import DomunetError, UsageError
 
 log = logging.getLogger(__name__)
 

@@ -259,7 +259,7 @@ class State:
     stands_for: Mapping[Route | Rule, Route] = field(default_factory=dict, compare=False)
     #: Main-table routes left out of coexistence, with the reason (shown by plan and status).
     passed_over: tuple[tuple[Route, str], ...] = field(default=(), compare=False)
-    #: Connection marks per NIC (domunet.connmark): forwarded connections answer by the NIC they came in on.
+    #: Connection marks per NIC (domunet.guest.connmark): forwarded connections answer by the NIC they came in on.
     marks: Mapping[str, int] = field(default_factory=dict, compare=False)
     fwmask: int = 0
     #: NICs left exactly as they are this run, with why: one bad fact (a config value, a gateway dom0
@@ -272,7 +272,7 @@ class State:
 
 @dataclass(frozen=True)
 class VifFacts:
-    """What dom0 published in xenstore for one of the guest's vifs (domunet.xen)."""
+    """What dom0 published in xenstore for one of the guest's vifs (domunet.guest.published)."""
 
     backend: str
     gateway: ipaddress.IPv4Address | None = None
@@ -290,7 +290,7 @@ class Facts:
     main_defaults: tuple[Route, ...] = ()
     #: The main table's other routes that domunet did not make: bridges, tunnels, static routes.
     main_routes: tuple[Route, ...] = ()
-    #: What dom0 published in xenstore, per interface name (domunet.xen).
+    #: What dom0 published in xenstore, per interface name (domunet.guest.published).
     xen: Mapping[str, VifFacts] = field(default_factory=dict)
     #: IP versions this host forwards (a container host, a router): those get connection marks.
     forwarding: frozenset[int] = frozenset()

@@ -11,9 +11,8 @@ import errno
 import logging
 from typing import Protocol, Sequence
 
-from domunet.diff import Change, Scope
-from domunet.errors import ApplyError, GatewayRefused, KernelError, ObjectExists, ObjectMissing
-from domunet.model import (
+from domunet.core.errors import ApplyError, GatewayRefused, KernelError, ObjectExists, ObjectMissing
+from domunet.core.model import (
     ADD,
     PROTO_TEMP,
     REMOVE,
@@ -25,13 +24,14 @@ from domunet.model import (
     Strategy,
     host_network,
 )
+from domunet.guest.diff import Change, Scope
 
 log = logging.getLogger(__name__)
 
 
 
 class Netlink(Protocol):
-    """The four writes apply needs; domunet.kernel.Kernel, or a fake in unit tests."""
+    """The four writes apply needs; domunet.core.kernel.Kernel, or a fake in unit tests."""
 
     def add_route(self, route: Route) -> None: ...
     def remove_route(self, route: Route) -> None: ...

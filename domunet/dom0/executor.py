@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from domunet import nft, sysctl
-from domunet.errors import KernelError, ObjectExists, ObjectMissing, UsageError
-from domunet.kernel import Kernel
-from domunet.lock import locked
-from domunet.model import (
+from domunet.core import nftables, sysctl
+from domunet.core.errors import KernelError, ObjectExists, ObjectMissing, UsageError
+from domunet.core.kernel import Kernel
+from domunet.core.lock import locked
+from domunet.core.model import (
     DEFAULT_STATE_DIR,
     IFNAME_CHARS,
     METRIC6,
@@ -38,7 +38,8 @@ from domunet.model import (
     parse_network,
     valid_ifname,
 )
-from domunet.state import CorruptState, read_json, set_aside, write_json
+from domunet.core.state import CorruptState, read_json, set_aside, write_json
+from domunet.dom0 import guard
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +274,7 @@ class Dom0:
         held = [u for u in self.unusable if u.key not in {r.key for r in records}]
         if not held:
             return guarded
-        now = nft.guarded_now()
+        now = guard.guarded_now()
         for unusable in held:
             if unusable.salvaged is not None:
                 vif = unusable.salvaged.vif
@@ -287,12 +288,12 @@ class Dom0:
         return guarded
 
     def _guard(self, records: list[VifRecord]) -> None:
-        nft.load(nft.ruleset(self._guarded(records), restrict_input=self.input_policy == "restricted"))
+        guard.load(guard.ruleset(self._guarded(records), restrict_input=self.input_policy == "restricted"))
 
     # --- online ----------------------------------------------------------------------------
 
     def online(self, request: VifRequest) -> VifRecord:
-        nft.require(f"online of {request.vif}")  # before anything changes
+        nftables.require(f"online of {request.vif}")  # before anything changes
         with self.locked():
             records, unusable = self._read()
             if any(r.key == request.key for r in records) or any(u.key == request.key for u in unusable):
@@ -510,7 +511,7 @@ class Dom0:
 
     def reconcile(self) -> int:
         """Re-add what the kernel drops behind our back (proxy entries when the uplink was down)."""
-        nft.require("reconcile")
+        nftables.require("reconcile")
         with self.locked():
             records = self.records()
             for record in records:

@@ -11,8 +11,8 @@ import socket
 from contextlib import contextmanager
 from typing import Iterator
 
-from domunet.errors import UsageError
-from domunet.state import check_dir, open_nofollow
+from domunet.core.errors import UsageError
+from domunet.core.state import check_dir, open_nofollow
 
 log = logging.getLogger(__name__)
 
