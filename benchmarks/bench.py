@@ -93,7 +93,8 @@ def teardown(lab: ScaleLab) -> None:
 
 #: (h): what a guest run imports before it does anything (pyroute2, netifaces, configobj and
 #: domunet's modules), so that (d) - (h) is the run's own work.
-IMPORTS = "import domunet.cli, domunet.guest.pipeline"
+IMPORTS = ("from domunet.core import pyroute2_diet; pyroute2_diet.switch_on(); "
+           "import domunet.cli, domunet.guest.pipeline")
 
 
 def bench_guest(nics: int, addresses6: int, repeats: int) -> dict[str, object]:
@@ -190,6 +191,8 @@ import configobj, validate, netifaces
 part("configobj, validate, netifaces")
 import domunet.core.model
 part("domunet.core.model (its dataclasses)")
+from domunet.core import pyroute2_diet
+pyroute2_diet.switch_on()  # as the command does
 import domunet.core.kernel
 part("pyroute2 (as domunet.core.kernel imports it)")
 import domunet.cli, domunet.guest.pipeline

@@ -19,6 +19,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(version_line())
         return 0
+    from domunet.core import pyroute2_diet
+
+    pyroute2_diet.switch_on()  # the command owns its process (a library user's import is untouched)
     from domunet.cli import main as full
 
     return full(argv)

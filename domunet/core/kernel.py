@@ -6,100 +6,23 @@ and NetlinkError into domunet.core.errors. It decides nothing.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import logging
-import os
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
+from domunet.core import pyroute2_diet
 from domunet.core.errors import GatewayRefused, KernelError, ObjectExists, ObjectMissing
 from domunet.core.model import TABLE_MAIN, IPAddress, Route, Rule, default_network
 
+pyroute2_diet.prepare()  # only when the command switched it on (domunet.entry); else nothing
+from pyroute2.iproute.linux import IPRoute  # noqa: E402 (after the diet)
+from pyroute2.netlink.exceptions import NetlinkError  # noqa: E402
+
 log = logging.getLogger(__name__)
-
-
-def _import_pyroute2() -> tuple[Any, Any]:
-    """IPRoute and NetlinkError, without running pyroute2's package __init__ when possible.
-
-    That __init__ imports all of pyroute2 (NDB, asyncio, unittest.mock, importlib.metadata):
-    40 ms of a 115 ms import on 0.7.2, 70 of 170 on 0.9.x, paid by every hook call at boot.
-    The modules domunet uses import what they need themselves. On 0.7, two more costs are
-    spared (see _lean_0_7). Any surprise falls back to the ordinary import; both pyroute2
-    versions are tested in both ways.
-    """
-    import importlib.util
-    import sys
-    import types
-
-    if "pyroute2" not in sys.modules and not os.environ.get("DOMUNET_PLAIN_IMPORT"):
-        spec = importlib.util.find_spec("pyroute2")
-        if spec is not None and spec.submodule_search_locations:
-            package = types.ModuleType("pyroute2")
-            package.__path__ = list(spec.submodule_search_locations)
-            package.__spec__ = spec
-            package.__file__ = spec.origin
-            sys.modules["pyroute2"] = package
-            try:
-                with _lean_0_7(package.__path__):
-                    from pyroute2.iproute.linux import IPRoute as iproute
-                    from pyroute2.netlink.exceptions import NetlinkError as netlink_error
-
-                return iproute, netlink_error
-            except Exception:  # noqa: BLE001 (anything at all: take the documented way)
-                for name in [m for m in sys.modules if m == "pyroute2" or m.startswith("pyroute2.")]:
-                    del sys.modules[name]
-    from pyroute2 import IPRoute as iproute
-    from pyroute2.netlink.exceptions import NetlinkError as netlink_error
-
-    return iproute, netlink_error
-
-
-@contextlib.contextmanager
-def _lean_0_7(path: list[str]) -> Iterator[None]:
-    """pyroute2 0.7 (Debian 12) pays at import for two things domunet never uses; 0.9 does not.
-
-    - pyroute2.config reads every field of platform.uname() and calls platform.architecture():
-      `uname -p` and `file -b python3` in two subprocesses (15-25 ms). Both are answered here
-      from the running interpreter: architecture() only while pyroute2 is imported; uname's
-      processor field stays "" (what `uname -p`'s "unknown" becomes on Debian).
-    - pyroute2.lab (IPRoute's base class LAB_API) imports unittest.mock (25-45 ms) for pyroute2's
-      own test mode. A stand-in without that mode takes its place: IPRoute then initialises
-      exactly as with use_mock False, the only way 0.7 runs outside pyroute2's test suite.
-    0.9 has neither (no pyroute2/lab.py; its config reads uname's fields by name): untouched.
-    """
-    import platform
-    import struct
-    import sys
-    import types
-
-    if not os.path.exists(os.path.join(path[0], "lab.py")) or "pyroute2.lab" in sys.modules:
-        yield
-        return
-    lab = types.ModuleType("pyroute2.lab")
-    lab.__doc__ = "domunet's stand-in for pyroute2 0.7's test-mode mixin (see domunet.core.kernel)"
-    lab.LAB_API = type("LAB_API", (), {"__module__": "pyroute2.lab"})  # type: ignore[attr-defined]
-    lab.registry, lab.use_mock = [], False  # type: ignore[attr-defined]
-    sys.modules["pyroute2.lab"] = lab
-    uname = platform.uname()
-    vars(uname).setdefault("processor", "")  # functools.cached_property: `uname -p` never runs
-    architecture = platform.architecture
-    bits = f"{struct.calcsize('P') * 8}bit"
-    platform.architecture = lambda *args, **kwargs: (bits, "ELF")  # type: ignore[assignment]
-    try:
-        yield
-    except BaseException:
-        if sys.modules.get("pyroute2.lab") is lab:
-            del sys.modules["pyroute2.lab"]
-        raise
-    finally:
-        platform.architecture = architecture
-
-
-IPRoute, NetlinkError = _import_pyroute2()
 
 
 def _dump_request() -> dict[str, Any]:

@@ -209,7 +209,7 @@ def test_ipv6_address_still_in_dad_does_not_break_setup(lab, domunet):
 
 
 def test_the_plain_pyroute2_import_gives_the_same_state(routed_lab, domunet):
-    """domunet.core.kernel skips pyroute2's package __init__ for speed; the documented import is the
+    """The command's import diet skips pyroute2's package __init__ for speed; the documented import is the
     fallback, and both must lead to the same kernel state."""
     lab = routed_lab
     assert_ok(domunet("setup"))
@@ -220,7 +220,9 @@ def test_the_plain_pyroute2_import_gives_the_same_state(routed_lab, domunet):
     assert_ok(result)
     assert lab.dump() == fast
     # which way pyroute2 came in: its package __init__ (which defines IPRoute) runs only on the plain way
-    code = "import sys, domunet.core.kernel; print(hasattr(sys.modules['pyroute2'], 'IPRoute'))"
+    code = ("import sys; from domunet.core import pyroute2_diet; pyroute2_diet.switch_on(); "
+            "import domunet.core.kernel; "
+            "print(hasattr(sys.modules['pyroute2'], 'IPRoute'))")
     probes = {plain: lab.run("guest", sys.executable, "-c", code, env={
         "PYTHONPATH": package_root(), **({"DOMUNET_PLAIN_IMPORT": "1"} if plain else {})}).stdout.strip()
         for plain in (True, False)}

@@ -57,7 +57,7 @@ def test_importing_the_pure_modules_loads_no_pyroute2_nor_netifaces():
 
 def test_importing_the_netlink_layer_starts_no_process():
     """pyroute2 0.7's config runs `uname -p` and `file` on import, and its IPRoute's base class
-    imports unittest.mock; domunet.core.kernel spares both (issue 17): no process is started,
+    imports unittest.mock; the command's import diet spares both (issue 17): no process is started,
     platform is left as it was, and on 0.7 unittest.mock is not loaded (0.9 loads it itself)."""
     code = """
 import json, platform, subprocess, sys
@@ -68,6 +68,8 @@ class Recorded(subprocess.Popen):
         super().__init__(args, *rest, **kwargs)
 subprocess.Popen = Recorded
 architecture = platform.architecture
+from domunet.core import pyroute2_diet
+pyroute2_diet.switch_on()  # as domunet.entry does
 import domunet.core.kernel
 print(json.dumps({"started": started, "platform restored": platform.architecture is architecture,
                   "mock": "unittest.mock" in sys.modules, "0.9": "pyroute2.netlink.core" in sys.modules}))
@@ -78,3 +80,25 @@ print(json.dumps({"started": started, "platform restored": platform.architecture
     found = json.loads(result.stdout)
     assert found["started"] == [] and found["platform restored"]
     assert found["mock"] == found["0.9"]
+
+
+def test_importing_domunet_as_a_library_leaves_pyroute2_and_platform_alone():
+    """The diet is the command's (issue 22): a program that imports domunet's kernel layer can still
+    import pyroute2 the documented way, gets the real pyroute2.lab (0.7) and an untouched platform."""
+    code = """
+import json, platform, sys
+architecture, uname = platform.architecture, platform.uname
+import domunet.core.kernel, domunet.guest.pipeline, domunet.dom0.executor
+from pyroute2 import IPRoute
+import pyroute2.iproute.linux
+lab = sys.modules.get("pyroute2.lab")
+print(json.dumps({"documented import": IPRoute is pyroute2.iproute.linux.IPRoute,
+                  "platform": platform.architecture is architecture and platform.uname is uname,
+                  "stand-in lab": lab is not None and "stand-in" in (lab.__doc__ or ""),
+                  "kernel uses it": domunet.core.kernel.IPRoute is IPRoute}))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": package_root()})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"documented import": True, "platform": True, "stand-in lab": False,
+                                         "kernel uses it": True}
