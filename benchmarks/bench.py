@@ -19,9 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from domunet.demo import run_batch  # noqa: E402
 from domunet.version import versions  # noqa: E402
-from tests.labs import ScaleLab  # noqa: E402
+from tests.labs import ScaleLab, run_batch  # noqa: E402
 
 SIZES = ((1, 1), (4, 16), (16, 16), (16, 256))
 HOOK = ROOT / "hooks" / "ifupdown" / "domunet"
@@ -242,7 +241,7 @@ def bench_watch(changes: int, idle: float) -> dict[str, object]:
     import re
     import threading
 
-    from domunet.demo import Lab
+    from tests.labs import Lab
 
     converged = re.compile(r"converged: .* \(run (\d+)\)")
     with Lab() as lab:

@@ -1,6 +1,6 @@
-"""The lab: an outside host, a provider router, a dom0 and a guest, in network namespaces.
+"""`domunet lab`: an outside host, a provider router, a dom0 and a guest, in network namespaces.
 
-It is the README's demo (`domunet lab`) and the integration tests' fixture. Every
+It is the README's demo; the tests build on it (tests/lab.py adds what only they need). Every
 namespace gets a unique name and is deleted again, also on failure or Ctrl-C: nothing
 here touches the network of the machine it runs on.
 """
@@ -53,14 +53,6 @@ NICS = (
     GuestNic("eth3", "vif1.3", "2001:db8:4309:2388::50", 64),
 )
 
-#: The guest's config: the one fact domunet cannot discover, dom0's /128 as eth3's gateway.
-GUEST_CONFIG = f"""\
-# domunet lab: the guest's /etc/domunet.conf
-[interfaces]
-[[eth3]]
-gateway6 = {DOM0_UPLINK6}
-"""
-
 SYSCTL_DEFAULTS = (
     "net/ipv6/conf/default/accept_dad=0",
     "net/ipv6/conf/all/accept_dad=0",
@@ -87,30 +79,8 @@ def check_can_run(who: str = "domunet lab") -> None:
 
 HOOK = Path(__file__).resolve().parent / "hooks" / "vif-domunet"
 
-# Stand-ins for Xen's xenstore tools over the directory $XENSTORE_DIR (domunet lab and tests).
-# A relative key is relative to the calling domain's home, $XENSTORE_HOME (local/domain/N).
-_XENSTORE_PATH = """path() {
-    case "$1" in /*) echo "$XENSTORE_DIR$1" ;; *) echo "$XENSTORE_DIR/$XENSTORE_HOME/$1" ;; esac
-}
-"""
-_XENSTORE_READ = "#!/bin/sh\n" + _XENSTORE_PATH + """for key; do
-    file=$(path "$key")
-    [ -f "$file" ] || { echo "couldn't read path $key" >&2; exit 1; }
-    cat "$file"; echo
-done
-"""
-_XENSTORE_WRITE = "#!/bin/sh\n" + _XENSTORE_PATH + """while [ $# -ge 2 ]; do
-    file=$(path "$1")
-    mkdir -p "$(dirname "$file")" && printf '%s' "$2" > "$file" || exit 1
-    shift 2
-done
-"""
-_XENSTORE_LIST = "#!/bin/sh\n" + _XENSTORE_PATH + """dir=$(path "$1")
-[ -d "$dir" ] || { echo "couldn't list path $1" >&2; exit 1; }
-ls "$dir"
-"""
-_XENSTORE_RM = "#!/bin/sh\n" + _XENSTORE_PATH + """for key; do rm -rf "$(path "$key")"; done
-"""
+#: The stand-in for xenstore-read/-write/-list/-rm (its first argument names the tool).
+XENSTORE_STANDIN = Path(__file__).resolve().parent / "demo_xenstore.sh"
 
 
 def package_root() -> str:
@@ -218,20 +188,15 @@ class Lab:
             guest.append("route add default via 192.168.0.1 dev eth0")
             self.batch("guest", guest)
         self.sysctl("guest", [f"net/ipv4/conf/{nic.guest}/rp_filter=1" for nic in NICS])
-        (self.workdir / "domunet.conf").write_text(GUEST_CONFIG)
         self._tools()
 
     def _tools(self) -> None:
         """Stand-ins for xenstore-read/-write over a directory, and a `domunet` command."""
         self.bin.mkdir()
         self.xenstore.mkdir()
-        tools = {
-            "xenstore-read": _XENSTORE_READ,
-            "xenstore-write": _XENSTORE_WRITE,
-            "xenstore-list": _XENSTORE_LIST,
-            "xenstore-rm": _XENSTORE_RM,
-            "domunet": f'#!/bin/sh\n{self.command} "$@"\n',
-        }
+        tools = {name: f'#!/bin/sh\nexec sh "{XENSTORE_STANDIN}" {name} "$@"\n'
+                 for name in ("xenstore-read", "xenstore-write", "xenstore-list", "xenstore-rm")}
+        tools["domunet"] = f'#!/bin/sh\n{self.command} "$@"\n'
         for name, text in tools.items():
             (self.bin / name).write_text(text)
             (self.bin / name).chmod(0o755)
@@ -246,21 +211,6 @@ class Lab:
         (target / "rt_protos.d" / "domunet.conf").write_text(rt_protos_text())
         for stale in (target / "rt_tables.d").glob("domunet*"):
             stale.unlink()
-
-    def route_dom0_statically(self) -> None:
-        """dom0 as admins configure it by hand today: /32 and /128 host routes, proxy ARP and NDP."""
-        lines = [f"link set {nic.vif} up" for nic in NICS]
-        lines += [f"addr add {DOM0_UPLINK4}/32 dev {nic.vif}" for nic in NICS if nic.version == 4]
-        lines += [f"addr add {DOM0_UPLINK6}/128 dev {nic.vif} nodad" for nic in NICS if nic.version == 6]
-        for nic in NICS:
-            if nic.version == 4:
-                lines.append(f"route add {nic.address}/32 dev {nic.vif} src {DOM0_UPLINK4}")
-            else:
-                lines.append(f"route add {nic.address}/128 dev {nic.vif}")
-                lines.append(f"neigh add proxy {nic.address} dev eth0")
-        self.batch("dom0", lines)
-        proxies = [f"net/ipv4/conf/{dev}/proxy_arp=1" for dev in ("eth0", *(n.vif for n in NICS))]
-        self.sysctl("dom0", proxies + ["net/ipv6/conf/eth0/proxy_ndp=1", "net/ipv6/conf/all/proxy_ndp=1"])
 
     # --- dom0 through vif-domunet, with a stand-in xenstore --------------------------------
 
@@ -305,45 +255,6 @@ class Lab:
             if result.returncode != 0 or status != "connected":
                 raise LabError(f"vif-domunet online {nic.vif} failed ({status}): {result.stderr.strip()}")
 
-    # --- the guest's network configured by ifupdown, with domunet's hook --------------------
-
-    def install_ifupdown(self, interfaces: str, hook: Path, config: str | None = None,
-                         path: str | None = None) -> None:
-        """A private /etc/network for the guest (bound by `ip netns exec`), hook in place.
-
-        ifupdown gives hooks a fresh environment, so the hook is wrapped in one line that
-        points it at the lab's domunet, config and state; the hook itself runs unchanged.
-        """
-        etc = self.etc / "network"
-        for directory in ("if-pre-up.d", "if-up.d", "if-down.d", "if-post-down.d", "interfaces.d"):
-            (etc / directory).mkdir(parents=True, exist_ok=True)
-        (etc / "interfaces").write_text(interfaces)
-        exports = " ".join(f"{key}='{value}'" for key, value in self.hook_env(config, path).items())
-        for directory in ("if-up.d", "if-post-down.d"):
-            wrapper = etc / directory / "domunet"
-            wrapper.write_text(f"#!/bin/sh\nexport {exports}\nexec sh '{hook}' \"$@\"\n")
-            wrapper.chmod(0o755)
-        (self.workdir / "ifstate").mkdir(exist_ok=True)
-
-    def hook_env(self, config: str | None = None, path: str | None = None) -> dict[str, str]:
-        """What the hooks see: the lab's domunet first on PATH (unless path says otherwise), the
-        lab's config and state."""
-        return {
-            "PATH": path or f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin",
-            "DOMUNET_CONFIG": config or str(self.workdir / "domunet.conf"),
-            "DOMUNET_STATE_DIR": str(self.state_dir),
-        }
-
-    def ifupdown(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
-        state = f"--state-dir={self.workdir / 'ifstate'}"
-        return self.run("guest", command, state, *args, check=False, env=self.hook_env())
-
-    def add_guest_nic(self, guest: str, vif: str, *addresses: str) -> None:
-        """One more vif pair, e.g. for a /32 address whose gateway lies outside it."""
-        self.batch("dom0", [f"link add {vif} type veth peer name {guest} netns {self.ns['guest']}",
-                            f"link set {vif} up"])
-        self.batch("guest", [*(f"addr add {a} dev {guest}" for a in addresses), f"link set {guest} up"])
-
     def destroy(self) -> None:
         for name in reversed(self.created):
             subprocess.run(["ip", "netns", "delete", name], capture_output=True)
@@ -361,15 +272,6 @@ class Lab:
 
     # --- what the tests and the demo look at -----------------------------------------------
 
-    def domunet(self, *args: str, config: str | None = None, check: bool = False,
-                python: str | None = None, role: str = "guest") -> subprocess.CompletedProcess[str]:
-        """Run domunet inside a namespace, as the guest's admin would."""
-        config = config or str(self.workdir / "domunet.conf")
-        env = dict(os.environ, PYTHONPATH=package_root())
-        command = [python or sys.executable, "-m", "domunet", "--config", config, "--state-dir", str(self.state_dir),
-                   *args]
-        return self.run(role, *command, check=check, env=env)
-
     def ping(self, address: str, tries: int = 3, wait: float = 2.0, role: str = "out") -> bool:
         """Does address answer? Proxied neighbours answer late (proxy_delay), so allow tries."""
         for _ in range(tries):
@@ -384,14 +286,6 @@ class Lab:
             results = pool.map(lambda nic: self.ping(nic.address, tries), NICS)
             return {nic.address: ok for nic, ok in zip(NICS, results)}
 
-    def dump(self, role: str = "guest") -> str:
-        """The routing state the tests compare: rules and routes of every table, both families,
-        tables and protocols as numbers."""
-        parts = []
-        for family in ("-4", "-6"):
-            for what in (["rule", "show"], ["route", "show", "table", "all"]):
-                parts.append(self.run(role, "ip", "-N", family, *what).stdout)  # numbers: no names files
-        return "".join(parts)
 
 
 def demo(out: object = sys.stdout) -> bool:

@@ -1,8 +1,10 @@
-"""Lab scaffolding the tests and the benchmarks share, kept out of the shipped package (the
-demo's Lab stays in domunet.demo): a guest with many NICs and addresses, and dom0's state dump."""
+"""Lab scaffolding the tests and the benchmarks share, kept out of the shipped package: the demo's
+lab (domunet.demo) with what only tests need (a guest config, ifupdown, dumps, a statically routed
+dom0), a guest with many NICs and addresses, and dom0's state dump."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -10,7 +12,109 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from domunet.demo import SYSCTL_DEFAULTS, Lab, package_root, run_batch, write_sysctls
+from domunet import demo
+from domunet.demo import (  # noqa: F401 (the tests' one place to import the lab's facts from)
+    DOM0_UPLINK4,
+    DOM0_UPLINK6,
+    NICS,
+    OUTSIDE4,
+    OUTSIDE6,
+    ROUTER_LAN6,
+    SYSCTL_DEFAULTS,
+    LabError,
+    package_root,
+    run_batch,
+    write_sysctls,
+)
+
+#: The guest's config: the one fact domunet cannot discover, dom0's /128 as eth3's gateway.
+GUEST_CONFIG = f"""\
+# domunet lab: the guest's /etc/domunet.conf
+[interfaces]
+[[eth3]]
+gateway6 = {DOM0_UPLINK6}
+"""
+
+
+class Lab(demo.Lab):
+    """The demo's lab, with the guest's config written and what the tests look at."""
+
+    def _create(self) -> None:
+        super()._create()
+        (self.workdir / "domunet.conf").write_text(GUEST_CONFIG)
+
+    def route_dom0_statically(self) -> None:
+        """dom0 as admins configure it by hand today: /32 and /128 host routes, proxy ARP and NDP."""
+        lines = [f"link set {nic.vif} up" for nic in NICS]
+        lines += [f"addr add {DOM0_UPLINK4}/32 dev {nic.vif}" for nic in NICS if nic.version == 4]
+        lines += [f"addr add {DOM0_UPLINK6}/128 dev {nic.vif} nodad" for nic in NICS if nic.version == 6]
+        for nic in NICS:
+            if nic.version == 4:
+                lines.append(f"route add {nic.address}/32 dev {nic.vif} src {DOM0_UPLINK4}")
+            else:
+                lines.append(f"route add {nic.address}/128 dev {nic.vif}")
+                lines.append(f"neigh add proxy {nic.address} dev eth0")
+        self.batch("dom0", lines)
+        proxies = [f"net/ipv4/conf/{dev}/proxy_arp=1" for dev in ("eth0", *(n.vif for n in NICS))]
+        self.sysctl("dom0", proxies + ["net/ipv6/conf/eth0/proxy_ndp=1", "net/ipv6/conf/all/proxy_ndp=1"])
+
+    # --- the guest's network configured by ifupdown, with domunet's hook --------------------
+
+    def install_ifupdown(self, interfaces: str, hook: Path, config: str | None = None,
+                         path: str | None = None) -> None:
+        """A private /etc/network for the guest (bound by `ip netns exec`), hook in place.
+
+        ifupdown gives hooks a fresh environment, so the hook is wrapped in one line that
+        points it at the lab's domunet, config and state; the hook itself runs unchanged.
+        """
+        etc = self.etc / "network"
+        for directory in ("if-pre-up.d", "if-up.d", "if-down.d", "if-post-down.d", "interfaces.d"):
+            (etc / directory).mkdir(parents=True, exist_ok=True)
+        (etc / "interfaces").write_text(interfaces)
+        exports = " ".join(f"{key}='{value}'" for key, value in self.hook_env(config, path).items())
+        for directory in ("if-up.d", "if-post-down.d"):
+            wrapper = etc / directory / "domunet"
+            wrapper.write_text(f"#!/bin/sh\nexport {exports}\nexec sh '{hook}' \"$@\"\n")
+            wrapper.chmod(0o755)
+        (self.workdir / "ifstate").mkdir(exist_ok=True)
+
+    def hook_env(self, config: str | None = None, path: str | None = None) -> dict[str, str]:
+        """What the hooks see: the lab's domunet first on PATH (unless path says otherwise), the
+        lab's config and state."""
+        return {
+            "PATH": path or f"{self.bin}:/usr/sbin:/usr/bin:/sbin:/bin",
+            "DOMUNET_CONFIG": config or str(self.workdir / "domunet.conf"),
+            "DOMUNET_STATE_DIR": str(self.state_dir),
+        }
+
+    def ifupdown(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+        state = f"--state-dir={self.workdir / 'ifstate'}"
+        return self.run("guest", command, state, *args, check=False, env=self.hook_env())
+
+    def add_guest_nic(self, guest: str, vif: str, *addresses: str) -> None:
+        """One more vif pair, e.g. for a /32 address whose gateway lies outside it."""
+        self.batch("dom0", [f"link add {vif} type veth peer name {guest} netns {self.ns['guest']}",
+                            f"link set {vif} up"])
+        self.batch("guest", [*(f"addr add {a} dev {guest}" for a in addresses), f"link set {guest} up"])
+
+    def domunet(self, *args: str, config: str | None = None, check: bool = False,
+                python: str | None = None, role: str = "guest") -> subprocess.CompletedProcess[str]:
+        """Run domunet inside a namespace, as the guest's admin would."""
+        config = config or str(self.workdir / "domunet.conf")
+        env = dict(os.environ, PYTHONPATH=package_root())
+        command = [python or sys.executable, "-m", "domunet", "--config", config, "--state-dir", str(self.state_dir),
+                   *args]
+        return self.run(role, *command, check=check, env=env)
+
+    def dump(self, role: str = "guest") -> str:
+        """The routing state the tests compare: rules and routes of every table, both families,
+        tables and protocols as numbers."""
+        parts = []
+        for family in ("-4", "-6"):
+            for what in (["rule", "show"], ["route", "show", "table", "all"]):
+                parts.append(self.run(role, "ip", "-N", family, *what).stdout)  # numbers: no names files
+        return "".join(parts)
+
 
 DOM0_SYSCTLS = (
     "net/ipv4/ip_forward", "net/ipv6/conf/all/forwarding", "net/ipv4/conf/eth0/proxy_arp",

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from domunet.demo import Lab
+from tests.labs import Lab
 from tests.shipped import shipped
 
 if os.geteuid() != 0 or shutil.which("ip") is None:

@@ -9,8 +9,7 @@ import sys
 
 import pytest
 
-from domunet.demo import NICS, Lab, package_root
-from tests.labs import dom0_dump
+from tests.labs import NICS, Lab, dom0_dump, package_root
 from tests.shipped import shipped
 
 ALL = [nic.address for nic in NICS]

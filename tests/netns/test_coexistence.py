@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from domunet.demo import NICS, OUTSIDE4
+from tests.labs import NICS, OUTSIDE4
 from tests.netns.test_guest import assert_ok
 
 GUEST4 = [nic.address for nic in NICS if nic.version == 4]

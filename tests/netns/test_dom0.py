@@ -7,8 +7,7 @@ import time
 
 import pytest
 
-from domunet.demo import NICS
-from tests.labs import dom0_dump
+from tests.labs import NICS, dom0_dump
 
 ALL = [nic.address for nic in NICS]
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from domunet.demo import GUEST_CONFIG, NICS, package_root
+from tests.labs import GUEST_CONFIG, NICS, package_root
 from tests.netns.conftest import write_config
 
 ALL = [nic.address for nic in NICS]

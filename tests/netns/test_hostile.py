@@ -8,8 +8,7 @@ import time
 
 import pytest
 
-from domunet.demo import NICS, package_root
-from tests.labs import dom0_dump
+from tests.labs import NICS, dom0_dump, package_root
 from tests.netns.conftest import write_config
 from tests.netns.test_dom0 import status
 from tests.netns.test_guest import assert_ok

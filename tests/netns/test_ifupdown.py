@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from domunet.demo import NICS, Lab
+from tests.labs import NICS, Lab
 from tests.shipped import shipped
 
 HOOK = shipped("hooks/ifupdown/domunet")

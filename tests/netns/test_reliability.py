@@ -13,8 +13,7 @@ import pytest
 
 from domunet.core import config as configuration
 from domunet.core.errors import ConfigError
-from domunet.demo import GUEST_CONFIG, NICS
-from tests.labs import ScaleLab, dom0_dump
+from tests.labs import GUEST_CONFIG, NICS, ScaleLab, dom0_dump
 from tests.netns.conftest import write_config
 
 CLI_CONFIGS = 30

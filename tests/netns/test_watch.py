@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from domunet.demo import NICS, package_root
+from tests.labs import NICS, package_root
 from tests.netns.test_coexistence import CONTAINER4, GUEST4, Neighbours
 from tests.netns.test_guest import assert_ok
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from domunet.demo import GUEST_CONFIG, NICS
+from tests.labs import GUEST_CONFIG, NICS
 
 ALL = [nic.address for nic in NICS]
 

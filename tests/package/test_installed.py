@@ -73,7 +73,7 @@ def test_removal_leaves_the_network_alone_and_purge_removes_what_domunet_wrote(t
 
 
 def test_installed_domunet_on_debians_python_passes_the_lab_scenario():
-    from domunet.demo import NICS, Lab
+    from tests.labs import NICS, Lab
 
     site = ROOT / "usr/lib/python3/dist-packages"
     command = f'PYTHONPATH="{site}" exec /usr/bin/python3 "{ROOT}/usr/bin/domunet"'

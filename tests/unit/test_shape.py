@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from domunet.demo import package_root
+from tests.labs import package_root
 
 PURE = ["domunet.core.model", "domunet.core.config", "domunet.core.state", "domunet.guest.plan",
         "domunet.guest.diff", "domunet.guest.render", "domunet.guest.status", "domunet.guest.watch"]
