@@ -202,7 +202,7 @@ def _dom0_engine(kernel: Any, args: argparse.Namespace) -> Any:
 
 def _dom0(args: argparse.Namespace) -> int:
     from domunet.core.kernel import Kernel
-    from domunet.dom0.executor import VifRequest, check_ifname, parse_addresses
+    from domunet.dom0.request import VifRequest, check_ifname, parse_addresses
 
     if args.action == "hotplug":
         return _hotplug(args)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from domunet.core.errors import UsageError
-from domunet.core.state import check_dir, open_nofollow
+from domunet.core.state import Layout, check_dir, open_nofollow
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def locked(state_dir: str, shared: bool = False) -> Iterator[None]:
     """Exclusive for changes; shared for read-only verbs (plan, status) so they see no half state."""
     try:
         directory = check_dir(state_dir, create=not shared or os.geteuid() == 0)
-        fd = open_nofollow(directory / "lock", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        fd = open_nofollow(directory / Layout.LOCK, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     except (OSError, UsageError) as error:
         if shared:  # a reader without access (plan or status as a user) goes on unlocked
             if not (isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM, errno.EROFS)) \
@@ -43,7 +43,7 @@ def _text(error: Exception, state_dir: str) -> str:
     return str(error)
 
 
-WATCH_LOCK = "watch.lock"
+WATCH_LOCK = Layout.WATCH_LOCK
 #: An abstract unix socket name: abstract names are per network namespace, so holding it means
 #: one watch per namespace whatever its state directory or config (two would fight forever).
 WATCH_NAME = b"\0domunet-watch"

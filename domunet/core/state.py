@@ -15,12 +15,66 @@ import json
 import logging
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from domunet.core.errors import DomunetError, UsageError
+from domunet.core.sysctl import saved_values
 
 log = logging.getLogger(__name__)
+
+
+T = TypeVar("T")
+
+
+class Layout:
+    """/run/domunet (or --state-dir): every file domunet keeps there, named once."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    #: The guest's run lock (see domunet.core.lock); dom0's is `lock` in dom0_dir.
+    LOCK = "lock"
+    #: Held by the one `domunet watch` of this state directory.
+    WATCH_LOCK = "watch.lock"
+
+    @property
+    def blocks(self) -> Path:
+        """The guest's remembered covering blocks (domunet.guest.plan.Block)."""
+        return self.root / "blocks.json"
+
+    @property
+    def connmark_origin(self) -> Path:
+        """Sysctl values from before the guest's connection marks set them."""
+        return self.root / "connmark.json"
+
+    @property
+    def hints(self) -> Path:
+        """ifupdown stanza options, one file per interface and family."""
+        return self.root / "ifupdown"
+
+    def hint(self, iface: str, addrfam: str) -> Path:
+        return self.hints / f"{iface}.{addrfam}.json"
+
+    @property
+    def dom0(self) -> Path:
+        """dom0's vif records and its own lock."""
+        return self.root / "dom0"
+
+    VIF_RECORDS = "vif-*.json"
+
+    def vif_record(self, key: str) -> Path:
+        return self.dom0 / f"vif-{key}.json"
+
+    @staticmethod
+    def vif_record_key(path: Path) -> str:
+        return path.name[len("vif-"):-len(".json")]
+
+    @property
+    def dom0_sysctl_origin(self) -> Path:
+        """Global sysctl values from before dom0's first vif; restored after the last."""
+        return self.dom0 / "sysctl-origin.json"
 
 
 class StateError(DomunetError):
@@ -109,3 +163,48 @@ def set_aside(path: str | Path, reason: str) -> None:
         os.replace(path, path.with_name(path.name + ".corrupt"))
     except OSError as error:
         log.warning("cannot set %s aside: %s", path, error.strerror)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A state file that cannot be used, and why; `corrupt` is False when it merely could not be
+    read now (an I/O error), `data` what JSON it held (for a caller that salvages parts)."""
+
+    path: Path
+    reason: str
+    corrupt: bool = True
+    data: Any = None
+
+
+def read_folder(directory: Path, pattern: str, parse: Callable[[Any], T],
+                what: str) -> tuple[list[tuple[Path, T]], list[Unreadable]]:
+    """Every file of a folder of JSON files, parsed by `parse` (ValueError, TypeError or UsageError
+    when a file's content is not valid), in name order; and those that cannot be used. Whether a bad
+    file is set aside or kept in place is the caller's decision."""
+    good: list[tuple[Path, T]] = []
+    bad: list[Unreadable] = []
+    for path in sorted(directory.glob(pattern)):
+        data = None
+        try:
+            data = read_json(path)
+            good.append((path, parse(data)))
+        except CorruptState as error:
+            bad.append(Unreadable(path, str(error).removeprefix(f"{path}: ")))
+        except (ValueError, TypeError, UsageError) as error:
+            bad.append(Unreadable(path, f"not a valid {what} ({error})", data=data))
+        except OSError as error:
+            bad.append(Unreadable(path, f"unreadable ({error.strerror})", corrupt=False))
+    return good, bad
+
+
+def read_saved_sysctls(path: Path) -> dict[str, str]:
+    """Sysctl values domunet saved before it changed them; a corrupt file is set aside (then there
+    is nothing to put back)."""
+    try:
+        data = read_json(path)
+        return {} if data is None else saved_values(data)
+    except CorruptState as error:
+        set_aside(path, str(error))
+    except ValueError as error:
+        set_aside(path, f"not a list of sysctl values ({error})")
+    return {}

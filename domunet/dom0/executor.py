@@ -1,4 +1,6 @@
-"""dom0: route, proxy and guard each guest address of a vif (the vif-domunet hotplug script).
+"""dom0's executor: route, proxy and guard each guest address of a vif (vif-domunet's work).
+
+Its input is validated (domunet.dom0.request), what it did is recorded (domunet.dom0.records).
 
 online:  validate everything first; then, in this order: a record under /run (so that a
          crash still leaves something for offline to undo), the vif's rename, anti-spoofing
@@ -15,204 +17,31 @@ import dataclasses
 import errno
 import ipaddress
 import logging
-import re
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Callable
 
 from domunet.core import nftables, sysctl
 from domunet.core.errors import KernelError, ObjectExists, ObjectMissing, UsageError
 from domunet.core.kernel import Kernel
 from domunet.core.lock import locked
-from domunet.core.model import (
-    DEFAULT_STATE_DIR,
-    IFNAME_CHARS,
-    METRIC6,
-    PROTO_DOM0,
-    TABLE_MAIN,
-    IPInterface,
-    IPNetwork,
-    Route,
-    parse_address,
-    parse_network,
-    valid_ifname,
-)
-from domunet.core.state import CorruptState, read_json, set_aside, write_json
+from domunet.core.model import DEFAULT_STATE_DIR, IPNetwork, Route
+from domunet.core.state import Layout, read_saved_sysctls, set_aside, write_json
 from domunet.dom0 import guard
+from domunet.dom0.records import (
+    HostRoute,
+    Unusable,
+    VifRecord,
+    keys_for,
+    plan_online,
+    read_records,
+    save_record,
+)
+from domunet.dom0.request import VifRequest, check_guest_networks, domain_of
 
 log = logging.getLogger(__name__)
 
-MAX_ADDRESSES = 256
 METRIC_TRIES = 8
-XENBUS_PATH_PATTERN = re.compile(r"^backend/vif/(\d{1,5})/(\d{1,5})$")
-
-
-def check_ifname(value: str | None, what: str) -> str:
-    if not valid_ifname(value):
-        raise UsageError(f"{what}: {value!r} is not a valid interface name")
-    return value
-
-
-def check_xenbus_path(value: str) -> str:
-    if not XENBUS_PATH_PATTERN.match(value):
-        raise UsageError(f"XENBUS_PATH: {value!r} is not backend/vif/DOMID/DEVID")
-    return value
-
-
-def parse_addresses(text: str | None, what: str) -> tuple[IPNetwork, ...]:
-    """Guest addresses or prefixes, space separated (libxl never validates them: we do)."""
-    if text is None or not text.strip():
-        raise UsageError(f"{what}: no guest address given; a routed vif needs its guest's addresses")
-    if len(text) > 16 * MAX_ADDRESSES:
-        raise UsageError(f"{what}: value is too long")
-    networks: list[IPNetwork] = []
-    for token in text.split():
-        if "%" in token:
-            raise UsageError(f"{what}: {token!r} has a %zone id; give the address without it")
-        try:
-            network = parse_network(token)
-        except ValueError:
-            raise UsageError(f"{what}: {token!r} is not an IPv4/IPv6 address or prefix") from None
-        if network.is_multicast or network.is_loopback or network.is_link_local or network.is_unspecified \
-                or network.prefixlen == 0:
-            raise UsageError(f"{what}: {token!r} cannot be a guest address")
-        if network not in networks:
-            networks.append(network)
-    if len(networks) > MAX_ADDRESSES:
-        raise UsageError(f"{what}: more than {MAX_ADDRESSES} addresses")
-    return tuple(networks)
-
-
-_VIF_NAME = re.compile(r"^vif(\d{1,5})\.\d{1,5}(-emu)?$")
-
-
-def domain_of(key: str, vif: str) -> int | None:
-    """The guest domain a vif belongs to (from libxl's backend path, else its vifD.N name): one
-    domain's PV vif and emulated NIC may carry the same address, two domains may not."""
-    match = re.match(r"^xen-(\d+)-\d+$", key) or _VIF_NAME.match(vif)
-    return int(match.group(1)) if match else None
-
-
-#: Narrowest prefix length given to a guest without [dom0] allow_prefixes: wider ones are deliberate.
-WIDEST = {4: 24, 6: 48}
-_LIMITED_BROADCAST = ipaddress.ip_network("255.255.255.255/32")
-_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
-_MAPPED4 = ipaddress.ip_network("::ffff:0:0/96")
-
-
-def check_guest_networks(vif: str, guest: tuple[IPNetwork, ...], uplink_addresses: list[IPInterface],
-                         gateways: list[Any], others: dict[str, list[IPNetwork]],
-                         allow: tuple[IPNetwork, ...] = (), dom0_addresses: Sequence[IPInterface] = ()) -> None:
-    """Pure: refuse what would let a guest capture traffic that is not its own: dom0's own
-    addresses (on any device) or gateway, a slice or the whole of an uplink subnet (a single
-    address in it is what proxy ARP/NDP is for), broadcast, reserved and IPv4-mapped ranges,
-    prefixes wider than /24 or /48 (unless listed in [dom0] allow_prefixes), an address already
-    routed to another vif."""
-    for network in guest:
-        allowed = any(network.version == a.version and network.subnet_of(a) for a in allow)  # type: ignore[arg-type]
-
-        def refuse(why: str, network: IPNetwork = network) -> None:
-            raise UsageError(f"{vif}: guest address {network} {why}")
-
-        if network.version == 6 and network.overlaps(_MAPPED4):
-            refuse("is an IPv4-mapped IPv6 range (give the IPv4 address)")
-        if network.is_reserved or (network.version == 4 and (network.overlaps(_LIMITED_BROADCAST)
-                                                             or network.overlaps(_THIS_NETWORK))):
-            refuse("is a broadcast or reserved range")
-        for own in (a for a in [*uplink_addresses, *dom0_addresses]
-                    if a.version == network.version and not a.ip.is_link_local and not a.ip.is_loopback):
-            if own.ip in network:
-                refuse(f"holds dom0's own address {own.ip}")
-        for own in (a for a in uplink_addresses if a.version == network.version and not a.ip.is_link_local):
-            subnet = own.network
-            if allowed or subnet.prefixlen == subnet.max_prefixlen or not network.overlaps(subnet):
-                continue
-            if network.prefixlen <= subnet.prefixlen:
-                refuse(f"covers dom0's whole uplink subnet {subnet} (list it in [dom0] allow_prefixes if deliberate)")
-            if network.prefixlen < network.max_prefixlen:
-                refuse(f"is a slice of dom0's uplink subnet {subnet}: proxy ARP/NDP would claim its neighbours' "
-                       "addresses (give single addresses, or list it in [dom0] allow_prefixes if deliberate)")
-            if network.version == 4 and subnet.prefixlen < 31 and (
-                    subnet.broadcast_address in network or subnet.network_address in network):
-                refuse(f"holds the network or broadcast address of {subnet}")
-        for gateway in gateways:
-            if gateway.version == network.version and gateway in network:
-                refuse(f"holds dom0's gateway {gateway}")
-        if not allowed and network.prefixlen < WIDEST[network.version]:
-            refuse(f"is wider than /{WIDEST[network.version]} (list it in [dom0] allow_prefixes if deliberate)")
-        for other, networks in sorted(others.items()):
-            clash = next((n for n in networks if n.version == network.version and n.overlaps(network)), None)
-            if clash is not None:
-                refuse(f"overlaps {clash}, which is routed to {other} already")
-
-
-@dataclass(frozen=True)
-class VifRequest:
-    """Validated input for one vif: from xenstore (hotplug) or the command line."""
-
-    key: str
-    vif: str
-    guest: tuple[IPNetwork, ...]
-    uplink: str | None = None
-    rename: str | None = None
-    xenbus_path: str | None = None
-
-
-@dataclass
-class VifRecord:
-    """What online did for one vif, kept under /run so that offline undoes exactly that."""
-
-    key: str
-    vif: str
-    uplink: str
-    guest: list[str]
-    dom0_addresses: list[str] = field(default_factory=list)
-    routes: list[list[str]] = field(default_factory=list)  # [destination, source, metric]
-    proxies: list[str] = field(default_factory=list)
-    vif_sysctls: dict[str, str] = field(default_factory=dict)  # key -> value before online
-    original_name: str | None = None
-    xenbus_path: str | None = None
-
-    def networks(self) -> list[IPNetwork]:
-        return [ipaddress.ip_network(g) for g in self.guest]
-
-
-def plan_online(request: VifRequest, uplink: str, uplink_addresses: list[IPInterface], ipv6: bool) -> VifRecord:
-    """Pure: what online must do for this vif, given dom0's uplink addresses."""
-    vif = request.rename or request.vif
-    guest = list(request.guest)
-    if not ipv6 and any(n.version == 6 for n in guest):
-        log.warning("%s: IPv6 is disabled in dom0; skipping the IPv6 guest addresses", vif)
-        guest = [n for n in guest if n.version == 4]
-        if not guest:
-            raise UsageError(f"{vif}: only IPv6 guest addresses, and IPv6 is disabled in dom0")
-    record = VifRecord(key=request.key, vif=vif, uplink=uplink, guest=[str(n) for n in guest],
-                       original_name=request.vif if request.rename else None,
-                       xenbus_path=request.xenbus_path)
-    for version in (4, 6):
-        wanted = [n for n in guest if n.version == version]
-        if not wanted:
-            continue
-        own = [a for a in uplink_addresses if a.version == version and not a.ip.is_link_local]
-        if not own:
-            raise UsageError(f"uplink {uplink} has no IPv{version} address to route the guest's "
-                             f"{', '.join(map(str, wanted))} with")
-        record.dom0_addresses += [f"{a.ip}/{a.max_prefixlen}" for a in own]
-        record.routes += [[str(n), str(own[0].ip)] for n in wanted]
-        singles = [n for n in wanted if n.version == 6 and n.prefixlen == n.max_prefixlen]
-        record.proxies += [str(n.network_address) for n in singles]
-        for prefix in (n for n in wanted if n.version == 6 and n.prefixlen < n.max_prefixlen):
-            log.info("%s: prefix %s is routed, but gets no proxy NDP entries (only single addresses do)",
-                     vif, prefix)
-    return record
-
-
-def _route(vif: str, destination: str, source: str, metric: str | None = None) -> Route:
-    network = ipaddress.ip_network(destination)
-    default = METRIC6 if network.version == 6 else 0
-    return Route(TABLE_MAIN, network, vif, src=ipaddress.ip_address(source),
-                 metric=int(metric) if metric is not None else default, proto=PROTO_DOM0)
 
 
 class Dom0:
@@ -221,7 +50,8 @@ class Dom0:
     def __init__(self, kernel: Kernel, state_dir: str = DEFAULT_STATE_DIR,
                  allow_prefixes: tuple[IPNetwork, ...] = (), input_policy: str = "restricted") -> None:
         self.kernel = kernel
-        self.dir = Path(state_dir) / "dom0"
+        self.layout = Layout(state_dir)
+        self.dir = self.layout.dom0
         self.allow_prefixes = allow_prefixes
         self.input_policy = input_policy
         #: Records that cannot be used, as last read: their vifs stay guarded (fail closed).
@@ -236,7 +66,7 @@ class Dom0:
         return locked(str(self.dir))
 
     def _path(self, key: str) -> Path:
-        return self.dir / f"vif-{key}.json"
+        return self.layout.vif_record(key)
 
     def records(self) -> list[VifRecord]:
         """The usable records. One that is not (a newer domunet's, a truncated file) stays where it
@@ -244,27 +74,11 @@ class Dom0:
         return self._read()[0]
 
     def _read(self) -> tuple[list[VifRecord], list[Unusable]]:
-        found, unusable = [], []
-        for path in sorted(self.dir.glob("vif-*.json")):
-            key = path.name[len("vif-"):-len(".json")]
-            try:
-                data = read_json(path)
-                found.append(record_from(data))
-                continue
-            except CorruptState as error:
-                reason, data = str(error).removeprefix(f"{path}: "), None
-            except (ValueError, TypeError, UsageError) as error:
-                reason = f"not a valid record ({error})"
-            except OSError as error:
-                reason, data = f"unreadable ({error.strerror})", None
-            held = Unusable(key, path, reason, salvage(data))
-            log.error("%s: %s; %s", path, reason, held.consequence())
-            unusable.append(held)
-        self.unusable = unusable
-        return found, unusable
+        records, self.unusable = read_records(self.layout)
+        return records, self.unusable
 
     def _save(self, record: VifRecord) -> None:
-        write_json(self._path(record.key), asdict(record))
+        save_record(self.layout, record)
 
     def _guarded(self, records: list[VifRecord]) -> dict[str, list[IPNetwork]]:
         """The vifs to guard and their allowed sources: every usable record's, and fail closed for
@@ -361,9 +175,12 @@ class Dom0:
         record.dom0_addresses = added
         kernel.set_link(vif, up=True)
         undo.append(lambda: kernel.set_link(vif, up=False))
+        placed = []
         for entry in record.routes:
             route = self._add_route(vif, entry)
             undo.append(lambda r=route: kernel.remove_route(r))
+            placed.append(entry.placed(route))
+        record.routes = placed
         shared = {p for r in others for p in r.proxies}
         for text in record.proxies:
             kernel.add_proxy(record.uplink, ipaddress.ip_address(text))
@@ -372,14 +189,13 @@ class Dom0:
         self._save(record)
         log.info("%s: online: %s routed via uplink %s", vif, " ".join(record.guest), record.uplink)
 
-    def _add_route(self, vif: str, entry: list[str]) -> Route:
+    def _add_route(self, vif: str, entry: HostRoute) -> Route:
         """A host route to a guest address; when another device routes it already (an HVM
         guest's emulated NIC, an overlapping restart), take the next metric and say so."""
-        route = _route(vif, *entry)
+        route = entry.route(vif)
         for _ in range(METRIC_TRIES):
             try:
                 self.kernel.add_route(route)
-                entry[2:] = [str(route.metric)]
                 return route
             except ObjectExists:
                 log.warning("%s: %s is routed already; adding ours with metric %d",
@@ -403,7 +219,7 @@ class Dom0:
         saved = self._sysctl_origin()
         fresh = {k: v for k in wanted if k not in saved and (v := sysctl.read(k)) is not None}
         if fresh:
-            write_json(self.dir / SYSCTL_ORIGIN, {**saved, **fresh})
+            write_json(self.layout.dom0_sysctl_origin, {**saved, **fresh})
         if not others:
             undo.append(self._restore_sysctls)
         for key, value in wanted.items():
@@ -423,15 +239,7 @@ class Dom0:
 
     def _sysctl_origin(self) -> dict[str, str]:
         """The sysctls' values before the first vif; a corrupt file is set aside (nothing to restore)."""
-        path = self.dir / SYSCTL_ORIGIN
-        try:
-            data = read_json(path)
-            return {} if data is None else sysctl.saved_values(data)
-        except CorruptState as error:
-            set_aside(path, str(error))
-        except ValueError as error:
-            set_aside(path, f"not a list of sysctl values ({error})")
-        return {}
+        return read_saved_sysctls(self.layout.dom0_sysctl_origin)
 
     def _restore_sysctls(self) -> None:
         for key, value in self._sysctl_origin().items():
@@ -439,7 +247,7 @@ class Dom0:
                 sysctl.write(key, value)
             except KernelError as error:
                 log.warning("could not restore %s: %s", key, error)
-        (self.dir / SYSCTL_ORIGIN).unlink(missing_ok=True)
+        self.layout.dom0_sysctl_origin.unlink(missing_ok=True)
 
     # --- offline ---------------------------------------------------------------------------
 
@@ -452,7 +260,7 @@ class Dom0:
 
     def _offline(self, key: str, vif_name: str | None = None) -> bool:
         records, unusable = self._read()
-        keys = _keys_for(key)
+        keys = keys_for(key)
         record = next((r for r in records if r.key in keys), None)
         held = next((u for u in unusable if u.key in keys or (u.salvaged and u.salvaged.vif == key)), None)
         if record is None and held is not None:
@@ -494,7 +302,7 @@ class Dom0:
                         lambda t=text: kernel.remove_proxy(record.uplink, ipaddress.ip_address(t)))
         if exists:
             for entry in record.routes:
-                attempt(f"route {entry[0]}", lambda e=entry: kernel.remove_route(_route(vif, *e)))
+                attempt(f"route {entry.destination}", lambda e=entry: kernel.remove_route(e.route(vif)))
             for text in record.dom0_addresses:
                 attempt(f"address {text}",
                         lambda t=text: kernel.remove_address(vif, ipaddress.ip_interface(t)))
@@ -524,91 +332,3 @@ class Dom0:
                         log.warning("%s: uplink %s is missing; proxy %s not restored", record.vif, record.uplink, text)
             self._guard(records)
             return len(records)
-
-
-@dataclass(frozen=True)
-class Unusable:
-    """A record that fails validation (a newer domunet's after a downgrade, a truncated file). It
-    is left in place and read again every run, its vif stays guarded and its addresses claimed,
-    until the vif goes offline or an admin removes the file."""
-
-    key: str
-    path: Path
-    reason: str
-    salvaged: VifRecord | None  # what could be read of it, field by field and item by item
-
-    def consequence(self) -> str:
-        if self.salvaged is None:
-            return ("its vif is unknown, so every guarded vif without a usable record stays guarded as it is now, "
-                    "and their addresses stay claimed: remove the file once you know which vif it was")
-        vif = self.salvaged.vif
-        return (f"{vif} stays guarded with the sources it is allowed now, and its addresses stay claimed: "
-                f"fix or remove the file, or take the vif offline (domunet dom0 offline --vif {vif})")
-
-
-def _keys_for(name: str) -> set[str]:
-    """Record keys an offline by this name means: the key itself, and for a vif named as Xen names
-    them (vifD.N) its hotplug key xen-D-N (so `domunet dom0 offline --vif vif1.1` finds it)."""
-    match = re.match(r"^vif(\d{1,5})\.(\d{1,5})$", name)
-    return {name, f"xen-{match.group(1)}-{match.group(2)}"} if match else {name}
-
-
-def salvage(data: object) -> VifRecord | None:
-    """The parts of an unusable record that check out on their own; None without a valid vif name."""
-    if not isinstance(data, dict) or not valid_ifname(data.get("vif")):
-        return None
-    vif = data["vif"]
-
-    def items(name: str, check: Callable[[Any], object]) -> list[Any]:
-        good = []
-        for item in data.get(name) if isinstance(data.get(name), list) else []:
-            try:
-                check(item)
-                good.append(item)
-            except (ValueError, TypeError, UsageError):
-                continue
-        return good
-
-    def route(entry: Any) -> None:
-        if not isinstance(entry, list) or not 2 <= len(entry) <= 3 or not all(isinstance(e, str) for e in entry):
-            raise ValueError("not a route")
-        _route(vif, *entry)
-
-    uplink = data.get("uplink") if valid_ifname(data.get("uplink")) else ""
-    original = data.get("original_name") if valid_ifname(data.get("original_name")) else None
-    return VifRecord(key=str(data.get("key", ""))[:40], vif=vif, uplink=uplink,
-                     guest=items("guest", lambda t: parse_network(t)),
-                     dom0_addresses=items("dom0_addresses", lambda t: parse_network(t, strict=False)),
-                     routes=items("routes", route) if uplink else [],
-                     proxies=items("proxies", parse_address) if uplink else [],
-                     original_name=original)
-
-
-SYSCTL_ORIGIN = "sysctl-origin.json"
-_RECORD_KEY = re.compile(rf"^(xen-\d{{1,5}}-\d{{1,5}}|{IFNAME_CHARS}{{1,15}})$")
-def record_from(data: object) -> VifRecord:
-    """A record as read back, checked as strictly as online's own input (ValueError if not)."""
-    if not isinstance(data, dict):
-        raise ValueError("not a mapping")
-    record = VifRecord(**data)
-    if not isinstance(record.key, str) or not _RECORD_KEY.match(record.key):
-        raise ValueError(f"key {record.key!r}")
-    for name in (record.vif, record.uplink, *([record.original_name] if record.original_name else [])):
-        check_ifname(name, "record")
-    if record.xenbus_path is not None:
-        check_xenbus_path(record.xenbus_path)
-    strings = [*record.guest, *record.dom0_addresses, *record.proxies]
-    if not all(isinstance(text, str) for text in strings) or not isinstance(record.routes, list):
-        raise ValueError("addresses are not strings")
-    for text in record.guest:
-        parse_network(text)
-    for text in record.dom0_addresses:
-        parse_network(text, strict=False)
-    for text in record.proxies:
-        parse_address(text)
-    for entry in record.routes:
-        if not isinstance(entry, list) or not 2 <= len(entry) <= 3 or not all(isinstance(e, str) for e in entry):
-            raise ValueError(f"route {str(entry)[:60]!r}")
-        _route(record.vif, *entry)
-    sysctl.saved_values(record.vif_sysctls)
-    return record

@@ -10,14 +10,8 @@ from typing import Any, Callable, Mapping
 
 from domunet.core import xenstore
 from domunet.core.errors import DomunetError, UsageError
-from domunet.dom0.executor import (
-    XENBUS_PATH_PATTERN,
-    VifRecord,
-    VifRequest,
-    check_ifname,
-    check_xenbus_path,
-    parse_addresses,
-)
+from domunet.dom0.records import VifRecord
+from domunet.dom0.request import XENBUS_PATH_PATTERN, VifRequest, check_ifname, check_xenbus_path, parse_addresses
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +79,9 @@ def published_keys(record: VifRecord) -> dict[str, str]:
     """What the guest may read about this vif (domunet.guest.published): dom0's addresses on it, and that
     it is routed. Written under the vif's backend directory, removed again on offline."""
     keys = {xenstore.ROUTED: "1"}
-    for destination, source, *_ in record.routes:
-        key = xenstore.GATEWAY6 if ipaddress.ip_network(destination).version == 6 else xenstore.GATEWAY
-        keys.setdefault(key, source)
+    for route in record.routes:
+        key = xenstore.GATEWAY6 if ipaddress.ip_network(route.destination).version == 6 else xenstore.GATEWAY
+        keys.setdefault(key, route.source)
     return keys
 
 

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path
 from typing import Callable, Mapping, NamedTuple
 
 from domunet.core import nftables, sysctl
 from domunet.core.errors import KernelError
-from domunet.core.state import CorruptState, read_json, set_aside, write_json
+from domunet.core.state import Layout, read_saved_sysctls, write_json
 
 log = logging.getLogger(__name__)
 
 TABLE = "domunet-guest"
 _COMMENT = re.compile(r'comment "domunet:([0-9a-f]+)"')
 #: Under the state dir: the src_valid_mark values before domunet set them, and that the table is ours.
-ORIGIN = "connmark.json"
+
 
 
 def ruleset(marks: Mapping[str, int], mask: int) -> str:
@@ -71,23 +70,12 @@ class Marks:
     """What the table and the sysctls are now, and how to make them what the plan says."""
 
     def __init__(self, state_dir: str) -> None:
-        self.origin = Path(state_dir) / ORIGIN
+        self.origin = Layout(state_dir).connmark_origin
         self._undo: list[Callable[[], None]] = []  # how to take back the last converge
 
     def _saved(self) -> dict[str, str]:
         """The sysctl values before domunet set them; a corrupt file is set aside (nothing to put back)."""
-        try:
-            value = read_json(self.origin)
-        except CorruptState as error:
-            set_aside(self.origin, str(error))
-            return {}
-        if value is None:
-            return {}
-        try:
-            return sysctl.saved_values(value)
-        except ValueError as error:
-            set_aside(self.origin, f"not a list of sysctl values ({error})")
-            return {}
+        return read_saved_sysctls(self.origin)
 
     def _save(self, saved: dict[str, str]) -> None:
         write_json(self.origin, saved)

@@ -22,7 +22,7 @@ import validate
 
 from domunet.core import config as configuration
 from domunet.core.errors import UsageError
-from domunet.core.state import CorruptState, check_dir, read_json, set_aside, write_json
+from domunet.core.state import Layout, check_dir, read_folder, set_aside, write_json
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +88,12 @@ def parse_env(env: Mapping[str, str]) -> HookCall | None:
 
 
 def _directory(state_dir: str) -> Path:
-    return Path(state_dir) / "ifupdown"
+    return Layout(state_dir).hints
 
 
 def save_hints(state_dir: str, call: HookCall) -> None:
-    directory = check_dir(_directory(state_dir))
-    write_json(directory / f"{call.iface}.{call.addrfam}.json", asdict(call))
+    check_dir(_directory(state_dir))  # created, and refused if it is not root's
+    write_json(Layout(state_dir).hint(call.iface, call.addrfam), asdict(call))
 
 
 def _is_symlink(path: Path) -> bool:
@@ -134,24 +134,19 @@ def hint_from(data: object) -> HookCall:
 
 def load_hints(state_dir: str) -> list[HookCall]:
     """The stanza options of interfaces ifupdown has up; a corrupt file is set aside, loudly."""
-    calls = []
     directory = _directory(state_dir)
     try:
         if _is_symlink(directory):
             log.warning("%s: is a symlink; its hints are not read (domunet does not follow symlinks in its "
                         "state: remove it)", directory)
             return []
-        paths = sorted(directory.glob("*.json"))
+        good, bad = read_folder(directory, "*.json", hint_from, "hint")
     except OSError as error:  # setup then names the state directory when it takes the lock
         log.debug("cannot read the ifupdown hints in %s: %s", directory, error.strerror)
         return []
-    for path in paths:
-        try:
-            calls.append(hint_from(read_json(path)))
-        except CorruptState as error:
-            set_aside(path, str(error))
-        except ValueError as error:
-            set_aside(path, f"not a valid hint ({error})")
-        except OSError as error:
-            log.warning("ignoring %s: %s", path, error.strerror)
-    return calls
+    for failed in bad:
+        if failed.corrupt:
+            set_aside(failed.path, failed.reason)
+        else:
+            log.warning("ignoring %s: %s", failed.path, failed.reason)
+    return [call for _, call in good]

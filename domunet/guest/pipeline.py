@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from domunet.core import config as configuration
@@ -14,7 +13,7 @@ from domunet.core.errors import ApplyError, DomunetError, UsageError
 from domunet.core.kernel import Kernel
 from domunet.core.lock import locked, watch_running
 from domunet.core.model import ADD, REMOVE, Route, Rule, State, VifFacts
-from domunet.core.state import CorruptState, read_json, set_aside, write_json
+from domunet.core.state import CorruptState, Layout, read_json, set_aside, write_json
 from domunet.guest.apply import apply, rollback
 from domunet.guest.connmark import Marks
 from domunet.guest.diff import Change, Scope, diff, scope_for
@@ -58,13 +57,10 @@ def with_current_hints(config: configuration.Config, state_dir: str) -> configur
     return configuration.with_hints(config, load_hints(state_dir))
 
 
-#: Under the state dir: the blocks of tables and priorities domunet has made objects in, so that a
-#: changed priority_base or table_base still finds (and removes) what the earlier one made.
-BLOCKS = "blocks.json"
-
-
 def remembered_blocks(state_dir: str) -> list[Block]:
-    path = Path(state_dir) / BLOCKS
+    """The blocks of tables and priorities domunet has made objects in, so that a changed
+    priority_base or table_base still finds (and removes) what the earlier one made."""
+    path = Layout(state_dir).blocks
     try:
         data = read_json(path)
         blocks = [(int(t), int(p)) for t, p in data or [] if not isinstance(t, bool) and not isinstance(p, bool)]
@@ -90,7 +86,7 @@ def _remember_blocks(state_dir: str, config: configuration.Config, owned: State,
     blocks = blocks_in_use(objects, config, before) if objects else []
     if blocks == before:
         return
-    path = Path(state_dir) / BLOCKS
+    path = Layout(state_dir).blocks
     if blocks:
         write_json(path, [list(block) for block in blocks])
     else:

@@ -1,11 +1,13 @@
 import ipaddress
+import json
 
 import pytest
 
 from domunet.core.errors import UsageError
 from domunet.dom0 import guard
-from domunet.dom0.executor import VifRequest, parse_addresses, plan_online
 from domunet.dom0.hotplug import hotplug_key, request_from_hotplug
+from domunet.dom0.records import plan_online
+from domunet.dom0.request import VifRequest, parse_addresses
 
 UPLINK = [ipaddress.ip_interface("192.168.0.100/24"), ipaddress.ip_interface("2001:db8:4309:2388::2/64"),
           ipaddress.ip_interface("fe80::1/64")]
@@ -35,8 +37,9 @@ def test_online_plan_routes_every_address_and_proxies_only_single_ipv6_addresses
                                               net("2001:db8:4309:2300::/64")))
     record = plan_online(request, "eth0", UPLINK, ipv6=True)
     assert record.dom0_addresses == ["192.168.0.100/32", "2001:db8:4309:2388::2/128"]
-    assert record.routes == [["192.0.2.5/32", "192.168.0.100"], ["2001:db8:4309:2388::50/128", "2001:db8:4309:2388::2"],
-                             ["2001:db8:4309:2300::/64", "2001:db8:4309:2388::2"]]
+    assert [r.as_json() for r in record.routes] == [
+        ["192.0.2.5/32", "192.168.0.100"], ["2001:db8:4309:2388::50/128", "2001:db8:4309:2388::2"],
+        ["2001:db8:4309:2300::/64", "2001:db8:4309:2388::2"]]
     assert record.proxies == ["2001:db8:4309:2388::50"]
 
 
@@ -102,7 +105,7 @@ GATEWAYS = [ipaddress.ip_address("192.168.0.1"), ipaddress.ip_address("2001:db8:
     ("192.168.0.201", "routed to vif2.0 already"),
 ])
 def test_a_guest_cannot_be_given_what_is_not_its_own(given, why):
-    from domunet.dom0.executor import check_guest_networks
+    from domunet.dom0.request import check_guest_networks
 
     others = {"vif2.0": [net("192.168.0.201/32")]}
     with pytest.raises(UsageError, match=why.replace("/", ".")):
@@ -110,7 +113,7 @@ def test_a_guest_cannot_be_given_what_is_not_its_own(given, why):
 
 
 def test_deliberate_prefixes_and_ordinary_addresses_pass():
-    from domunet.dom0.executor import check_guest_networks
+    from domunet.dom0.request import check_guest_networks
 
     for given in ("192.168.0.200", "2001:db8:4309:2388::50", "203.0.113.8/29", "2001:db8:4309:2300::/64"):
         check_guest_networks("vif1.0", (net(given),), UPLINK, GATEWAYS, {})
@@ -118,7 +121,25 @@ def test_deliberate_prefixes_and_ordinary_addresses_pass():
 
 
 def test_one_domains_pv_vif_and_emulated_nic_are_one_domain():
-    from domunet.dom0.executor import domain_of
+    from domunet.dom0.request import domain_of
 
     assert domain_of("xen-7-0", "vif7.0") == domain_of("vif7.0-emu", "vif7.0-emu") == 7
     assert domain_of("web0", "web0") is None
+
+
+def test_a_record_reads_back_as_it_was_written(tmp_path):
+    """Records keep their on-disk form ([destination, source(, metric)] routes) across the typed
+    HostRoute, so records written by an earlier domunet still go offline."""
+    from domunet.core.state import Layout
+    from domunet.dom0.records import HostRoute, read_records, save_record
+
+    request = VifRequest("xen-1-0", "vif1.0", (net("192.0.2.5/32"),))
+    record = plan_online(request, "eth0", UPLINK, ipv6=True)
+    record.routes = [HostRoute("192.0.2.5/32", "192.168.0.100", 3)]  # as online places it
+    layout = Layout(tmp_path)
+    layout.dom0.mkdir()
+    save_record(layout, record)
+    assert json.loads(layout.vif_record("xen-1-0").read_text())["routes"] == [["192.0.2.5/32", "192.168.0.100", "3"]]
+    records, unusable = read_records(layout)
+    assert records == [record] and unusable == []
+    assert records[0].routes == [HostRoute("192.0.2.5/32", "192.168.0.100", 3)]

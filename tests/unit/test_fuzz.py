@@ -13,8 +13,9 @@ from domunet.core import config
 from domunet.core.errors import ConfigError, UsageError
 from domunet.core.model import valid_ifname
 from domunet.dom0 import guard
-from domunet.dom0.executor import VifRequest, parse_addresses, plan_online
 from domunet.dom0.hotplug import request_from_hotplug
+from domunet.dom0.records import plan_online
+from domunet.dom0.request import VifRequest, parse_addresses
 from domunet.guest.ifupdown import MODES, parse_env
 
 CONFIG_EXAMPLES = 600
@@ -104,7 +105,7 @@ def test_dom0_only_routes_proxies_and_admits_what_it_was_given(text):
     record = plan_online(VifRequest("vif1.0", "vif1.0", given_networks), "eth0", UPLINK, ipv6=True)
     singles = {str(n.network_address) for n in given_networks if n.version == 6 and n.prefixlen == 128}
     assert set(record.proxies) == singles
-    assert {ipaddress.ip_network(r[0]) for r in record.routes} == tokens
+    assert {ipaddress.ip_network(r.destination) for r in record.routes} == tokens
     ruleset = guard.ruleset({"vif1.0": record.networks()})
     admitted = {ipaddress.ip_network(m) for m in re.findall(r'"vif1\.0" \. ([0-9a-f:./]+)', ruleset)}
     for version in (4, 6):  # exactly the given addresses get in: the same set, however it is written

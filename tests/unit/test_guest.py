@@ -103,10 +103,10 @@ class FakeDom0:
         self.calls.append(("online", request.vif, [str(n) for n in request.guest]))
         if self.fail:
             raise UsageError("vif1.0: no uplink")
-        from domunet.dom0.executor import VifRecord
+        from domunet.dom0.records import HostRoute, VifRecord
 
         return VifRecord(key=request.key, vif=request.vif, uplink="eth0", guest=[str(n) for n in request.guest],
-                         routes=[["192.0.2.5/32", "192.0.2.1"]])
+                         routes=[HostRoute("192.0.2.5/32", "192.0.2.1")])
 
     def offline(self, key, vif=None):
         self.calls.append(("offline", key))
