@@ -265,17 +265,17 @@ def _ifupdown(args: argparse.Namespace) -> int:
     for handler in logging.getLogger().handlers:
         handler.setFormatter(_OneLine(f"domunet: {call.iface}: %(message)s"))
     if call.mode == "start":
-        return _guest(args, "setup", [], pending=call)
+        return _guest(args, "setup", [], stanza=call)
     ifupdown.remove_hints(args.state_dir, call.iface)
     return _guest(args, "teardown", [call.iface])
 
 
-def _guest(args: argparse.Namespace, verb: str, names: list[str], pending: Any = None) -> int:
+def _guest(args: argparse.Namespace, verb: str, names: list[str], stanza: Any = None) -> int:
     """setup, teardown, plan, status: the pipeline is domunet.guest.pipeline; here only the printing."""
     from domunet.guest import pipeline
 
-    outcome = pipeline.run(verb, pipeline.load_config(args.config, args.state_dir, pending), args.state_dir, names,
-                        pending)
+    outcome = pipeline.run(verb, pipeline.load_config(args.config, args.state_dir, stanza), args.state_dir, names,
+                           stanza)
     if verb == "status":
         from domunet.guest.status import render
 

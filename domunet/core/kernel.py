@@ -12,7 +12,7 @@ import logging
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from domunet.core import pyroute2_diet
 from domunet.core.errors import GatewayRefused, KernelError, ObjectExists, ObjectMissing
@@ -369,21 +369,23 @@ class EventsLost(KernelError):
     """The kernel dropped events (ENOBUFS): what changed is unknown, converge from scratch."""
 
 
-class Events:
-    """The kernel's change notifications: a plain netlink socket to select() on, messages decoded
-    by pyroute2's own marshal (the same classes in 0.7 and 0.9)."""
+class _Subscription:
+    """A netlink socket subscribed to multicast groups, to select() on and drain without blocking."""
 
-    def __init__(self, groups: int = WATCHED_GROUPS) -> None:
-        from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+    what = "events"
 
-        self._marshal = MarshalRtnl()
-        self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    def __init__(self, protocol: int, groups: int, buffer: int | None = None) -> None:
+        self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
         try:
-            force = getattr(socket, "SO_RCVBUFFORCE", 33)
-            self._socket.setsockopt(socket.SOL_SOCKET, force, _EVENT_BUFFER)
+            if buffer:
+                try:
+                    self._socket.setsockopt(socket.SOL_SOCKET, getattr(socket, "SO_RCVBUFFORCE", 33), buffer)
+                except OSError:
+                    self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer)
+            self._socket.bind((0, groups))
         except OSError:
-            self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _EVENT_BUFFER)
-        self._socket.bind((0, groups))
+            self._socket.close()
+            raise
         self._socket.setblocking(False)
 
     def fileno(self) -> int:
@@ -392,19 +394,39 @@ class Events:
     def close(self) -> None:
         self._socket.close()
 
+    def _datagrams(self) -> Iterator[bytes | None]:
+        """Every datagram queued now; None where the kernel dropped some (ENOBUFS: a burst)."""
+        while True:
+            try:
+                yield self._socket.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except OSError as error:
+                if error.errno != errno.ENOBUFS:
+                    raise KernelError(f"cannot read {self.what}: {error.strerror}", error.errno) from None
+                yield None
+
+
+class Events(_Subscription):
+    """The kernel's change notifications: a plain netlink socket to select() on, messages decoded
+    by pyroute2's own marshal (the same classes in 0.7 and 0.9)."""
+
+    what = "change events"
+
+    def __init__(self, groups: int = WATCHED_GROUPS) -> None:
+        from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+        self._marshal = MarshalRtnl()
+        super().__init__(socket.NETLINK_ROUTE, groups, _EVENT_BUFFER)
+
     def read(self) -> list[Any]:
         """Every message queued now (never blocks)."""
         messages: list[Any] = []
-        while True:
-            try:
-                data = self._socket.recv(1 << 20)
-            except BlockingIOError:
-                return messages
-            except OSError as error:
-                if error.errno == errno.ENOBUFS:
-                    raise EventsLost("the kernel dropped change events (a burst)", error.errno) from None
-                raise KernelError(f"cannot read change events: {error.strerror}", error.errno) from None
+        for data in self._datagrams():
+            if data is None:
+                raise EventsLost("the kernel dropped change events (a burst)", errno.ENOBUFS)
             messages.extend(self._marshal.parse(data))
+        return messages
 
 
 NETLINK_NETFILTER = 12
@@ -443,36 +465,18 @@ def nft_tables_deleted_from(data: bytes) -> set[str]:
     return tables
 
 
-class NftEvents:
+class NftEvents(_Subscription):
     """nf_tables' notifications: which tables someone removed something from. None where the
     kernel has no nf_tables (then nothing is followed, as before)."""
 
+    what = "nftables events"
+
     def __init__(self) -> None:
-        self._socket = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        try:
-            self._socket.bind((0, 1 << (NFNLGRP_NFTABLES - 1)))
-        except OSError:
-            self._socket.close()
-            raise
-        self._socket.setblocking(False)
-
-    def fileno(self) -> int:
-        return self._socket.fileno()
-
-    def close(self) -> None:
-        self._socket.close()
+        super().__init__(NETLINK_NETFILTER, 1 << (NFNLGRP_NFTABLES - 1))
 
     def read(self) -> set[str]:
         """Tables touched by what is queued now (never blocks); a lost burst counts as all of them."""
         tables: set[str] = set()
-        while True:
-            try:
-                data = self._socket.recv(1 << 20)
-            except BlockingIOError:
-                return tables
-            except OSError as error:
-                if error.errno == errno.ENOBUFS:
-                    tables.add("*")
-                    continue
-                raise KernelError(f"cannot read nftables events: {error.strerror}", error.errno) from None
-            tables |= nft_tables_deleted_from(data)
+        for data in self._datagrams():
+            tables |= {"*"} if data is None else nft_tables_deleted_from(data)
+        return tables

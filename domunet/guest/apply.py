@@ -15,7 +15,6 @@ from domunet.core.errors import ApplyError, GatewayRefused, KernelError, ObjectE
 from domunet.core.model import (
     ADD,
     PROTO_TEMP,
-    REMOVE,
     STRATEGY_AUTO,
     STRATEGY_TEMPORARY,
     TABLE_MAIN,
@@ -102,10 +101,6 @@ def _do(kernel: Netlink, change: Change, strategy: str) -> bool:
     return True
 
 
-def inverse(change: Change) -> Change:
-    return Change(REMOVE if change.action == ADD else ADD, change.obj)
-
-
 def _vanished(error: KernelError, change: Change) -> str | None:
     """The interface an add failed for because it no longer exists (hotplug, a deleted veth)."""
     if change.action == ADD and isinstance(change.obj, Route) and error.errno == errno.ENODEV:
@@ -166,7 +161,7 @@ def rollback(journal: Sequence[Change], kernel: Netlink, strategy: Strategy = ST
     """Undo changes newest first; keep going past failures and report them."""
     undone = 0
     for change in reversed(journal):
-        undo = inverse(change)
+        undo = change.inverse()
         try:
             _do(kernel, undo, strategy)
             undone += 1

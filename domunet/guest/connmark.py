@@ -80,7 +80,7 @@ class Marks:
     def _save(self, saved: dict[str, str]) -> None:
         write_json(self.origin, saved)
 
-    def _pending(self, marks: Mapping[str, int], mask: int) -> _Pending:
+    def _difference(self, marks: Mapping[str, int], mask: int) -> _Difference:
         """What differs from the plan: read once, for `changes` to print and `converge` to do."""
         wanted = ruleset(marks, mask) if marks else None
         keys = {_key(name) for name in marks}
@@ -92,19 +92,19 @@ class Marks:
         saved = self._saved()
         current = current_table()
         differs = (digest_of(wanted) if wanted else None) != (digest_of(current) if current else None)
-        return _Pending(wanted, current, differs, turn_on, saved, sorted(set(saved) - keys))
+        return _Difference(wanted, current, differs, turn_on, saved, sorted(set(saved) - keys))
 
     def changes(self, marks: Mapping[str, int], mask: int) -> list[str]:
         """What `converge` would do, as commands (for `domunet plan`)."""
         if not marks and not self.origin.exists():
             return []
-        pending = self._pending(marks, mask)
+        difference = self._difference(marks, mask)
         out = []
-        if pending.table_differs:
+        if difference.table_differs:
             out.append(f"nft -f - <<< 'table inet {TABLE} ...' # marks {_listed(marks)}" if marks
                        else f"nft delete table inet {TABLE}")
-        out += [f"sysctl -w {key.replace('/', '.')}=1" for key in pending.turn_on]
-        out += [f"sysctl -w {key.replace('/', '.')}={pending.saved[key]}" for key in pending.put_back]
+        out += [f"sysctl -w {key.replace('/', '.')}=1" for key in difference.turn_on]
+        out += [f"sysctl -w {key.replace('/', '.')}={difference.saved[key]}" for key in difference.put_back]
         return out
 
     def converge(self, marks: Mapping[str, int], mask: int) -> list[str]:
@@ -112,10 +112,10 @@ class Marks:
         no marks and domunet never made any."""
         if not marks and not self.origin.exists():
             return []
-        pending = self._pending(marks, mask)
+        difference = self._difference(marks, mask)
         self._undo = []
         try:
-            done = self._converge(marks, pending, self._undo)
+            done = self._converge(marks, difference, self._undo)
         except BaseException:
             self.rollback()
             raise
@@ -133,24 +133,24 @@ class Marks:
                 log.error("connection marks: could not undo a step: %s", error)
         self._undo = []
 
-    def _converge(self, marks: Mapping[str, int], pending: _Pending, undo: list[Callable[[], None]]) -> list[str]:
+    def _converge(self, marks: Mapping[str, int], difference: _Difference, undo: list[Callable[[], None]]) -> list[str]:
         done = []
-        if pending.table_differs:
-            _replace_table(pending.wanted)
-            undo.append(lambda: _replace_table(pending.current))
+        if difference.table_differs:
+            _replace_table(difference.wanted)
+            undo.append(lambda: _replace_table(difference.current))
             done.append(f"connection marks: {_listed(marks)}" if marks else "connection marks removed")
-        saved = dict(pending.saved)
+        saved = dict(difference.saved)
         if self.origin.exists():
-            undo.append(lambda before=dict(pending.saved): self._save(before))
+            undo.append(lambda before=dict(difference.saved): self._save(before))
         else:
             undo.append(lambda: self.origin.unlink(missing_ok=True))
-        for key, value in pending.turn_on.items():
+        for key, value in difference.turn_on.items():
             saved.setdefault(key, value)
             self._save(saved)
             sysctl.write(key, "1")
             undo.append(lambda key=key, value=value: sysctl.write(key, value))
             done.append(f"{key.replace('/', '.')} = 1")
-        for key in pending.put_back:
+        for key in difference.put_back:
             before = sysctl.read(key)
             try:
                 sysctl.write(key, saved[key])
@@ -167,7 +167,7 @@ class Marks:
         return done
 
 
-class _Pending(NamedTuple):
+class _Difference(NamedTuple):
     wanted: str | None  # the table's text; None: no table
     current: str | None  # the kernel's table as listed; None: none
     table_differs: bool  # the kernel's table is not that one

@@ -9,7 +9,7 @@ routes, rules last (a rule never points at a half-built table).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Collection, Union
+from typing import Collection, Iterable, Union
 
 from domunet.core.model import ADD, REMOVE, TABLE_MAIN, Action, Route, Rule, State
 
@@ -24,6 +24,18 @@ class Change:
     def describe(self) -> str:
         kind = "route" if isinstance(self.obj, Route) else "rule"
         return f"{self.action} {kind} {self.obj.describe()}"
+
+    def inverse(self) -> Change:
+        """The change that takes this one back (the rollback journal's step)."""
+        return Change(REMOVE if self.action == ADD else ADD, self.obj)
+
+
+def after(objects: Collection[Object], changes: Iterable[Change]) -> set[Object]:
+    """The objects there are once the changes are made."""
+    result = set(objects)
+    for change in changes:
+        (result.add if change.action == ADD else result.discard)(change.obj)
+    return result
 
 
 @dataclass(frozen=True)

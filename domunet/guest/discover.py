@@ -12,7 +12,6 @@ import logging
 import re
 import socket
 from pathlib import Path
-from typing import Mapping
 
 import netifaces
 
@@ -29,7 +28,6 @@ from domunet.core.model import (
     Interface,
     IPInterface,
     State,
-    VifFacts,
     main_route_of_ours,
     valid_ifname,
 )
@@ -73,7 +71,7 @@ def parse_netifaces(entries: dict[int, list[dict[str, str]]]) -> tuple[IPInterfa
     return tuple(addresses)
 
 
-def xen_facts(kernel: Kernel) -> Mapping[str, VifFacts]:
+def xen_facts(kernel: Kernel) -> Published:
     """What dom0 published, read on its own (before the lock is taken: xenstore may be slow);
     only the links' names, MACs and vif ids are needed for it, not their addresses. Without
     xenstore's tools there is nothing to read, and the links are not even dumped."""
@@ -85,7 +83,7 @@ def xen_facts(kernel: Kernel) -> Mapping[str, VifFacts]:
     return discover_xen(links)
 
 
-def discover(kernel: Kernel, xen: Mapping[str, VifFacts] | None = None) -> tuple[Facts, State]:
+def discover(kernel: Kernel, xen: Published | None = None) -> tuple[Facts, State]:
     """Read interfaces, addresses and routes once; return the facts and what domunet owns.
     `xen`: xenstore's facts read earlier (xen_facts), else read here."""
     interfaces = []
@@ -133,6 +131,6 @@ def discover(kernel: Kernel, xen: Mapping[str, VifFacts] | None = None) -> tuple
     forwarding = frozenset(v for v, key in ((4, "net/ipv4/ip_forward"), (6, "net/ipv6/conf/all/forwarding"))
                            if sysctl.read(key) == "1")
     facts = Facts(interfaces=tuple(interfaces), main_defaults=main_defaults, main_routes=main_routes,
-                  xen=discover_xen(interfaces) if xen is None else xen, forwarding=forwarding,
+                  xen=(discover_xen(interfaces) if xen is None else xen).vifs, forwarding=forwarding,
                   nft=bool(forwarding) and nftables.available(), foreign_tables=foreign_tables)
     return facts, owned

@@ -13,7 +13,7 @@ import tempfile
 from typing import Iterable, Mapping
 
 from domunet.core.model import PROTO_NAMES, Rule, State
-from domunet.guest.diff import Change
+from domunet.guest.diff import Change, after
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,7 @@ def rt_protos_text() -> str:
 
 def table_names_after(owned: State, changes: Iterable[Change]) -> dict[int, str]:
     """Table -> interface after the changes, read from the `oif` rules (one per managed NIC)."""
-    rules = set(owned.rules)
-    for change in changes:
-        if isinstance(change.obj, Rule):
-            (rules.add if change.action == "add" else rules.discard)(change.obj)
+    rules = {o for o in after(owned.rules, changes) if isinstance(o, Rule)}
     return {r.table: r.oif for r in sorted(rules, key=lambda r: (r.table, r.version)) if r.oif}
 
 

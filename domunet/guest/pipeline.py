@@ -4,27 +4,59 @@ all come through here; it returns what happened and never prints or exits."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from domunet.core import config as configuration
 from domunet.core.errors import ApplyError, DomunetError, UsageError
 from domunet.core.kernel import Kernel
 from domunet.core.lock import locked, watch_running
-from domunet.core.model import ADD, REMOVE, Route, Rule, State, VifFacts
+from domunet.core.model import REMOVE, State
 from domunet.core.state import CorruptState, Layout, read_json, set_aside, write_json
 from domunet.guest.apply import apply, rollback
 from domunet.guest.connmark import Marks
-from domunet.guest.diff import Change, Scope, diff, scope_for
+from domunet.guest.diff import Change, Scope, after, diff, scope_for
 from domunet.guest.discover import discover, xen_facts
 from domunet.guest.ifupdown import HookCall, load_hints, save_hints
 from domunet.guest.names import table_names_after, write_table_names
 from domunet.guest.plan import Block, blocks_in_use, plan, within_reach
+from domunet.guest.published import Published
 
 log = logging.getLogger(__name__)
 
-VERBS = ("setup", "teardown", "plan", "status")
+@dataclass(frozen=True)
+class Verb:
+    """What a verb of the guest pipeline does, said once instead of tested for at every step."""
+
+    name: str
+    changes: bool  # applies changes to the kernel (else it only reads)
+    plans: bool  # has a desired state (teardown desires nothing)
+    reads_xenstore: bool
+    #: Names given must be interfaces that exist (teardown may name one that went away).
+    names_exist: bool
+    #: Makes what is missing: a run that reads xenstore only in part keeps what it cannot judge.
+    adds: bool
+
+
+SETUP = Verb("setup", changes=True, plans=True, reads_xenstore=True, names_exist=True, adds=True)
+TEARDOWN = Verb("teardown", changes=True, plans=False, reads_xenstore=False, names_exist=False, adds=False)
+PLAN = Verb("plan", changes=False, plans=True, reads_xenstore=True, names_exist=True, adds=False)
+STATUS = Verb("status", changes=False, plans=True, reads_xenstore=True, names_exist=False, adds=False)
+VERBS = {verb.name: verb for verb in (SETUP, TEARDOWN, PLAN, STATUS)}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run's request: the verb, the loaded config, where state lives, which NICs (none: all),
+    and the stanza of an interface ifupdown is bringing up (kept as a hint once it is planned)."""
+
+    verb: Verb
+    config: configuration.Config
+    state_dir: str
+    names: tuple[str, ...] = ()
+    stanza: HookCall | None = None
 
 
 @dataclass
@@ -38,16 +70,16 @@ class Outcome:
     marks: list[str] = field(default_factory=list)
 
 
-def load_config(path: str | None, state_dir: str, pending: HookCall | None = None) -> configuration.Config:
-    """The config file with the kept ifupdown stanza options; `pending` (an interface coming up)
+def load_config(path: str | None, state_dir: str, stanza: HookCall | None = None) -> configuration.Config:
+    """The config file with the kept ifupdown stanza options; `stanza` (an interface coming up)
     replaces its own earlier hint."""
     hints = [h for h in load_hints(state_dir)
-             if not pending or (h.iface, h.addrfam) != (pending.iface, pending.addrfam)]
+             if not stanza or (h.iface, h.addrfam) != (stanza.iface, stanza.addrfam)]
     config = configuration.with_hints(configuration.load(path), hints)
-    if pending:
-        merged = configuration.with_hints(config, [pending])
+    if stanza:
+        merged = configuration.with_hints(config, [stanza])
         if len(merged.refused) > len(config.refused):
-            raise UsageError(f"{pending.iface}: stanza option {merged.refused[-1][1]}; not kept")
+            raise UsageError(f"{stanza.iface}: stanza option {merged.refused[-1][1]}; not kept")
         config = merged
     return config
 
@@ -80,9 +112,7 @@ def _remember_blocks(state_dir: str, config: configuration.Config, owned: State,
                      before: list[Block]) -> None:
     """The blocks that hold domunet's objects after this run (none: no file); written only when
     that changes, so a run that changes nothing writes nothing."""
-    objects: set[Route | Rule] = set(owned.routes) | set(owned.rules)
-    for change in done:
-        (objects.add if change.action == ADD else objects.discard)(change.obj)
+    objects = after(set(owned.routes) | set(owned.rules), done)
     blocks = blocks_in_use(objects, config, before) if objects else []
     if blocks == before:
         return
@@ -103,91 +133,107 @@ def _forget_vanished(kernel: Kernel, config: configuration.Config, names: list[s
 
 
 def run(verb: str, config: configuration.Config, state_dir: str, names: Sequence[str] = (),
-        pending: HookCall | None = None, kernel: Kernel | None = None) -> Outcome:
-    """One run of a verb. `pending`: stanza options of an interface coming up, kept for later
-    runs only once a plan with them has been made (a conflict changes nothing). `kernel`: a
-    socket to reuse (watch); else one is opened for this run."""
+        stanza: HookCall | None = None, kernel: Kernel | None = None) -> Outcome:
+    """One run of a verb. `stanza`: options of an interface coming up, kept for later runs only
+    once a plan with them has been made (a conflict changes nothing). `kernel`: a socket to reuse
+    (watch); else one is opened for this run."""
+    job = Job(VERBS[verb], config, state_dir, tuple(names), stanza)
     if kernel is not None:
-        return _locked(verb, config, state_dir, list(names), pending, kernel)
+        return _locked(job, kernel)
     with Kernel() as own:
-        return _locked(verb, config, state_dir, list(names), pending, own)
+        return _locked(job, own)
 
 
-def _locked(verb: str, config: configuration.Config, state_dir: str, names: list[str],
-            pending: HookCall | None, kernel: Kernel) -> Outcome:
+def _locked(job: Job, kernel: Kernel) -> Outcome:
     """xenstore first (a hung one costs at most its deadline, and never while others wait for the
     lock; teardown needs none of it), then everything else under the lock."""
-    xen = xen_facts(kernel) if verb != "teardown" else {}
-    with locked(state_dir, shared=verb in ("plan", "status")):
-        return _run(verb, config, state_dir, names, pending, kernel, xen)
+    xen = xen_facts(kernel) if job.verb.reads_xenstore else Published()
+    with locked(job.state_dir, shared=not job.verb.changes):
+        return _run(job, kernel, xen)
 
 
-def _run(verb: str, config: configuration.Config, state_dir: str, names: list[str],
-         pending: HookCall | None, kernel: Kernel, xen: Mapping[str, VifFacts], again: bool = True) -> Outcome:
+def _run(job: Job, kernel: Kernel, xen: Published, again: bool = True) -> Outcome:
+    verb, config = job.verb, job.config
     facts, owned = discover(kernel, xen)
-    blocks = remembered_blocks(state_dir)
+    blocks = remembered_blocks(job.state_dir)
     owned = within_reach(owned, config, blocks)
-    if verb in ("setup", "plan"):
-        missing = [n for n in names if facts.interface(n) is None]
+    if verb.names_exist:
+        missing = [n for n in job.names if facts.interface(n) is None]
         if missing:
             raise UsageError(f"no such interface: {', '.join(missing)}")
-    if verb == "status":
+    desired = plan(config, facts) if verb.plans else State()
+    if verb is STATUS:
         from domunet.guest.status import report
 
-        desired = plan(config, facts)
         held = tuple(desired.held.items())
         return Outcome(desired, rows=report(facts, desired, owned, kernel.route_get, config.refused + held))
-    desired = plan(config, facts) if verb != "teardown" else State()
-    if pending and pending.iface not in desired.held:  # a stanza that cannot be used is not kept
-        save_hints(state_dir, pending)
-    scope: Scope | None = scope_for(names, desired, owned) if names else None
-    changes = diff(desired, owned, scope)
-    if desired.held and verb != "teardown":  # one bad fact costs its NIC: what it has stays as it is
-        held = scope_for(desired.held, desired, owned)
-        changes = [c for c in changes if not held.covers(c.obj)]
-    if verb == "setup" and not getattr(xen, "complete", True):
-        kept = [c for c in changes if c.action == REMOVE]
-        if kept:
-            log.warning("keeping %d object(s) this run: xenstore did not answer in time, so the plan may "
-                        "lack what dom0 published", len(kept))
-        changes = [c for c in changes if c.action != REMOVE]
-    marks = Marks(state_dir)
-    if verb == "plan":
+    if job.stanza and job.stanza.iface not in desired.held:  # a stanza that cannot be used is not kept
+        save_hints(job.state_dir, job.stanza)
+    changes = _changes(job, desired, owned, xen)
+    marks = Marks(job.state_dir)
+    if not verb.changes:
         return Outcome(desired, changes, marks=marks.changes(desired.marks, desired.fwmask))
-    if verb == "teardown" and changes and watch_running(state_dir):
+    if verb is TEARDOWN and changes and watch_running(job.state_dir):
         log.warning("domunet watch is running and will set this up again at the next change: "
                     "systemctl stop domunet-watch first")
     try:
         done = apply(changes, kernel, config.gateway_strategy)
     except ApplyError as error:
-        now = discover(kernel, xen)[0].interfaces if again and verb == "setup" else facts.interfaces
+        now = discover(kernel, xen)[0].interfaces if again and verb.adds else facts.interfaces
         if now != facts.interfaces:
             # an address (or a NIC) came or went while this run applied: what was made is rolled
             # back; converge with what is there now, as for a NIC that vanishes
             gone = sorted({i.name for i in facts.interfaces} - {i.name for i in now})
             what = f"{', '.join(gone)} vanished" if gone else "the interfaces changed"
             log.warning("%s during this run (%s); converging with what is there now", what, error)
-            return _run(verb, config, state_dir, names, None, kernel, xen, again=False)
+            return _run(dataclasses.replace(job, stanza=None), kernel, xen, again=False)
         raise
+    marked = _after_apply(job, kernel, desired, owned, done, blocks, marks)
+    write_table_names(config.rt_tables_file, table_names_after(owned, done))
+    log.info("%s: %d change(s)", verb.name, len(done) + len(marked))
+    return Outcome(desired, done, marks=marked)
+
+
+def _changes(job: Job, desired: State, owned: State, xen: Published) -> list[Change]:
+    """What to change: the diff for the NICs asked for, less what belongs to a held NIC (one bad
+    fact costs its NIC: what it has stays as it is), and for setup less every removal when
+    xenstore did not answer in time (the plan may lack what dom0 published)."""
+    scope: Scope | None = scope_for(job.names, desired, owned) if job.names else None
+    changes = diff(desired, owned, scope)
+    if desired.held and job.verb.plans:
+        held = scope_for(desired.held, desired, owned)
+        changes = [c for c in changes if not held.covers(c.obj)]
+    if job.verb.adds and not xen.complete:
+        kept = [c for c in changes if c.action == REMOVE]
+        if kept:
+            log.warning("keeping %d object(s) this run: xenstore did not answer in time, so the plan may "
+                        "lack what dom0 published", len(kept))
+        changes = [c for c in changes if c.action != REMOVE]
+    return changes
+
+
+def _after_apply(job: Job, kernel: Kernel, desired: State, owned: State, done: list[Change],
+                 blocks: list[Block], marks: Marks) -> list[str]:
+    """Connection marks, NICs that vanished meanwhile, the blocks file: if any of it fails, the
+    marks and this run's routes and rules go back too."""
+    config, verb = job.config, job.verb
     marked: list[str] = []
     try:
-        if verb == "setup" or not names:
+        if verb.adds or not job.names:
             marked = marks.converge(desired.marks, desired.fwmask)
         # a NIC that vanished while this run made something for it: what was made goes (a run that
         # made nothing leaves that to the next one, and to ifdown: it costs a link dump)
         gone = sorted({m.name for m in desired.managed} - set(kernel.links(refresh=True))) if done or marked else []
         if gone:
             done += _forget_vanished(kernel, config, gone, blocks)
-        _remember_blocks(state_dir, config, owned, done, blocks)
+        _remember_blocks(job.state_dir, config, owned, done, blocks)
     except BaseException as error:  # whatever failed after the routes and rules: they go back too
         marks.rollback()
         rolled = f"rolled back {rollback(done, kernel, config.gateway_strategy)} of {len(done)} change(s) " \
                  "made by this run"
         if isinstance(error, (DomunetError, OSError)):
-            what = error if isinstance(error, DomunetError) else f"{verb}: {error.strerror or error}"
+            what = error if isinstance(error, DomunetError) else f"{verb.name}: {error.strerror or error}"
             raise ApplyError(f"{what}; {rolled}") from None
-        log.error("%s: %s", verb, rolled)
+        log.error("%s: %s", verb.name, rolled)
         raise
-    write_table_names(config.rt_tables_file, table_names_after(owned, done))
-    log.info("%s: %d change(s)", verb, len(done) + len(marked))
-    return Outcome(desired, done, marks=marked)
+    return marked

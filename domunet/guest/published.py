@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
 
 from domunet.core import xenstore
 from domunet.core.model import Interface, IPAddress, IPNetwork, VifFacts, parse_address, parse_network
@@ -76,11 +77,13 @@ def _backend(devid: int, read: Callable[[str], str | None]) -> str | None:
 DEADLINE = 20.0
 
 
-class Published(dict):  # type: ignore[type-arg]
-    """Facts per interface name; `complete` is False when xenstore ran out of time: what is not
-    here may still be published, so nothing made from earlier answers is to be removed."""
+@dataclass(frozen=True)
+class Published:
+    """What dom0 published, per interface name. `complete` is False when xenstore ran out of time:
+    what is not here may still be published, so nothing made from earlier answers is to be removed."""
 
-    complete = True
+    vifs: Mapping[str, VifFacts] = field(default_factory=dict)
+    complete: bool = True
 
 
 def discover(interfaces: Iterable[Interface], read: Callable[[str], str | None] | None = None,
@@ -94,7 +97,7 @@ def discover(interfaces: Iterable[Interface], read: Callable[[str], str | None] 
         read, listing = _safe(clock.bound(xenstore.read)), _safe_list(clock.bound(xenstore.directory))
     listing = listing or (lambda path: [])
     by_mac: dict[str, int] | None = None
-    found = Published()
+    found: dict[str, VifFacts] = {}
     for interface in interfaces:
         if interface.loopback:
             continue
@@ -113,8 +116,7 @@ def discover(interfaces: Iterable[Interface], read: Callable[[str], str | None] 
         backend = _backend(devid, read)
         if backend:
             found[interface.name] = vif_facts(backend, read)
-    found.complete = clock is None or not clock.spent
-    return found
+    return Published(found, complete=clock is None or not clock.spent)
 
 
 class _OutOfTime(xenstore.XenstoreError):

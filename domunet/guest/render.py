@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 
-from domunet.core.model import TABLE_MAIN, Route, Rule
+from domunet.core.model import ADD, TABLE_MAIN, Route, Rule
 from domunet.guest.diff import Change
 
 
@@ -40,7 +40,7 @@ def rule_args(rule: Rule) -> list[str]:
 
 
 def ip_command(change: Change) -> str:
-    verb = "add" if change.action == "add" else "del"
+    verb = "add" if change.action == ADD else "del"  # ip's words
     obj = change.obj
     if isinstance(obj, Route):
         return " ".join([f"ip -{obj.version}", "route", verb, *route_args(obj)])

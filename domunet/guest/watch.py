@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from domunet.core.errors import ConfigError, DomunetError
-from domunet.core.model import PROTO, PROTO_TEMP, TABLE_LOCAL, TABLE_MAIN, Route, Rule
+from domunet.core.model import ADD, PROTO, PROTO_TEMP, REMOVE, TABLE_LOCAL, TABLE_MAIN, Action, Route, Rule
 from domunet.guest.diff import Change
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ class Event:
     """One kernel notification, reduced to what decides whether to converge."""
 
     kind: str  # "link", "address", "route", "rule"
-    action: str  # "add" or "remove"
+    action: Action  # ADD (a NEW message) or REMOVE (a DEL message)
     obj: Route | Rule | None = None
 
 
@@ -74,18 +74,19 @@ def echoes_of(changes: Iterable[Change]) -> Echoes:
 def event_from(message: Any, kernel: Any) -> Event | None:
     """A pyroute2 message as an Event (None for kinds domunet does not follow)."""
     kind = message["header"]["type"]
+    action: Action = ADD if kind in (RTM_NEWLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWRULE) else REMOVE
     if kind in (RTM_NEWLINK, RTM_DELLINK):
-        return Event("link", "add" if kind == RTM_NEWLINK else "remove")
+        return Event("link", action)
     if kind in (RTM_NEWADDR, RTM_DELADDR):
-        return Event("address", "add" if kind == RTM_NEWADDR else "remove")
+        return Event("address", action)
     if kind in (RTM_NEWROUTE, RTM_DELROUTE):
         route = kernel.route_from(message)
         if route is None or route.table == TABLE_LOCAL:
             return None
-        return Event("route", "add" if kind == RTM_NEWROUTE else "remove", route)
+        return Event("route", action, route)
     if kind in (RTM_NEWRULE, RTM_DELRULE):
         rule = kernel.rule_from(message)
-        return None if rule is None else Event("rule", "add" if kind == RTM_NEWRULE else "remove", rule)
+        return None if rule is None else Event("rule", action, rule)
     return None
 
 
@@ -139,7 +140,7 @@ class Watch:
             signal.signal(number, self._on_signal)
         signal.set_wakeup_fd(self._wake_w)
 
-    def _pending(self) -> bool:
+    def _run_called_for(self) -> bool:
         """Read what is queued; True if any of it calls for a run."""
         try:
             messages = self.events.read()
@@ -186,7 +187,7 @@ class Watch:
         return self.not_before is not None and time.monotonic() < self.not_before
 
     def _run_once(self) -> None:
-        self._pending()  # echoes of the last run still queued are consumed, not run for
+        self._run_called_for()  # echoes of the last run still queued are consumed, not run for
         started = time.monotonic()
         try:
             changes = self.converge()
@@ -232,13 +233,13 @@ class Watch:
                         and not self.reloading:
                     self._run_once()
                 continue
-            if not self._pending() or self._backing_off():
+            if not self._run_called_for() or self._backing_off():
                 continue  # while backing off, the retry converges whatever came meanwhile
             first = time.monotonic()
             while time.monotonic() - first < MAX_DELAY and not self.stopping:
                 if not self._wait(SETTLE):
                     break
-                self._pending()
+                self._run_called_for()
             if not self.stopping:
                 self._run_once()
         notify("STOPPING=1")

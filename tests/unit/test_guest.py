@@ -12,6 +12,7 @@ from domunet.core.model import State
 from domunet.dom0 import hotplug
 from domunet.guest import pipeline
 from domunet.guest.ifupdown import HookCall
+from domunet.guest.published import Published
 from tests.unit.factories import lab_guest
 
 LAB = b"[interfaces]\n[[eth3]]\ngateway6 = 2001:db8:4309:2388::2\n"
@@ -23,7 +24,7 @@ def runner(monkeypatch, tmp_path):
     applied = []
     owned = {"state": State()}
     monkeypatch.setattr(pipeline, "discover", lambda kernel, xen=None: (lab_guest(), owned["state"]))
-    monkeypatch.setattr(pipeline, "xen_facts", lambda kernel: {})
+    monkeypatch.setattr(pipeline, "xen_facts", lambda kernel: Published())
     monkeypatch.setattr(pipeline, "apply", lambda changes, kernel, strategy="auto": applied.extend(changes) or list(
         changes))
     monkeypatch.setattr(pipeline, "write_table_names", lambda path, tables: None)
@@ -32,9 +33,9 @@ def runner(monkeypatch, tmp_path):
         def links(self, refresh=False):
             return {i.name: i for i in lab_guest().interfaces}
 
-    def run(verb, names=(), text=LAB, pending=None):
-        settings = config.with_hints(config.parse(text), [pending] if pending else [])
-        return pipeline.run(verb, settings, str(tmp_path / "state"), names, pending, kernel=Links())
+    def run(verb, names=(), text=LAB, stanza=None):
+        settings = config.with_hints(config.parse(text), [stanza] if stanza else [])
+        return pipeline.run(verb, settings, str(tmp_path / "state"), names, stanza, kernel=Links())
 
     return run, applied, owned
 
@@ -63,8 +64,7 @@ def test_when_xenstore_ran_out_of_time_setup_adds_but_removes_nothing(runner, mo
     from domunet.guest.published import Published
 
     run, applied, owned = runner
-    late = Published()
-    late.complete = False
+    late = Published({}, complete=False)
     monkeypatch.setattr(pipeline, "xen_facts", lambda kernel: late)
     stale = Rule(6, 10030, 1003, oif="eth9")
     owned["state"] = State(frozenset(), frozenset({stale}))
@@ -79,14 +79,14 @@ def test_setup_of_a_missing_interface_is_a_usage_error_before_any_change(runner)
     assert applied == []
 
 
-def test_a_pending_stanza_is_kept_only_when_its_plan_was_made(runner, tmp_path):
+def test_a_stanza_is_kept_only_when_its_plan_was_made(runner, tmp_path):
     run, _, _ = runner
-    run("setup", pending=HookCall("eth1", "inet", "start", manage="yes"))
+    run("setup", stanza=HookCall("eth1", "inet", "start", manage="yes"))
     kept = json.loads((tmp_path / "state" / "ifupdown" / "eth1.inet.json").read_text())
     assert kept["manage"] == "yes"
 
 
-def test_a_refused_pending_stanza_is_a_usage_error_and_not_kept(tmp_path):
+def test_a_refused_stanza_is_a_usage_error_and_not_kept(tmp_path):
     state = tmp_path / "state"
     with pytest.raises(UsageError, match="domunet-table 77"):
         pipeline.load_config(None, str(state), HookCall("eth1", "inet", "start", table=77))

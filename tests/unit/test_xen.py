@@ -1,10 +1,12 @@
 import ipaddress
 import logging
 
+import pytest
+
 from domunet.core import config
 from domunet.core.model import VifFacts
 from domunet.guest.plan import plan
-from domunet.guest.published import discover
+from domunet.guest.published import Published, discover
 from tests.unit.factories import lab_guest, nic
 
 STORE = {
@@ -22,7 +24,7 @@ def listing(path):
 
 
 def test_vif_found_by_mac_when_sysfs_has_no_node():
-    facts = discover([nic("eth3", 3, "2001:db8:1::50/64")], STORE.get, listing)
+    facts = discover([nic("eth3", 3, "2001:db8:1::50/64")], STORE.get, listing).vifs
     assert facts == {"eth3": VifFacts("/local/domain/0/backend/vif/5/0", ipaddress.ip_address("192.0.2.1"),
                                       ipaddress.ip_address("2001:db8:1::2"), True,
                                       (ipaddress.ip_network("2001:db8:1::50/128"),))}
@@ -30,7 +32,7 @@ def test_vif_found_by_mac_when_sysfs_has_no_node():
 
 def test_vif_found_by_its_xen_device_id():
     store = {**STORE, "device/vif/0/mac": "something else"}
-    facts = discover([nic("eth0", 3, "2001:db8:1::50/64", xen_devid=0)], store.get, listing)
+    facts = discover([nic("eth0", 3, "2001:db8:1::50/64", xen_devid=0)], store.get, listing).vifs
     assert facts["eth0"].gateway6 == ipaddress.ip_address("2001:db8:1::2")
 
 
@@ -38,13 +40,33 @@ def test_malformed_values_are_named_and_ignored(caplog):
     store = {**STORE, "/local/domain/0/backend/vif/5/0/domunet-gateway6": "zz",
              "/local/domain/0/backend/vif/5/0/ip": "1.2.3.4; reboot"}
     with caplog.at_level(logging.WARNING):
-        facts = discover([nic("eth3", 3, "2001:db8:1::50/64")], store.get, listing)
+        facts = discover([nic("eth3", 3, "2001:db8:1::50/64")], store.get, listing).vifs
     assert facts["eth3"].gateway6 is None and facts["eth3"].addresses == ()
     assert "domunet-gateway6" in caplog.text and "/ip" in caplog.text
 
 
-def test_no_xenstore_means_no_facts():
-    assert discover([nic("eth3", 3, "2001:db8:1::50/64")], lambda path: None, lambda path: []) == {}
+def test_no_xenstore_means_no_facts(monkeypatch):
+    """Without xenstore's tools (not a Xen guest) nothing is read: a complete, empty answer."""
+    from domunet.core import xenstore
+
+    monkeypatch.setattr(xenstore, "available", lambda: False)
+    monkeypatch.setattr(xenstore, "read", lambda *args, **kwargs: pytest.fail("xenstore read without its tools"))
+    assert discover([nic("eth3", 3, "2001:db8:1::50/64")]) == Published({}, complete=True)
+
+
+def test_a_vif_whose_backend_is_not_published_has_no_facts():
+    found = discover([nic("eth3", 3, "2001:db8:1::50/64")], lambda path: None, lambda path: [])
+    assert found == Published({}, complete=True)
+
+
+def test_xenstore_that_runs_out_of_time_gives_an_incomplete_answer(monkeypatch):
+    from domunet.core import xenstore
+
+    monkeypatch.setattr(xenstore, "available", lambda: True)
+    monkeypatch.setattr(xenstore, "directory", lambda path, timeout=None: ["0"] if path == "device/vif" else [])
+    monkeypatch.setattr(xenstore, "read", lambda path, timeout=None: STORE.get(path))
+    assert discover([nic("eth3", 3, "2001:db8:1::50/64")]).complete
+    assert not discover([nic("eth3", 3, "2001:db8:1::50/64")], deadline=0).complete
 
 
 def test_gateway_precedence_config_then_kernel_then_xenstore():
