@@ -5,10 +5,13 @@ dom0), a guest with many NICs and addresses, and dom0's state dump."""
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -211,3 +214,85 @@ class ScaleLab:
                 parts.append(subprocess.run(["ip", "-N", "-n", self.ns["guest"], family, *what],
                                             capture_output=True, text=True, check=True).stdout)
         return "".join(parts)
+
+
+def wait_until(condition: object, what: str, timeout: float = 30.0, every: float = 0.05) -> None:
+    """Wait for a condition with a deadline (never assert a duration: CI machines are busy)."""
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(every)
+
+
+class Monitor:
+    """`ip monitor` in a namespace, listening before the constructor returns.
+
+    A fixed sleep for it to start missed events on a busy machine; instead a marker route (in table
+    97, which nothing else uses) is added and deleted, and its events are read: everything after
+    that is seen. stop() does the same again, so everything before it has been read too. The
+    marker's own events are left out of what is returned."""
+
+    MARKER = "198.51.100.254"
+
+    def __init__(self, namespace: str, *objects: str, deadline: float = 30.0) -> None:
+        self.namespace, self.deadline = namespace, deadline
+        self.process = subprocess.Popen(["ip", "-n", namespace, "monitor", *objects], stdout=subprocess.PIPE,
+                                        text=True)
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        try:
+            self._mark()
+        except BaseException:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def _mark(self) -> list[str]:
+        """Add and delete the marker; the lines read until its deletion shows, without its own."""
+        for verb in ("add", "del"):
+            subprocess.run(["ip", "-n", self.namespace, "route", verb, "unreachable", f"{self.MARKER}/32",
+                            "table", "97"], check=True, capture_output=True)
+        seen = []
+        while True:
+            line = self.next_line(self.deadline)
+            if line is None:
+                raise AssertionError(f"ip monitor in {self.namespace} did not show its marker: {seen[-5:]}")
+            if self.MARKER in line:
+                if line.startswith("Deleted"):
+                    return seen
+                continue
+            seen.append(line)
+
+    def next_line(self, timeout: float) -> str | None:
+        """The next event's line, or None when none came within timeout (or the monitor ended)."""
+        try:
+            return self._lines.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+    def wait_for(self, condition: object, timeout: float = 30.0) -> list[str]:
+        """Lines until one for which condition(line) is true (that one last); AssertionError if none
+        comes within timeout."""
+        seen, deadline = [], time.monotonic() + timeout
+        while True:
+            line = self.next_line(deadline - time.monotonic())
+            if line is None:
+                raise AssertionError(f"no such event within {timeout} s; saw {seen[-5:]}")
+            seen.append(line)
+            if condition(line):  # type: ignore[operator]
+                return seen
+
+    def stop(self) -> str:
+        """Every event since the last line read, up to now."""
+        try:
+            return "".join(line + "\n" for line in self._mark())
+        finally:
+            self.process.terminate()
+            self.process.wait()

@@ -3,11 +3,10 @@ so anti-spoofing is domunet's nftables table alone."""
 
 import shutil
 import subprocess
-import time
 
 import pytest
 
-from tests.labs import NICS, dom0_dump
+from tests.labs import NICS, dom0_dump, wait_until
 
 ALL = [nic.address for nic in NICS]
 
@@ -70,9 +69,13 @@ def test_spoofed_sources_never_leave_dom0(dom0_lab, domunet):
 def test_router_cannot_resolve_an_unlisted_address_of_the_slash64(dom0_lab):
     lab = dom0_lab
     assert not lab.ping("2001:db8:4309:2388::99", tries=1, role="rtr")
-    time.sleep(1)
-    neigh = lab.run("rtr", "ip", "-6", "neigh", "show", "2001:db8:4309:2388::99").stdout
-    assert "lladdr" not in neigh
+
+    def neigh():
+        return lab.run("rtr", "ip", "-6", "neigh", "show", "2001:db8:4309:2388::99").stdout
+
+    # the router's own verdict, however long its probes take: resolved (lladdr) or FAILED
+    wait_until(lambda: "FAILED" in neigh() or "lladdr" in neigh(), "the router's neighbour verdict")
+    assert "lladdr" not in neigh()
     lab.ping("2001:db8:4309:2388::50", tries=1, wait=3, role="rtr")  # the guest has no way back yet
     assert "lladdr" in lab.run("rtr", "ip", "-6", "neigh", "show", "2001:db8:4309:2388::50").stdout
 

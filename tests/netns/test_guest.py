@@ -1,11 +1,9 @@
 """The guest side in the lab: real kernel, real pings through strict rp_filter."""
 
 import json
-import subprocess
 import sys
-import time
 
-from tests.labs import GUEST_CONFIG, NICS, package_root
+from tests.labs import GUEST_CONFIG, NICS, Monitor, package_root
 from tests.netns.conftest import write_config
 
 ALL = [nic.address for nic in NICS]
@@ -67,14 +65,7 @@ def test_status_reports_the_kernels_own_choice_of_nic(routed_lab, domunet):
 
 
 def _monitor(lab):
-    return subprocess.Popen(["ip", "netns", "exec", lab.ns["guest"], "ip", "-4", "monitor", "route"],
-                            stdout=subprocess.PIPE, text=True)
-
-
-def _stop(monitor):
-    time.sleep(0.3)
-    monitor.terminate()
-    return monitor.communicate(timeout=5)[0]
+    return Monitor(lab.ns["guest"], "route")
 
 
 def test_gateway_outside_a_slash32_through_the_temporary_main_route(lab, domunet):
@@ -84,9 +75,8 @@ def test_gateway_outside_a_slash32_through_the_temporary_main_route(lab, domunet
                                "[interfaces]\n[[eth4]]\ngateway = 10.9.9.1\n")
     main_before = lab.run("guest", "ip", "route", "show", "table", "main").stdout
     monitor = _monitor(lab)
-    time.sleep(0.2)
     assert_ok(domunet("-vv", "setup", config=config))
-    events = _stop(monitor)
+    events = monitor.stop()
     assert "10.9.9.1 dev eth4 proto domunet-temp" in events
     assert "Deleted 10.9.9.1 dev eth4 proto domunet-temp" in events
     assert lab.run("guest", "ip", "route", "show", "table", "main").stdout == main_before
@@ -101,9 +91,8 @@ def test_gateway_outside_a_slash32_on_a_current_kernel_needs_no_temporary_route(
     lab.add_guest_nic("eth4", "vif1.4", "10.9.9.9/32")
     config = write_config(lab, "[interfaces]\n[[eth4]]\ngateway = 10.9.9.1\n")
     monitor = _monitor(lab)
-    time.sleep(0.2)
     assert_ok(domunet("setup", config=config))
-    events = _stop(monitor)
+    events = monitor.stop()
     assert "domunet-temp" not in events
     assert "default via 10.9.9.1 dev eth4" in events
 

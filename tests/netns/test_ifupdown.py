@@ -4,12 +4,12 @@ unit's and the udev rule's commands, and concurrent runs."""
 import configparser
 import shlex
 import shutil
+import signal
 import subprocess
-import time
 
 import pytest
 
-from tests.labs import NICS, Lab
+from tests.labs import NICS, Lab, wait_until
 from tests.shipped import shipped
 
 HOOK = shipped("hooks/ifupdown/domunet")
@@ -176,7 +176,7 @@ def test_udev_rule_matches_xen_vifs_and_removal_tears_down(routed_lab, domunet):
     lab = routed_lab
     assert domunet("setup").returncode == 0
     lab.run("dom0", "ip", "link", "del", "vif1.1")  # the guest's eth1 goes with it
-    time.sleep(0.1)
+    wait_until(lambda: lab.run("guest", "ip", "link", "show", "eth1", check=False).returncode != 0, "eth1 gone")
     assert domunet(*command[1:]).returncode == 0
     rules_now = lab.run("guest", "ip", "rule").stdout
     assert "eth1" not in rules_now and "192.168.0.201" not in rules_now
@@ -249,8 +249,11 @@ def test_the_watch_unit_runs_domunet_watch_with_readiness_and_reload():
     assert service["Type"] == "notify" and service["Restart"] == "on-failure"
     assert service["ExecReload"] == """/bin/sh -c 'kill -HUP "$$MAINPID"'"""
     # it signals the main process with no kill program on PATH (a minimal Debian has no procps)
+    # (SIGHUP back to its default in the stand-in: a shell cannot trap a signal it was started with
+    # ignored, as under nohup; systemd starts domunet watch with it at its default)
     main = subprocess.Popen(["/bin/sh", "-c", 'trap "echo reloaded; exit 0" HUP; echo ready; '
-                             "while :; do /bin/sleep 0.05; done"], stdout=subprocess.PIPE, text=True)
+                             "while :; do /bin/sleep 0.05; done"], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     assert main.stdout.readline().strip() == "ready"
     script = shlex.split(service["ExecReload"].replace("$$", "$"))[2]
     subprocess.run(["/bin/sh", "-c", script], env={"MAINPID": str(main.pid), "PATH": "/nonexistent"}, check=True)

@@ -5,7 +5,6 @@ The counts (CLI_CONFIGS, INTERRUPTIONS, ...) are recorded in docs/reliability.md
 
 import random
 import re
-import select
 import subprocess
 import time
 
@@ -13,7 +12,7 @@ import pytest
 
 from domunet.core import config as configuration
 from domunet.core.errors import ConfigError
-from tests.labs import GUEST_CONFIG, NICS, ScaleLab, dom0_dump
+from tests.labs import GUEST_CONFIG, NICS, Monitor, ScaleLab, dom0_dump
 from tests.netns.conftest import write_config
 
 CLI_CONFIGS = 30
@@ -131,17 +130,14 @@ def _owned_lines(dump):
 
 def _start_when_changing(lab):
     """Start a setup and return (process, moment of its first kernel change, seen by ip monitor)."""
-    monitor = subprocess.Popen(["ip", "-n", lab.ns["guest"], "monitor", "route", "rule"],
-                               stdout=subprocess.PIPE, text=True)
-    time.sleep(0.1)
-    run = subprocess.Popen(lab.argv("setup"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for line in monitor.stdout:
-        if "213" in line or "214" in line:
-            break
-    first = time.monotonic()
-    monitor.kill()
-    monitor.wait()
-    return run, first
+    monitor = Monitor(lab.ns["guest"], "route", "rule")
+    try:
+        run = subprocess.Popen(lab.argv("setup"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        monitor.wait_for(lambda line: "213" in line or "214" in line)
+        return run, time.monotonic()
+    finally:
+        monitor.process.kill()
+        monitor.process.wait()
 
 
 def test_kill_9_at_any_point_of_a_large_setup_then_the_next_run_converges():
@@ -171,15 +167,14 @@ def test_kill_9_at_any_point_of_a_large_setup_then_the_next_run_converges():
 
 def _setup_while(lab, change):
     """`domunet setup` in the guest, and `ip CHANGE` the moment its first route or rule appears."""
-    monitor = subprocess.Popen(["ip", "-n", lab.ns["guest"], "monitor", "route", "rule"],
-                               stdout=subprocess.PIPE, text=True)
-    time.sleep(0.2)
-    run = subprocess.Popen(lab.argv("setup"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for line in monitor.stdout:
-        if "213" in line or "domunet" in line:
-            subprocess.run(["ip", "-n", lab.ns["guest"], *change], check=True)
-            break
-    monitor.terminate()
+    monitor = Monitor(lab.ns["guest"], "route", "rule")
+    try:
+        run = subprocess.Popen(lab.argv("setup"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        monitor.wait_for(lambda line: "213" in line or "domunet" in line)
+        subprocess.run(["ip", "-n", lab.ns["guest"], *change], check=True)
+    finally:
+        monitor.process.terminate()
+        monitor.process.wait()
     _, stderr = run.communicate(timeout=60)
     return run.returncode, stderr
 
@@ -242,14 +237,11 @@ def test_main_table_never_loses_a_route_not_even_for_a_moment(routed_lab, domune
                                "gateway = 10.9.9.1\n")
     main = lab.run("guest", "ip", "route", "show", "table", "main").stdout
     main6 = lab.run("guest", "ip", "-6", "route", "show", "table", "main").stdout
-    monitor = subprocess.Popen(["ip", "-n", lab.ns["guest"], "monitor", "route"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.2)
+    monitor = Monitor(lab.ns["guest"], "route")
     for step in (["setup"], ["setup"], ["teardown", "eth1"], ["setup", "eth1"], ["teardown"], ["setup"],
                  ["teardown"]):
         assert domunet(*step, config=config).returncode == 0
-    time.sleep(0.3)
-    monitor.terminate()
-    events = monitor.communicate(timeout=5)[0].splitlines()
+    events = monitor.stop().splitlines()
     deleted = [line for line in events if line.startswith("Deleted")]
     assert deleted  # the monitor saw domunet's own removals
     assert [line for line in deleted if "proto 213" not in line and "proto 214" not in line
@@ -262,22 +254,17 @@ def _kill_after_events(lab, argv, events, seconds=30.0):
     """Start argv in dom0 and kill -9 it right after `ip monitor` has seen its first `events`
     changes to dom0 (links, addresses, routes, neighbours): a kill that lands while it changes
     dom0, whatever the machine's speed (a timed kill missed on a busy CI machine)."""
-    monitor = subprocess.Popen(["ip", "-n", lab.ns["dom0"], "monitor", "link", "address", "route", "neigh"],
-                               stdout=subprocess.PIPE, text=True)
+    monitor = Monitor(lab.ns["dom0"], "link", "address", "route", "neigh")
     try:
-        time.sleep(0.2)
         run = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         seen, deadline = 0, time.monotonic() + seconds
-        while seen < events and time.monotonic() < deadline:
-            readable, _, _ = select.select([monitor.stdout], [], [], max(0.0, deadline - time.monotonic()))
-            if not readable or not monitor.stdout.readline():
-                break
+        while seen < events and monitor.next_line(deadline - time.monotonic()) is not None:
             seen += 1
         run.kill()
         run.wait()
     finally:
-        monitor.terminate()
-        monitor.wait()
+        monitor.process.terminate()
+        monitor.process.wait()
 
 
 def test_dom0_crash_mid_online_then_offline_cleans_up(lab):

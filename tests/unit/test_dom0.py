@@ -22,14 +22,17 @@ def test_addresses_and_prefixes_are_parsed_and_deduplicated():
         net("192.0.2.5/32"), net("2001:db8::5/128"), net("10.1.0.0/16"))
 
 
-@pytest.mark.parametrize("value", [
-    "192.0.2.5;reboot", "$(id)", "192.0.2.5/33", "10.1.0.1/16", "2001:db8::zz", "224.0.0.5", "127.0.0.1",
-    "fe80::1", "0.0.0.0/0", "::", "", "   ", "1.2.3.4\n5.6.7.8\x00", "x" * 5000,
+@pytest.mark.parametrize("value, named", [
+    *((value, repr(value)) for value in ("192.0.2.5;reboot", "$(id)", "192.0.2.5/33", "10.1.0.1/16",
+                                         "2001:db8::zz", "224.0.0.5", "127.0.0.1", "fe80::1", "0.0.0.0/0", "::")),
+    ("", "no guest address given"), ("   ", "no guest address given"),
+    ("1.2.3.4\n5.6.7.8\x00", repr("5.6.7.8\x00")), ("x" * 5000, "value is too long"),
 ])
-def test_hostile_or_malformed_addresses_are_rejected_naming_the_value(value):
+def test_hostile_or_malformed_addresses_are_rejected_naming_the_value(value, named):
     with pytest.raises(UsageError) as caught:
         parse_addresses(value, "xenstore backend/vif/1/0/ip")
     assert str(caught.value).startswith("xenstore backend/vif/1/0/ip: ")
+    assert named in str(caught.value)
 
 
 def test_online_plan_routes_every_address_and_proxies_only_single_ipv6_addresses():

@@ -67,4 +67,12 @@ def dom0(xen):
 
 @pytest.fixture
 def guest(xen):
+    """The guest, running: a test that destroyed it (or a reboot that failed) does not leave the
+    tests after it without one, so they pass in any order."""
+    dom0 = xen["dom0"]
+    if dom0.run("xl", "domid", "guest", check=False)["rc"] != 0:
+        dom0.run("xl", "create", "/etc/xen/guest.cfg", timeout=300)
+        xenlab.wait_ready("guest")
+        ready = xen["guest"].until("systemctl is-active domunet.service", timeout=180)
+        assert ready["rc"] == 0, "the guest created again did not finish domunet.service"
     return xen["guest"]

@@ -1,7 +1,8 @@
 """domunet on real Xen: xl, netback and netfront, the real xenstored, libxl's hotplug calls
 to vif-domunet, and a Debian 12 guest booting with systemd and ifupdown, no domunet config.
 
-The tests run in this order on one lab (the last one destroys the guest)."""
+The tests share one lab; each that needs the guest gets it running (the `guest` fixture creates
+it again after a test that destroyed it), so they pass in any order."""
 
 import json
 
@@ -51,7 +52,7 @@ def test_watch_runs_in_the_guest_and_puts_back_a_deleted_rule(dom0, guest):
     assert answers(dom0, ADDRESSES["enX1"])
 
 
-def test_dom0_carries_no_guest_units_and_keeps_vif_domunets_routes(dom0):
+def test_dom0_carries_no_guest_units_and_keeps_vif_domunets_routes(dom0, guest):
     """On real Xen the guest's udev rule and units, pulled into dom0 by a dependency, ran the
     guest engine there, which deleted vif-domunet's routes seconds after they were made."""
     assert dom0.run("dpkg-query", "-W", "-f=${Status}", "domunet", check=False)["stdout"] != "install ok installed"
@@ -119,7 +120,7 @@ def test_after_xl_reboot_the_guest_converges_again(dom0, guest):
     assert sorted(domunet_lines(guest)) == before
 
 
-def test_xl_destroy_leaves_nothing_of_the_guest_in_dom0(dom0):
+def test_xl_destroy_leaves_nothing_of_the_guest_in_dom0(dom0, guest):
     dom0.run("xl", "destroy", "guest")
     dom0.until("! ip link | grep -q vif", timeout=60)
     routes = dom0.sh("for p in 213 214 215; do ip route show table all proto $p; ip -6 route show table all "
