@@ -104,7 +104,10 @@ def test_the_package_ships_every_module_and_the_demos_files():
     """The .deb holds the whole source tree's package (core/, guest/, dom0/ included: a subpackage
     missing from pyproject.toml would be missing here) and what the demo runs."""
     site = ROOT / "usr/lib/python3/dist-packages/domunet"
-    source = Path(__file__).resolve().parents[2] / "domunet"
+    # the tree the .debs were built from (scripts/test builds in $DOMUNET_DEBS/domunet), else this checkout's
+    built_from = Path(os.environ.get("DOMUNET_DEBS", "/nonexistent")) / "domunet" / "domunet"
+    source = built_from if built_from.is_dir() else Path(__file__).resolve().parents[2] / "domunet"
+    assert (source / "core").is_dir(), source
 
     def modules(root):
         return sorted(str(p.relative_to(root)) for p in root.rglob("*.py"))
