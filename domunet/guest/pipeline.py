@@ -127,7 +127,7 @@ def _forget_vanished(kernel: Kernel, config: configuration.Config, names: list[s
                      blocks: list[Block]) -> list[Change]:
     """Interfaces that went away during this run (after their routes were in): drop the rules
     and routes made for them, so that nothing half-made stays."""
-    owned = within_reach(discover(kernel, {})[1], config, blocks)
+    owned = within_reach(discover(kernel, Published())[1], config, blocks)
     log.warning("%s: vanished during this run; removing what was made for it", ", ".join(names))
     return apply(diff(State(), owned, scope_for(names, State(), owned)), kernel)
 

@@ -126,20 +126,23 @@ def test_hotplug_without_nft_reports_to_libxl(cli_lab):
     assert snapshot(cli_lab) == before
 
 
-def labs():
-    """domunet labs on this machine: their namespaces (dn-TAG-ROLE) and their folders. Only these:
-    whatever else the machine makes or removes meanwhile is none of this test's business."""
-    namespaces = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
-    return {name for name in (line.split()[0] for line in namespaces.splitlines()) if name.startswith("dn-")} | {
-        name for name in os.listdir("/tmp") if name.startswith("domunet-lab-")}
-
-
 def test_lab_without_its_programs_names_them_and_builds_nothing(cli_lab):
-    before = snapshot(cli_lab), labs()
-    result = run(cli_lab, "guest", "lab", env={"PATH": path_without(cli_lab, "nft", "ping")})
+    """Judged by this command's own traces, not by the machine's (other labs come and go meanwhile):
+    its TMPDIR (where a lab's folder goes) stays empty, and its `ip` (a wrapper that logs, first on
+    its PATH) was never asked to add a namespace, not even one removed again."""
+    before = snapshot(cli_lab)
+    own = cli_lab.workdir / "lab-tmp"
+    (own / "bin").mkdir(parents=True)
+    calls = cli_lab.workdir / "ip-calls"
+    real_ip = subprocess.run(["sh", "-c", "command -v ip"], capture_output=True, text=True).stdout.strip()
+    (own / "bin" / "ip").write_text(f'#!/bin/sh\necho "$*" >> "{calls}"\nexec {real_ip} "$@"\n')
+    (own / "bin" / "ip").chmod(0o755)
+    path = f"{own / 'bin'}:{path_without(cli_lab, 'nft', 'ping')}"
+    result = run(cli_lab, "guest", "lab", env={"PATH": path, "TMPDIR": str(own / "bin")})
     assert_one_line(result, 2, "domunet lab needs `nft`, `ping`", "apt-get install iputils-ping nftables")
-    assert snapshot(cli_lab) == before[0]
-    assert labs() - before[1] == set()  # no lab was built (others may come and go meanwhile)
+    assert snapshot(cli_lab) == before
+    assert sorted(p.name for p in (own / "bin").iterdir()) == ["ip"]
+    assert "netns add" not in (calls.read_text() if calls.exists() else "")
 
 
 @pytest.mark.parametrize("args", [*GUEST_VERBS, ["ifupdown"], ["dom0", "offline", "--vif", "vif1.0"]], ids=" ".join)
