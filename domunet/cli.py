@@ -10,30 +10,16 @@ import argparse
 import json
 import logging
 import os
-import re
-import sys
 from typing import Any, NoReturn, Sequence
 
 from domunet.core.errors import ConfigError, DomunetError, MissingTool, UsageError
 from domunet.core.model import DEFAULT_STATE_DIR
+from domunet.core.state import Layout
+from domunet.logs import MAX_MESSAGE, OneLine, one_line, setup_logging  # noqa: F401 (MAX_MESSAGE: tests)
 
 log = logging.getLogger("domunet")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-MAX_MESSAGE = 400  # characters: a message names what failed, it does not echo 10 kB back
-_LONG_WORD = re.compile(r"\S{100,}")
-
-
-def one_line(text: str) -> str:
-    """One printable line of bounded length, whatever a hostile argument, environment or file
-    put into the message (newlines, escapes, undecodable bytes, 10 kB)."""
-    text = " ".join(part.strip() for part in text.splitlines())
-    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    line = line.encode("utf-8", "backslashreplace").decode("utf-8")
-    line = _LONG_WORD.sub(lambda m: f"{m[0][:40]}...({len(m[0])} characters)...{m[0][-16:]}", line)
-    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 15] + "... (shortened)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -133,71 +119,31 @@ def _parser() -> argparse.ArgumentParser:
     offline = action("offline", "undo what online did for a vif (also when it is gone)")
     offline.add_argument("--vif", required=True)
     action("reconcile", "re-add proxy entries and filters (run from the uplink's up hook)")
+    dom0_status = action("status", "every vif dom0 routes: its addresses, routes, proxy entries, and whether "
+                                   "the kernel still matches its record")
+    dom0_status.add_argument("--json", action="store_true", help="machine-readable output")
+    action("serve", "run dom0's service in the foreground (domunet-dom0.service runs it): vif-domunet "
+                    "hands each vif to it over dom0.sock in the state directory")
     hotplug = action("hotplug", "the Xen hotplug entry point (hooks/xen/vif-domunet)")
     hotplug.add_argument("command", help="online, offline, add or remove (as libxl calls it)")
     hotplug.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="libxl's extra arguments")
     return parser
 
 
-class _OneLine(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        return text if record.exc_info else one_line(text)  # a traceback (-vv only) keeps its lines
-
-
-def _setup_logging(verbose: int, prefix: str = "domunet", syslog: bool = False) -> None:
-    """stderr always; hook runs also log to syslog (xl keeps stderr in xen-hotplug.log)."""
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    formatter = _OneLine(f"{prefix}: %(message)s")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter)
-    handlers: list[logging.Handler] = [handler]
-    if syslog and os.path.exists("/dev/log"):
-        level = min(level, logging.INFO)
-        try:
-            from logging.handlers import SysLogHandler  # only hook runs log to syslog: 6 ms the rest need not pay
-
-            handlers.append(SysLogHandler("/dev/log"))
-            handlers[-1].setFormatter(formatter)
-        except OSError:
-            pass
-    logging.raiseExceptions = False  # a log line that cannot be written is dropped, never a traceback
-    root = logging.getLogger()
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 def _hotplug(args: argparse.Namespace) -> int:
-    """libxl's contract (domunet.dom0.hotplug): exit 1 when online failed, after hotplug-status error."""
-    from contextlib import contextmanager
-
-    from domunet.core.kernel import Kernel
-    from domunet.dom0 import hotplug
-
-    @contextmanager
-    def engine() -> Any:
-        with Kernel() as kernel:
-            yield _dom0_engine(kernel, args)
+    """libxl's contract (domunet.dom0.hotplug): exit 1 when online failed, after hotplug-status error.
+    The dom0 service does the work when it runs; else it is done here (domunet.dom0.client)."""
+    from domunet.dom0 import client
 
     settings = dict(s.split("=", 1) for s in args.settings if "=" in s)
-    return EXIT_OK if hotplug.handle(args.command, settings, dict(os.environ), engine) else EXIT_FAILED
+    ok = client.run_hotplug(args.command, settings, dict(os.environ), args.config, args.state_dir)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _dom0_engine(kernel: Any, args: argparse.Namespace) -> Any:
-    """dom0's engine with the [dom0] settings of the config file. offline must work whatever the
-    file says: a bad file there means the defaults (and an error line)."""
-    from domunet.core import config as configuration
     from domunet.dom0.executor import Dom0
 
-    try:
-        settings = configuration.load(args.config)
-    except ConfigError:
-        offline = getattr(args, "action", None) == "offline" or getattr(args, "command", None) == "offline"
-        if not offline:
-            raise
-        log.error("%s; going on with the defaults", sys.exc_info()[1])
-        settings = configuration.Config()
-    return Dom0(kernel, args.state_dir, settings.dom0_allow_prefixes, settings.dom0_input)
+    return Dom0.from_config(kernel, args.config, args.state_dir, offline=args.action == "offline")
 
 
 def _dom0(args: argparse.Namespace) -> int:
@@ -206,6 +152,12 @@ def _dom0(args: argparse.Namespace) -> int:
 
     if args.action == "hotplug":
         return _hotplug(args)
+    if args.action == "serve":
+        from domunet.dom0 import service
+
+        with Kernel() as kernel:
+            service.serve(args.state_dir, _dom0_engine(kernel, args))
+        return EXIT_OK
     with Kernel() as kernel:
         dom0 = _dom0_engine(kernel, args)
         if args.action == "online":
@@ -218,9 +170,33 @@ def _dom0(args: argparse.Namespace) -> int:
             dom0.online(request)
         elif args.action == "offline":
             dom0.offline(check_ifname(args.vif, "--vif"))
+        elif args.action == "status":
+            from domunet.dom0 import client
+
+            rows = dom0.status()
+            serving = client.connect(Layout(args.state_dir))
+            if serving is not None:
+                serving.close()
+            if args.json:
+                print(json.dumps({"service": serving is not None, "vifs": rows}, indent=2))
+            else:
+                print(_dom0_table(rows, serving is not None))
         else:
             log.info("reconciled %d vif(s)", dom0.reconcile())
     return EXIT_OK
+
+
+def _dom0_table(rows: list[dict[str, Any]], serving: bool) -> str:
+    """`domunet dom0 status` for a terminal: one line per vif."""
+    lines = [f"service: {'running' if serving else 'not running (vif-domunet works in-process)'}",
+             f"{'VIF':<16} {'KEY':<14} {'GUEST ADDRESSES':<40} KERNEL"]
+    for row in rows:
+        if row.get("unusable"):
+            lines.append(f"{row['vif'] or '?':<16} {row['key']:<14} {'':<40} UNUSABLE RECORD: {row['unusable']}")
+            continue
+        kernel = "matches" if row["kernel_matches"] else "MISSING " + ", ".join(row["missing"])
+        lines.append(f"{row['vif']:<16} {row['key']:<14} {' '.join(row['guest']):<40} {kernel}")
+    return "\n".join(lines)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -263,7 +239,7 @@ def _ifupdown(args: argparse.Namespace) -> int:
     if call is None:
         return EXIT_OK
     for handler in logging.getLogger().handlers:
-        handler.setFormatter(_OneLine(f"domunet: {call.iface}: %(message)s"))
+        handler.setFormatter(OneLine(f"domunet: {call.iface}: %(message)s"))
     if call.mode == "start":
         return _guest(args, "setup", [], stanza=call)
     ifupdown.remove_hints(args.state_dir, call.iface)
@@ -303,7 +279,9 @@ _MODULES = {"pyroute2": "python3-pyroute2", "netifaces": "python3-netifaces", "c
 def main(argv: Sequence[str] | None = None) -> int:
     args = _merge_common(_parser().parse_args(argv))
     hotplug = getattr(args, "action", None) == "hotplug"
-    _setup_logging(args.verbose, "vif-domunet" if hotplug else "domunet", syslog=hotplug or args.verb == "ifupdown")
+    if getattr(args, "action", None) == "serve":
+        args.verbose = max(args.verbose, 1)  # a service's journal says what it did for each vif
+    setup_logging(args.verbose, "vif-domunet" if hotplug else "domunet", syslog=hotplug or args.verb == "ifupdown")
     try:
         return _run(args)
     except (UsageError, ConfigError, MissingTool) as error:

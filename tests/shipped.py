@@ -15,6 +15,7 @@ _INSTALLED = {
     "data/systemd/domunet.service": "lib/systemd/system/domunet.service",
     "data/systemd/domunet-iface@.service": "lib/systemd/system/domunet-iface@.service",
     "data/systemd/domunet-watch.service": "lib/systemd/system/domunet-watch.service",
+    "data/systemd/domunet-dom0.service": "lib/systemd/system/domunet-dom0.service",
     "data/udev/90-domunet.rules": "lib/udev/rules.d/90-domunet.rules",
     "data/networkd/domunet.conf": "usr/lib/systemd/networkd.conf.d/domunet.conf",
 }

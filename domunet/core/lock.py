@@ -97,3 +97,18 @@ def watch_running(state_dir: str) -> bool:
     except OSError:
         return False
     return False
+
+
+@contextmanager
+def held_alone(path: os.PathLike[str] | str, busy: str) -> Iterator[None]:
+    """A lock file held for a service's lifetime; UsageError(busy) when another holds it."""
+    try:
+        fd = open_nofollow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as error:
+        raise UsageError(f"{path}: {error.strerror}") from None
+    with os.fdopen(fd, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(busy) from None
+        yield

@@ -72,6 +72,16 @@ class Layout:
         return path.name[len("vif-"):-len(".json")]
 
     @property
+    def dom0_socket(self) -> Path:
+        """Where `domunet dom0 serve` listens (vif-domunet finds it here)."""
+        return self.root / "dom0.sock"
+
+    @property
+    def dom0_serve_lock(self) -> Path:
+        """Held by the one `domunet dom0 serve` of this state directory."""
+        return self.dom0 / "serve.lock"
+
+    @property
     def dom0_sysctl_origin(self) -> Path:
         """Global sysctl values from before dom0's first vif; restored after the last."""
         return self.dom0 / "sysctl-origin.json"

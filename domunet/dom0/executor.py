@@ -19,13 +19,13 @@ import ipaddress
 import logging
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from domunet.core import nftables, sysctl
-from domunet.core.errors import KernelError, ObjectExists, ObjectMissing, UsageError
+from domunet.core.errors import ConfigError, KernelError, ObjectExists, ObjectMissing, UsageError
 from domunet.core.kernel import Kernel
 from domunet.core.lock import locked
-from domunet.core.model import DEFAULT_STATE_DIR, IPNetwork, Route
+from domunet.core.model import DEFAULT_STATE_DIR, PROTO_DOM0, TABLE_MAIN, IPNetwork, Route
 from domunet.core.state import Layout, read_saved_sysctls, set_aside, write_json
 from domunet.dom0 import guard
 from domunet.dom0.records import (
@@ -58,6 +58,21 @@ class Dom0:
         self.unusable: list[Unusable] = []
         #: vifs whose unusable record an offline released during this run (no longer kept guarded).
         self.released: set[str] = set()
+
+    @classmethod
+    def from_config(cls, kernel: Kernel, config_path: str | None, state_dir: str, offline: bool = False) -> Dom0:
+        """dom0's engine with the [dom0] settings of the config file. offline must work whatever the
+        file says: a bad file there means the defaults (and an error line)."""
+        from domunet.core import config as configuration
+
+        try:
+            settings = configuration.load(config_path)
+        except ConfigError as error:
+            if not offline:
+                raise
+            log.error("%s; going on with the defaults", error)
+            settings = configuration.Config()
+        return cls(kernel, state_dir, settings.dom0_allow_prefixes, settings.dom0_input)
 
     # --- records ---------------------------------------------------------------------------
 
@@ -316,6 +331,38 @@ class Dom0:
             self._restore_sysctls()
         log.info("%s: offline: done", vif)
         return True
+
+    def status(self) -> list[dict[str, Any]]:
+        """Every vif recorded (what a service knows: it records each vif it serves), what it was
+        given and made, and whether the kernel still has all of it; unusable records with why.
+        Read-only: no lock, nothing changed."""
+        records, unusable = self._read()
+        links = self.kernel.links(refresh=True)
+        routes = {(r.dev, r.dst, r.metric) for version in (4, 6)
+                  for r in self.kernel.routes(version, TABLE_MAIN) if r.proto == PROTO_DOM0}
+        proxies = {(name, str(address)) for version in (4, 6) for name, address in self.kernel.proxies(version)}
+        guarded = guard.guarded_now()
+        rows: list[dict[str, Any]] = []
+        for record in records:
+            missing = [] if record.vif in links else [f"the vif {record.vif}"]
+            for entry in record.routes:
+                route = entry.route(record.vif)
+                if (route.dev, route.dst, route.metric) not in routes:
+                    missing.append(f"route {entry.destination}")
+            missing += [f"proxy {p} on {record.uplink}" for p in record.proxies if (record.uplink, p) not in proxies]
+            allowed = guarded.get(record.vif)
+            if allowed is None:
+                missing.append("its anti-spoofing entry")
+            else:
+                missing += [f"allowed source {n}" for n in record.networks() if n not in allowed]
+            rows.append({"vif": record.vif, "key": record.key, "uplink": record.uplink, "guest": record.guest,
+                         "routes": [r.as_json() for r in record.routes], "proxies": record.proxies,
+                         "dom0_addresses": record.dom0_addresses, "kernel_matches": not missing,
+                         "missing": missing})
+        for held in unusable:
+            rows.append({"vif": held.salvaged.vif if held.salvaged else None, "key": held.key, "unusable": held.reason,
+                         "kernel_matches": None, "missing": []})
+        return rows
 
     def reconcile(self) -> int:
         """Re-add what the kernel drops behind our back (proxy entries when the uplink was down)."""

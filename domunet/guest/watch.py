@@ -12,7 +12,6 @@ import logging
 import os
 import select
 import signal
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any, Callable, Iterable
 
 from domunet.core.errors import ConfigError, DomunetError
 from domunet.core.model import ADD, PROTO, PROTO_TEMP, REMOVE, TABLE_LOCAL, TABLE_MAIN, Action, Route, Rule
+from domunet.core.systemd import notify
 from domunet.guest.diff import Change
 
 log = logging.getLogger(__name__)
@@ -90,20 +90,6 @@ def event_from(message: Any, kernel: Any) -> Event | None:
     return None
 
 
-def notify(state: str) -> None:
-    """sd_notify(3) without libsystemd: one datagram to $NOTIFY_SOCKET (nothing when unset)."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.sendto(state.encode(), address)
-    except OSError as error:
-        log.debug("cannot notify systemd (%s): %s", address, error)
-
-
 class Watch:
     """The loop. `converge` runs the engine once and returns the changes it made; `reload`
     returns a fresh config (raising ConfigError for a bad one)."""
@@ -125,6 +111,9 @@ class Watch:
         #: SIGHUP ends that: the echo of a rolled-back run is just another event).
         self.retry_in: float | None = None
         self.not_before: float | None = None
+        #: A run changed one of domunet's nftables tables: its own change and someone else's (a
+        #: `flush ruleset` meanwhile) look alike, so one more run tells them apart.
+        self.recheck = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -186,7 +175,7 @@ class Watch:
     def _backing_off(self) -> bool:
         return self.not_before is not None and time.monotonic() < self.not_before
 
-    def _run_once(self) -> None:
+    def _run_once(self, recheck: bool = False) -> None:
         self._run_called_for()  # echoes of the last run still queued are consumed, not run for
         started = time.monotonic()
         try:
@@ -202,7 +191,7 @@ class Watch:
             self.echoes.clear()
             self._nft_touched()  # its own nftables changes (and their undoing) are no news
             return
-        self._nft_touched()
+        self.recheck = self._nft_touched() and not recheck
         self.retry_in = self.not_before = None
         self.runs += 1
         self.echoes = echoes_of(changes)
@@ -226,6 +215,9 @@ class Watch:
             if self.reloading:
                 self._do_reload()
                 self._run_once()
+                continue
+            if self.recheck:
+                self._run_once(recheck=True)
                 continue
             timeout = None if self.not_before is None else max(0.0, self.not_before - time.monotonic())
             if not self._wait(timeout):

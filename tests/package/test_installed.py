@@ -46,13 +46,16 @@ def test_each_package_holds_its_own_side():
     assert {"/lib/systemd/system/domunet.service", "/lib/udev/rules.d/90-domunet.rules",
             "/etc/network/if-up.d/domunet"} <= guest
     assert "/etc/xen/scripts/vif-domunet" in dom0
-    assert not [path for path in dom0 if "systemd" in path or "udev" in path or "network/" in path]
+    # dom0's own service, and none of the guest's units, udev rule or network hooks
+    assert "/lib/systemd/system/domunet-dom0.service" in dom0
+    assert not [path for path in dom0 if ("systemd" in path and "domunet-dom0.service" not in path)
+                or "udev" in path or "network/" in path]
 
 
 def test_files_are_in_place():
     for path in ("usr/bin/domunet", "etc/network/if-up.d/domunet", "etc/network/if-post-down.d/domunet",
                  "lib/systemd/system/domunet.service", "lib/systemd/system/domunet-iface@.service",
-                 "lib/systemd/system/domunet-watch.service",
+                 "lib/systemd/system/domunet-watch.service", "lib/systemd/system/domunet-dom0.service",
                  "lib/udev/rules.d/90-domunet.rules", "etc/iproute2/rt_protos.d/domunet.conf", "etc/domunet.conf",
                  "usr/share/man/man8/domunet.8.gz", "usr/share/man/man8/vif-domunet.8.gz",
                  "etc/xen/scripts/vif-domunet", "usr/lib/python3/dist-packages/domunet/cli.py"):

@@ -70,7 +70,7 @@ def test_version_names_domunet_pyroute2_and_python():
 
 
 def test_messages_are_one_printable_bounded_line():
-    formatter = cli._OneLine("domunet: %(message)s")
+    formatter = cli.OneLine("domunet: %(message)s")
     hostile = "eth0;\n reboot\x1b[2J\udcff" + "a" * 10_000
 
     record = logging.LogRecord("domunet", logging.ERROR, __file__, 1, "no such interface: %s", (hostile,), None)

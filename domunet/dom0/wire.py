@@ -1,0 +1,112 @@
+"""What vif-domunet and `domunet dom0 serve` say to each other over dom0.sock (pure).
+
+One request per connection, one JSON object on one line, at most MAX_REQUEST bytes; one answer
+the same way. The service checks a request as strictly as the command line (domunet.dom0.request):
+a malformed one gets an answer with kind "usage" and changes nothing.
+
+    {"op": "online", "request": {"key", "vif", "guest": [...], "uplink", "rename", "xenbus_path"}}
+    {"op": "offline", "key": KEY, "vif": VIF or null}
+    answers: {"ok": true, "record": {...}} (online), {"ok": true, "found": bool} (offline),
+             {"ok": false, "kind": "usage" | "failed" | "refused", "error": "one line"}
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from domunet.core.errors import DomunetError, UsageError
+from domunet.core.model import IFNAME_CHARS
+from domunet.dom0.records import VifRecord, record_from
+from domunet.dom0.request import VifRequest, check_ifname, check_xenbus_path, parse_addresses
+
+MAX_REQUEST = 64 * 1024
+MAX_ANSWER = 1024 * 1024
+_KEY = re.compile(rf"^(xen-\d{{1,5}}-\d{{1,5}}|{IFNAME_CHARS}{{1,15}})$")
+
+#: An answer's kinds: the request was not valid, the work failed (dom0 is as before), or this
+#: service does not serve the caller (another network namespace): then the caller works in-process.
+USAGE, FAILED, REFUSED = "usage", "failed", "refused"
+
+
+class Refused(DomunetError):
+    """The service does not serve this caller; it does the work itself."""
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+
+
+def online_request(request: VifRequest) -> dict[str, Any]:
+    return {"op": "online", "request": {
+        "key": request.key, "vif": request.vif, "guest": [str(n) for n in request.guest],
+        "uplink": request.uplink, "rename": request.rename, "xenbus_path": request.xenbus_path}}
+
+
+def offline_request(key: str, vif: str | None) -> dict[str, Any]:
+    return {"op": "offline", "key": key, "vif": vif}
+
+
+def decode(data: bytes, limit: int = MAX_REQUEST) -> dict[str, Any]:
+    """A message as sent (UsageError naming what is wrong with it)."""
+    if len(data) > limit:
+        raise UsageError(f"request longer than {limit} bytes")
+    try:
+        message = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise UsageError(f"request is not JSON ({error})") from None
+    if not isinstance(message, dict):
+        raise UsageError("request is not a JSON object")
+    return message
+
+
+def _name(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise UsageError(f"{what}: not a string")
+    return check_ifname(value, what)
+
+
+def _key(value: Any) -> str:
+    if not isinstance(value, str) or not _KEY.match(value):
+        raise UsageError(f"key: {str(value)[:40]!r} is not a hotplug key or interface name")
+    return value
+
+
+def parse_online(message: dict[str, Any]) -> VifRequest:
+    """The request of an online message, checked as the command line's is."""
+    body = message.get("request")
+    if not isinstance(body, dict) or set(body) - {"key", "vif", "guest", "uplink", "rename", "xenbus_path"}:
+        raise UsageError("online: `request` is not a vif request")
+    guest = body.get("guest")
+    if not isinstance(guest, list) or not all(isinstance(item, str) for item in guest):
+        raise UsageError("online: `guest` is not a list of addresses")
+    path = body.get("xenbus_path")
+    if path is not None and not isinstance(path, str):
+        raise UsageError("online: `xenbus_path` is not a string")
+    return VifRequest(
+        key=_key(body.get("key")), vif=_name(body.get("vif"), "vif") or check_ifname(None, "vif"),
+        guest=parse_addresses(" ".join(guest), "guest"), uplink=_name(body.get("uplink"), "uplink"),
+        rename=_name(body.get("rename"), "vifname"), xenbus_path=check_xenbus_path(path) if path else None)
+
+
+def parse_offline(message: dict[str, Any]) -> tuple[str, str | None]:
+    return _key(message.get("key")), _name(message.get("vif"), "vif")
+
+
+def record_of(answer: dict[str, Any]) -> VifRecord:
+    try:
+        return record_from(answer.get("record"))
+    except (ValueError, TypeError, UsageError) as error:
+        raise DomunetError(f"dom0.sock answered with a record that is not valid ({error})") from None
+
+
+def failure(answer: dict[str, Any]) -> DomunetError:
+    """The exception an error answer stands for, with the service's message."""
+    text = str(answer.get("error") or "the service failed without a message")[:400]
+    kind = answer.get("kind")
+    if kind == REFUSED:
+        return Refused(text)
+    return UsageError(text) if kind == USAGE else DomunetError(text)

@@ -1,0 +1,258 @@
+"""`domunet dom0 serve` (issue 23) in the lab's dom0: vif-domunet hands it each vif over dom0.sock;
+without it (stopped, killed, another namespace, not root) the work is done in-process as before."""
+
+import configparser
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from tests.labs import NICS, Monitor, dom0_dump, package_root, wait_until
+from tests.shipped import shipped
+
+ALL = [nic.address for nic in NICS]
+
+
+class Service:
+    """`domunet -v dom0 serve` in the lab's dom0, its stderr collected."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self.socket = lab.state_dir / "dom0.sock"
+        env = {**os.environ, **lab.xen_env(0), "PYTHONPATH": package_root()}
+        argv = ["ip", "netns", "exec", lab.ns["dom0"], sys.executable, "-m", "domunet", "-v",
+                "--config", str(lab.workdir / "empty.conf"), "--state-dir", str(lab.state_dir), "dom0", "serve"]
+        (lab.workdir / "empty.conf").write_text("")
+        self.process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+        self.lines = []
+        threading.Thread(target=self._read, daemon=True).start()
+        wait_until(lambda: any("serving on" in line for line in self.lines) or self.process.poll() is not None,
+                   "the service listening")
+        assert self.process.poll() is None, "\n".join(self.lines)
+
+    def _read(self):
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            self.process.wait(30)
+        return self.process.returncode
+
+    def served(self, vif):
+        return any(f"{vif}: online:" in line for line in self.lines)
+
+
+@pytest.fixture
+def service(lab):
+    lab.sysctl("dom0", [f"net/ipv4/conf/{dev}/rp_filter=0"
+                        for dev in ("all", "default", "eth0", *(n.vif for n in NICS))])
+    started = []
+
+    def start():
+        started.append(Service(lab))
+        return started[-1]
+
+    yield start
+    for running in started:
+        running.stop(signal.SIGKILL)
+
+
+def ask(lab, role, data, uid=None):
+    """Send raw bytes to dom0.sock from a namespace (as root, or as uid); the answer, parsed."""
+    code = f"""
+import json, os, socket, sys
+if {uid!r} is not None:
+    os.setgid({uid!r} or 0); os.setuid({uid!r})
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    s.connect({str(lab.state_dir / "dom0.sock")!r})
+except OSError as error:
+    print(json.dumps({{"connect": error.strerror}})); sys.exit()
+s.sendall(sys.stdin.buffer.read())
+s.shutdown(socket.SHUT_WR)
+data = b""
+while chunk := s.recv(65536):
+    data += chunk
+sys.stdout.write(data.decode())
+"""
+    result = subprocess.run(["ip", "netns", "exec", lab.ns[role], sys.executable, "-c", code], input=data,
+                            capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_vif_domunet_hands_every_vif_to_the_service_and_offline_leaves_dom0_as_before(lab, service, domunet):
+    before = dom0_dump(lab)
+    running = service()
+    lab.route_dom0_with_vif_domunet()  # each vif's hotplug-status checked: connected
+    assert all(running.served(nic.vif) for nic in NICS), running.lines[-20:]
+    assert domunet("setup").returncode == 0
+    assert lab.answers() == dict.fromkeys(ALL, True)
+    for devid, nic in enumerate(NICS):
+        assert lab.vif_hotplug("offline", nic.vif, devid).returncode == 0
+    assert dom0_dump(lab) == before
+    assert running.stop() == 0
+    assert not running.socket.exists()
+
+
+def test_without_a_service_and_after_it_stops_vifs_still_come_online(lab, service):
+    """A vif never fails because the service is down: stopped (socket gone) or killed (socket left)."""
+    running = service()
+    running.stop(signal.SIGKILL)
+    assert running.socket.exists()  # a dead service's socket: connecting is refused
+    lab.route_dom0_with_vif_domunet()  # each vif's hotplug-status checked: connected
+    assert not running.served("vif1.0")
+    assert running.stop() is not None
+    os.unlink(running.socket)  # as a stopped service leaves it: no socket at all
+    for devid, nic in enumerate(NICS):
+        assert lab.vif_hotplug("offline", nic.vif, devid).returncode == 0
+    lab.route_dom0_with_vif_domunet()
+
+
+def test_the_socket_is_root_only_and_refuses_a_caller_that_is_not_root(lab, service):
+    running = service()
+    assert (os.stat(running.socket).st_mode & 0o777) == 0o600
+    assert ask(lab, "dom0", b"{}\n", uid=65534) == {"connect": "Permission denied"}
+    os.chmod(lab.workdir, 0o711)  # past the folders' and the file's modes, the service itself still checks
+    os.chmod(running.socket, 0o666)
+    answer = ask(lab, "dom0", b'{"op": "offline", "key": "vif1.0", "vif": null}\n', uid=65534)
+    assert answer["ok"] is False and answer["kind"] == "refused" and "only root" in answer["error"]
+
+
+@pytest.mark.parametrize("data, said", [
+    (b"not json\n", "not JSON"),
+    (b"[1, 2]\n", "not a JSON object"),
+    (b'{"op": "reboot"}\n', "unknown op"),
+    (b'{"op": "online", "request": {"key": "x;rm -rf /", "vif": "vif1.0", "guest": ["192.0.2.5"]}}\n', "key"),
+    (b'{"op": "online", "request": {"key": "xen-1-0", "vif": "vif1.0", "guest": ["0.0.0.0/0"]}}\n',
+     "cannot be a guest address"),
+    (b'{"op": "offline", "key": "xen-1-0", "vif": "$(id)"}\n', "not a valid interface name"),
+    (b'{"op": "online", "request": "' + b"x" * 70000 + b'"}\n', "longer than"),
+])
+def test_a_malformed_or_oversized_request_gets_one_line_and_changes_nothing(lab, service, data, said):
+    running = service()
+    before = dom0_dump(lab)
+    answer = ask(lab, "dom0", data)
+    assert answer["ok"] is False and answer["kind"] == "usage", answer
+    assert said in answer["error"] and "\n" not in answer["error"]
+    assert dom0_dump(lab) == before
+    assert running.process.poll() is None  # and the service goes on
+
+
+def test_a_caller_in_another_namespace_is_refused_and_works_in_process(lab, service):
+    running = service()
+    answer = ask(lab, "guest", b'{"op": "offline", "key": "vif1.0", "vif": null}\n')
+    assert answer["ok"] is False and answer["kind"] == "refused" and "another network namespace" in answer["error"]
+    assert running.process.poll() is None
+
+
+def test_a_service_killed_mid_online_is_reconciled_by_the_next_and_offline_cleans_up(lab, service):
+    """The kill lands while the service changes dom0 (ip monitor sees its first route or proxy entry);
+    vif-domunet then finishes the online in-process, the next service reconciles, offline cleans up."""
+    lab.xenstore_write("backend/vif/1/3/ip", "2001:db8:4309:2388::50 192.168.0.203")
+    before = dom0_dump(lab)
+    landed = 0
+    for attempt in range(5):
+        running = service()
+        monitor = Monitor(lab.ns["dom0"], "route", "neigh")
+        results = []
+        try:
+            hotplug = threading.Thread(target=lambda out=results: out.append(lab.vif_hotplug("online", "vif1.3", 3)))
+            hotplug.start()
+            monitor.wait_for(lambda line: "192.168.0.203" in line or "2001:db8:4309:2388::50" in line)
+            running.stop(signal.SIGKILL)
+            hotplug.join(120)
+        finally:
+            monitor.process.terminate()
+            monitor.process.wait()
+        assert results and results[0].returncode == 0, results
+        assert lab.xenstore_read("backend/vif/1/3/hotplug-status") == "connected"
+        landed += "went away" in results[0].stderr
+        again = service()  # reconciles to exactly the records
+        assert lab.vif_hotplug("offline", "vif1.3", 3).returncode == 0
+        assert dom0_dump(lab) == before, f"attempt {attempt}"
+        again.stop()
+        if landed:
+            break
+    assert landed, "no kill landed before the service answered"
+
+
+def test_a_second_service_for_the_same_state_directory_is_refused(lab, service):
+    service()
+    second = subprocess.run(["ip", "netns", "exec", lab.ns["dom0"], sys.executable, "-m", "domunet",
+                             "--state-dir", str(lab.state_dir), "dom0", "serve"],
+                            env={**os.environ, "PYTHONPATH": package_root()}, capture_output=True, text=True,
+                            timeout=60)
+    assert second.returncode == 2 and "another domunet dom0 serve is running" in second.stderr
+
+
+def test_the_client_imports_nothing_heavy():
+    code = ("import sys; import domunet.dom0.client, domunet.dom0.hotplug, domunet.logs; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('pyroute2', 'argparse', 'netifaces', "
+            "'configobj')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": package_root()})
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_the_unit_runs_the_service_and_it_says_ready_once_it_listens(lab, tmp_path):
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read(shipped("data/systemd/domunet-dom0.service"))
+    service = unit["Service"]
+    assert service["Type"] == "notify" and service["Restart"] == "on-failure"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
+    assert "xendomains.service" in unit["Unit"]["Before"]
+    command = shlex.split(service["ExecStart"])
+    assert command[:1] == ["/usr/bin/domunet"] and command[1:] == ["dom0", "serve"]
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(path)
+        listener.settimeout(30)
+        env = {**os.environ, "PYTHONPATH": package_root(), "NOTIFY_SOCKET": path}
+        process = subprocess.Popen(["ip", "netns", "exec", lab.ns["dom0"], sys.executable, "-m", "domunet",
+                                    "--state-dir", str(lab.state_dir), *command[1:]], env=env,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            assert listener.recv(100) == b"READY=1"
+            assert (lab.state_dir / "dom0.sock").exists()  # ready means listening
+            process.send_signal(signal.SIGTERM)
+            assert listener.recv(100) == b"STOPPING=1"
+            assert process.wait(30) == 0, process.stderr.read()
+        finally:
+            process.kill()
+            process.wait()
+    assert not (lab.state_dir / "dom0.sock").exists()
+
+
+def test_dom0_status_lists_every_vif_and_names_what_the_kernel_lost(lab, service):
+    running = service()
+    lab.route_dom0_with_vif_domunet()
+    argv = ["--config", str(lab.workdir / "empty.conf"), "--state-dir", str(lab.state_dir), "dom0", "status"]
+    shown = json.loads(lab.run("dom0", sys.executable, "-m", "domunet", *argv, "--json",
+                               env={**os.environ, "PYTHONPATH": package_root()}).stdout)
+    assert shown["service"] is True
+    lengths = {4: 32, 6: 128}
+    assert {row["vif"]: row["guest"] for row in shown["vifs"]} == {
+        nic.vif: [f"{nic.address}/{lengths[nic.version]}"] for nic in NICS}
+    assert all(row["kernel_matches"] for row in shown["vifs"]), shown
+    lab.run("dom0", "ip", "route", "del", "192.168.0.201/32", "dev", "vif1.1")
+    lab.run("dom0", "ip", "-6", "neigh", "del", "proxy", "2001:db8:4309:2388::50", "dev", "eth0")
+    running.stop()
+    shown = json.loads(lab.run("dom0", sys.executable, "-m", "domunet", *argv, "--json",
+                               env={**os.environ, "PYTHONPATH": package_root()}).stdout)
+    rows = {row["vif"]: row for row in shown["vifs"]}
+    assert shown["service"] is False
+    assert rows["vif1.1"]["missing"] == ["route 192.168.0.201/32"]
+    assert rows["vif1.3"]["missing"] == ["proxy 2001:db8:4309:2388::50 on eth0"]
+    assert rows["vif1.0"]["kernel_matches"] and rows["vif1.2"]["kernel_matches"]
+    text = lab.run("dom0", sys.executable, "-m", "domunet", *argv, env={**os.environ, "PYTHONPATH": package_root()})
+    assert "MISSING route 192.168.0.201/32" in text.stdout and "not running" in text.stdout
