@@ -186,18 +186,35 @@ class Unreadable:
     data: Any = None
 
 
-def read_folder(directory: Path, pattern: str, parse: Callable[[Any], T],
-                what: str) -> tuple[list[tuple[Path, T]], list[Unreadable]]:
+def read_folder(directory: Path, pattern: str, parse: Callable[[Any], T], what: str,
+                cache: dict[Path, tuple[tuple[int, int, int], T]] | None = None,
+                ) -> tuple[list[tuple[Path, T]], list[Unreadable]]:
     """Every file of a folder of JSON files, parsed by `parse` (ValueError, TypeError or UsageError
     when a file's content is not valid), in name order; and those that cannot be used. Whether a bad
-    file is set aside or kept in place is the caller's decision."""
+    file is set aside or kept in place is the caller's decision. `cache` (a long-lived caller's):
+    a file whose inode, size and mtime are unchanged is not read again (files are only ever
+    replaced by rename, so a changed file has a new inode)."""
     good: list[tuple[Path, T]] = []
     bad: list[Unreadable] = []
-    for path in sorted(directory.glob(pattern)):
+    paths = sorted(directory.glob(pattern))
+    if cache is not None:
+        for gone in set(cache) - set(paths):
+            del cache[gone]
+    for path in paths:
         data = None
         try:
+            stamp = None
+            if cache is not None:
+                info = os.lstat(path)
+                stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
+                if path in cache and cache[path][0] == stamp:
+                    good.append((path, cache[path][1]))
+                    continue
             data = read_json(path)
-            good.append((path, parse(data)))
+            parsed = parse(data)
+            good.append((path, parsed))
+            if cache is not None and stamp is not None:
+                cache[path] = (stamp, parsed)
         except CorruptState as error:
             bad.append(Unreadable(path, str(error).removeprefix(f"{path}: ")))
         except (ValueError, TypeError, UsageError) as error:

@@ -58,6 +58,8 @@ class Dom0:
         self.unusable: list[Unusable] = []
         #: vifs whose unusable record an offline released during this run (no longer kept guarded).
         self.released: set[str] = set()
+        #: Records as last read, by file (a long-lived service reads only what changed since).
+        self._records_cache: dict[Path, Any] = {}
 
     @classmethod
     def from_config(cls, kernel: Kernel, config_path: str | None, state_dir: str, offline: bool = False) -> Dom0:
@@ -89,7 +91,7 @@ class Dom0:
         return self._read()[0]
 
     def _read(self) -> tuple[list[VifRecord], list[Unusable]]:
-        records, self.unusable = read_records(self.layout)
+        records, self.unusable = read_records(self.layout, self._records_cache)
         return records, self.unusable
 
     def _save(self, record: VifRecord) -> None:

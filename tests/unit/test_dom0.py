@@ -146,3 +146,30 @@ def test_a_record_reads_back_as_it_was_written(tmp_path):
     records, unusable = read_records(layout)
     assert records == [record] and unusable == []
     assert records[0].routes == [HostRoute("192.0.2.5/32", "192.168.0.100", 3)]
+
+
+def test_a_long_lived_reader_parses_only_the_records_that_changed(tmp_path, monkeypatch):
+    """The service's cache (issue 23): an unchanged record is not read again, a replaced one is,
+    a removed one is forgotten."""
+    from domunet.core import state
+    from domunet.core.state import Layout
+    from domunet.dom0.records import read_records, save_record
+
+    layout = Layout(tmp_path)
+    layout.dom0.mkdir()
+    for devid in range(3):
+        request = VifRequest(f"xen-1-{devid}", f"vif1.{devid}", (net(f"192.0.2.{5 + devid}/32"),))
+        save_record(layout, plan_online(request, "eth0", UPLINK, ipv6=True))
+    reads = []
+    real = state.read_json
+    monkeypatch.setattr(state, "read_json", lambda path: reads.append(path.name) or real(path))
+    cache = {}
+    assert len(read_records(layout, cache)[0]) == 3 and len(reads) == 3
+    assert len(read_records(layout, cache)[0]) == 3 and len(reads) == 3  # nothing read again
+    changed = plan_online(VifRequest("xen-1-1", "vif1.1", (net("192.0.2.99/32"),)), "eth0", UPLINK, ipv6=True)
+    save_record(layout, changed)
+    layout.vif_record("xen-1-2").unlink()
+    found, _ = read_records(layout, cache)
+    assert reads[3:] == ["vif-xen-1-1.json"]
+    assert {r.key: r.guest for r in found} == {"xen-1-0": ["192.0.2.5/32"], "xen-1-1": ["192.0.2.99/32"]}
+    assert len(cache) == 2
