@@ -132,11 +132,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _hotplug(args: argparse.Namespace) -> int:
     """libxl's contract (domunet.dom0.hotplug): exit 1 when online failed, after hotplug-status error.
-    The dom0 service does the work when it runs; else it is done here (domunet.dom0.client)."""
-    from domunet.dom0 import client
+    The dom0 service does the work when it runs (domunet.dom0.light); else it is done here."""
+    from domunet.dom0 import client, light
 
+    env = {**os.environ, "DOMUNET_STATE_DIR": args.state_dir}
+    handed = light.hand_over(args.command, args.settings, env)
+    if not isinstance(handed, str):
+        return handed
     settings = dict(s.split("=", 1) for s in args.settings if "=" in s)
-    ok = client.run_hotplug(args.command, settings, dict(os.environ), args.config, args.state_dir)
+    ok = client.run_hotplug(args.command, settings, env, args.config, args.state_dir, handed)
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -153,10 +157,16 @@ def _dom0(args: argparse.Namespace) -> int:
     if args.action == "hotplug":
         return _hotplug(args)
     if args.action == "serve":
+        from domunet.core.kernel import AddressBook
         from domunet.dom0 import service
 
         with Kernel() as kernel:
-            service.serve(args.state_dir, _dom0_engine(kernel, args))
+            engine = _dom0_engine(kernel, args)
+            engine.addressbook = AddressBook(kernel)
+            try:
+                service.serve(args.state_dir, engine)
+            finally:
+                engine.addressbook.close()
         return EXIT_OK
     with Kernel() as kernel:
         dom0 = _dom0_engine(kernel, args)

@@ -32,25 +32,37 @@ def main(argv: list[str] | None = None) -> int:
 
 def _hotplug(command: str, settings: list[str]) -> int:
     """vif-domunet's call (`domunet dom0 hotplug COMMAND KEY=VALUE...`, options from the environment)
-    without argparse: when the dom0 service answers, this is all a vif's hotplug costs."""
-    import logging
+    without argparse: handed to the dom0 service when it runs (domunet.dom0.light, all a vif costs
+    then), else done here."""
     import os
 
+    from domunet.dom0 import light
+
+    env = dict(os.environ)
+    handed = light.hand_over(command, settings, env)
+    if not isinstance(handed, str):
+        return handed
+    return in_process_hotplug(command, dict(s.split("=", 1) for s in settings if "=" in s), env,
+                              env.get("DOMUNET_CONFIG") or None, env.get("DOMUNET_STATE_DIR") or None, handed)
+
+
+def in_process_hotplug(command: str, settings: dict[str, str], env: dict[str, str], config: str | None,
+                       state_dir: str | None, handed: str, verbosity: int = 0) -> int:
+    """The hotplug call done in this process, its exit status (libxl's contract: 1 when online
+    failed, after hotplug-status error; 2 for a call that is not valid)."""
+    import logging
+
+    from domunet.core import pyroute2_diet
     from domunet.core.errors import DomunetError, UsageError
     from domunet.core.model import DEFAULT_STATE_DIR
     from domunet.dom0 import client
     from domunet.logs import setup_logging
 
-    setup_logging(0, "vif-domunet", syslog=True)
+    setup_logging(verbosity, "vif-domunet", syslog=True)
     log = logging.getLogger("domunet")
-    env = dict(os.environ)
-    pairs = dict(s.split("=", 1) for s in settings if "=" in s)
+    pyroute2_diet.switch_on()
     try:
-        from domunet.core import pyroute2_diet
-
-        pyroute2_diet.switch_on()  # for the in-process way, if it comes to that
-        ok = client.run_hotplug(command, pairs, env, env.get("DOMUNET_CONFIG") or None,
-                                env.get("DOMUNET_STATE_DIR") or DEFAULT_STATE_DIR)
+        ok = client.run_hotplug(command, settings, env, config, state_dir or DEFAULT_STATE_DIR, handed)
     except UsageError as error:
         log.error("%s", error)
         return 2

@@ -47,13 +47,21 @@ def read(path: str, timeout: float = TIMEOUT) -> str | None:
 
 
 def write(path: str, value: str) -> None:
+    write_many({path: value})
+
+
+def write_many(values: dict[str, str]) -> None:
+    """Several keys with one `xenstore-write` (in the order given; one process for all)."""
+    argv = ["xenstore-write"]
+    for path, value in values.items():
+        argv += [path, value]
+    what = f"xenstore-write {' '.join(values)}"
     try:
-        result = subprocess.run(["xenstore-write", path, value], capture_output=True, timeout=TIMEOUT,
-                                stdin=subprocess.DEVNULL, text=True)
+        result = subprocess.run(argv, capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL, text=True)
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise XenstoreError(f"xenstore-write {path}: {error}") from None
+        raise XenstoreError(f"{what}: {error}") from None
     if result.returncode != 0:
-        raise XenstoreError(f"xenstore-write {path}: {result.stderr.strip() or 'failed'}")
+        raise XenstoreError(f"{what}: {result.stderr.strip() or 'failed'}")
 
 
 def directory(path: str, timeout: float = TIMEOUT) -> list[str]:
@@ -66,9 +74,9 @@ def directory(path: str, timeout: float = TIMEOUT) -> list[str]:
     return result.stdout.split() if result.returncode == 0 else []
 
 
-def remove(path: str) -> None:
-    """`xenstore-rm`; a missing key is not an error."""
+def remove(*paths: str) -> None:
+    """`xenstore-rm` of one or more keys (one process); a missing key is not an error."""
     try:
-        subprocess.run(["xenstore-rm", path], capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+        subprocess.run(["xenstore-rm", *paths], capture_output=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise XenstoreError(f"xenstore-rm {path}: {error}") from None
+        raise XenstoreError(f"xenstore-rm {' '.join(paths)}: {error}") from None

@@ -60,6 +60,11 @@ class Dom0:
         self.released: set[str] = set()
         #: Records as last read, by file (a long-lived service reads only what changed since).
         self._records_cache: dict[Path, Any] = {}
+        #: The anti-spoofing table as this engine last loaded it (then only the changes are sent);
+        #: None: unknown, load it whole.
+        self._loaded: dict[str, list[IPNetwork]] | None = None
+        #: dom0's own addresses kept current from change events (the service sets it); else dumped.
+        self.addressbook: Any = None
 
     @classmethod
     def from_config(cls, kernel: Kernel, config_path: str | None, state_dir: str, offline: bool = False) -> Dom0:
@@ -119,66 +124,148 @@ class Dom0:
         return guarded
 
     def _guard(self, records: list[VifRecord]) -> None:
-        guard.load(guard.ruleset(self._guarded(records), restrict_input=self.input_policy == "restricted"))
+        """The table for these records: only the changes when this engine loaded it last (a
+        long-lived service), else the whole table; the whole table too when the changes fail
+        (someone flushed it or deleted an element meanwhile)."""
+        wanted = self._guarded(records)
+        loaded, self._loaded = self._loaded, None
+        changes = guard.changes(loaded, wanted) if loaded is not None else None
+        if changes == "":
+            self._loaded = wanted
+            return
+        if changes is not None:
+            try:
+                guard.load(changes)
+                self._loaded = wanted
+                return
+            except KernelError as error:
+                log.info("anti-spoofing table changed behind domunet's back (%s): loading it whole", error)
+        guard.load(guard.ruleset(wanted, restrict_input=self.input_policy == "restricted"))
+        self._loaded = wanted
 
     # --- online ----------------------------------------------------------------------------
 
     def online(self, request: VifRequest) -> VifRecord:
-        nftables.require(f"online of {request.vif}")  # before anything changes
+        outcome = self.online_many([request])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def online_many(self, requests: list[VifRequest]) -> list[VifRecord | Exception]:
+        """Vifs that came online together (the service's batch; in-process, one): each checked
+        against dom0 and the others, one anti-spoofing update for all, then each vif's own steps.
+        A vif that fails is undone alone; per vif: its record, or the error."""
+        nftables.require(f"online of {' '.join(r.vif for r in requests)}")  # before anything changes
+        outcomes: list[VifRecord | Exception] = [UsageError("not done")] * len(requests)
         with self.locked():
+            self.kernel.forget_links()
             records, unusable = self._read()
-            if any(r.key == request.key for r in records) or any(u.key == request.key for u in unusable):
+            known = {x.key for x in records} | {u.key for u in unusable}
+            again = [r for r in requests if r.key in known]
+            for request in again:
                 log.info("%s: online again: undoing the earlier online first", request.vif)
-                self._offline(request.key, request.vif)
+                self._offline_many([(request.key, request.vif)])
+            if again:
                 records = self.records()  # read again only when the offline changed them
-            links = self.kernel.links(refresh=True)
-            if request.vif not in links:
-                raise UsageError(f"vif {request.vif} does not exist")
-            if request.rename and request.rename != request.vif and request.rename in links:
-                raise UsageError(f"vifname {request.rename}: an interface of that name exists already")
-            defaults = self.kernel.main_defaults()
-            uplink = request.uplink or next((route.dev for route in defaults if route.dev), None)
-            if not uplink:
-                raise UsageError("no uplink: give gatewaydev/netdev, or give dom0 a default route")
-            if uplink not in links:
-                raise UsageError(f"uplink {uplink} does not exist")
-            ipv6 = sysctl.ipv6_enabled()
-            uplink_addresses = self.kernel.addresses(uplink)
-            others = [r for r in records if r.key != request.key]
-            gateways = [route.gateway for route in defaults if route.gateway is not None]
-            domain = domain_of(request.key, request.vif)
-            other_domains = {r.vif: r.networks() for r in others
-                             if domain is None or domain_of(r.key, r.original_name or r.vif) != domain}
-            # a vif whose record is unusable keeps its addresses: nobody claims them until an admin acts
+            planned: dict[int, VifRecord] = {}
+            accepted = list(records)
+            context = self._online_context(records)
+            for index, request in enumerate(requests):
+                try:
+                    if any(r.key == request.key for r in accepted[len(records):]):
+                        raise UsageError(f"{request.vif}: online twice at once")
+                    planned[index] = self._plan(request, accepted, context)
+                    accepted.append(planned[index])
+                except Exception as error:  # noqa: BLE001 (this vif fails; the others go on)
+                    outcomes[index] = error
+            undo: dict[int, list[Callable[[], None]]] = {index: [] for index in planned}
+            try:
+                for index in list(planned):
+                    try:
+                        self._begin(requests[index], planned[index], undo[index])
+                    except Exception as error:  # noqa: BLE001
+                        outcomes[index] = self._undo(planned.pop(index), undo.pop(index), error)
+                if planned:
+                    self._guard(records + list(planned.values()))
+                for index in list(planned):
+                    others = records + [r for i, r in planned.items() if i != index]
+                    try:
+                        self._finish(planned[index], others, context["ipv6"], undo[index])
+                        outcomes[index] = planned[index]
+                    except Exception as error:  # noqa: BLE001
+                        outcomes[index] = self._undo(planned.pop(index), undo.pop(index), error)
+                        self._guard_quietly(records + list(planned.values()))
+            except BaseException as error:  # the guard failed, or an interrupt: every vif of the batch as before
+                for index in list(planned):
+                    failed = error if isinstance(error, Exception) else KernelError("interrupted")
+                    outcomes[index] = self._undo(planned.pop(index), undo.pop(index), failed)
+                self._guard_quietly(records)
+                if not isinstance(error, Exception):
+                    raise
+            if not records and not planned:
+                self._restore_sysctls()
+            return outcomes
+
+    def _online_context(self, records: list[VifRecord]) -> dict[str, Any]:
+        """What every vif of a batch is checked against, read from the kernel once."""
+        defaults = self.kernel.main_defaults()
+        return {"defaults": defaults, "ipv6": sysctl.ipv6_enabled(),
+                "gateways": [route.gateway for route in defaults if route.gateway is not None],
+                "dom0": self.addressbook.current() if self.addressbook else self.kernel.addresses()}
+
+    def _plan(self, request: VifRequest, records: list[VifRecord], context: dict[str, Any]) -> VifRecord:
+        """Check one vif's request against the kernel and the other vifs; what online will do."""
+        if self.kernel.link(request.vif) is None:
+            raise UsageError(f"vif {request.vif} does not exist")
+        if request.rename and request.rename != request.vif and self.kernel.link(request.rename) is not None:
+            raise UsageError(f"vifname {request.rename}: an interface of that name exists already")
+        uplink = request.uplink or next((route.dev for route in context["defaults"] if route.dev), None)
+        if not uplink:
+            raise UsageError("no uplink: give gatewaydev/netdev, or give dom0 a default route")
+        if self.kernel.link(uplink) is None:
+            raise UsageError(f"uplink {uplink} does not exist")
+        uplink_addresses = self.kernel.addresses(uplink)
+        others = [r for r in records if r.key != request.key]
+        domain = domain_of(request.key, request.vif)
+        other_domains = {r.vif: r.networks() for r in others
+                         if domain is None or domain_of(r.key, r.original_name or r.vif) != domain}
+        # a vif whose record is unusable keeps its addresses: nobody claims them until an admin acts
+        if self.unusable:
             other_domains.update({vif: networks for vif, networks in self._guarded(others).items()
                                   if vif not in {r.vif for r in others} and networks})
-            check_guest_networks(request.rename or request.vif, request.guest, uplink_addresses, gateways,
-                                 other_domains, self.allow_prefixes, self.kernel.addresses())
-            record = plan_online(request, uplink, uplink_addresses, ipv6)
-            undo: list[Callable[[], None]] = []
-            try:
-                self._online(request, record, others, ipv6, undo)
-            except BaseException:  # whatever failed (a full /run, a bug, an interrupt): dom0 as before
-                for step in reversed(undo):
-                    try:
-                        step()
-                    except ObjectMissing:
-                        pass  # e.g. IPv6 addresses go with the link
-                    except Exception as error:  # noqa: BLE001 (undo the rest, say what stayed)
-                        log.error("%s: undo failed: %s", record.vif, error)
-                raise
-            return record
+        check_guest_networks(request.rename or request.vif, request.guest, uplink_addresses, context["gateways"],
+                             other_domains, self.allow_prefixes, context["dom0"])
+        return plan_online(request, uplink, uplink_addresses, context["ipv6"])
 
-    def _online(self, request: VifRequest, record: VifRecord, others: list[VifRecord], ipv6: bool,
-                undo: list[Callable[[], None]]) -> None:
-        kernel, vif = self.kernel, record.vif
+    def _undo(self, record: VifRecord, undo: list[Callable[[], None]], error: Exception) -> Exception:
+        """Undo one vif's steps, newest first; the error it failed with."""
+        for step in reversed(undo):
+            try:
+                step()
+            except ObjectMissing:
+                pass  # e.g. IPv6 addresses go with the link
+            except Exception as failed:  # noqa: BLE001 (undo the rest, say what stayed)
+                log.error("%s: undo failed: %s", record.vif, failed)
+        return error
+
+    def _guard_quietly(self, records: list[VifRecord]) -> None:
+        try:
+            self._guard(records)
+        except Exception as error:  # noqa: BLE001 (while undoing: say it, undo the rest)
+            log.error("cannot update the anti-spoofing table: %s", error)
+
+    def _begin(self, request: VifRequest, record: VifRecord, undo: list[Callable[[], None]]) -> None:
+        """Before the guard: the record (a crash leaves something for offline), the rename."""
         self._save(record)
         undo.append(lambda: self._path(record.key).unlink(missing_ok=True))
         if request.rename and request.rename != request.vif:
-            kernel.set_link(request.vif, up=False, rename=request.rename)
-            undo.append(lambda: kernel.set_link(vif, rename=request.vif))
-        self._guard(others + [record])
-        undo.append(lambda: self._guard(others))
+            self.kernel.set_link(request.vif, up=False, rename=request.rename)
+            undo.append(lambda: self.kernel.set_link(record.vif, rename=request.vif))
+
+    def _finish(self, record: VifRecord, others: list[VifRecord], ipv6: bool,
+                undo: list[Callable[[], None]]) -> None:
+        """After the guard: sysctls, dom0's addresses, link up, routes, proxy entries, the record."""
+        kernel, vif = self.kernel, record.vif
         self._set_sysctls(record, others, ipv6, undo)
         added: list[str] = []
         for text in record.dom0_addresses:
@@ -272,35 +359,58 @@ class Dom0:
         """Undo what online recorded; False when there was nothing recorded. Never raises for
         what is already gone; other errors are logged and the rest is still undone. `vif`: the
         vif's name as libxl gives it (releases the guard of a vif whose record is unusable)."""
-        with self.locked():
-            return self._offline(key, vif)
+        return self.offline_many([(key, vif)])[0]
 
-    def _offline(self, key: str, vif_name: str | None = None) -> bool:
+    def offline_many(self, vifs: list[tuple[str, str | None]]) -> list[bool]:
+        """Vifs that went offline together (key, libxl's vif name): one anti-spoofing update."""
+        with self.locked():
+            self.kernel.forget_links()
+            return self._offline_many(vifs)
+
+    def _offline_many(self, vifs: list[tuple[str, str | None]]) -> list[bool]:
         records, unusable = self._read()
-        keys = keys_for(key)
-        record = next((r for r in records if r.key in keys), None)
-        held = next((u for u in unusable if u.key in keys or (u.salvaged and u.salvaged.vif == key)), None)
-        if record is None and held is not None:
-            key = held.key
-        elif record is not None:
-            key = record.key
-        if held is not None:
-            # the vif itself goes offline: undo what could be read of its record, release its guard
-            log.warning("%s: offline of a vif whose record is unusable: undoing what could be read of it",
-                        key)
-            self.released |= {name for name in (vif_name, held.salvaged and held.salvaged.vif) if name}
-            self.unusable = [u for u in unusable if u is not held]
-            set_aside(held.path, held.reason)
-            record = held.salvaged
-        if record is None:
-            log.info("%s: offline: nothing recorded, nothing to undo", key)
-            self._path(key).unlink(missing_ok=True)
+        found: list[bool] = []
+        leaving: list[str] = []
+        for key, vif_name in vifs:
+            keys = keys_for(key)
+            record = next((r for r in records if r.key in keys), None)
+            held = next((u for u in unusable if u.key in keys or (u.salvaged and u.salvaged.vif == key)), None)
+            if record is None and held is not None:
+                key = held.key
+            elif record is not None:
+                key = record.key
             if held is not None:
-                self._guard(records)
-            return held is not None
-        others = [r for r in records if r.key != key]
+                # the vif itself goes offline: undo what could be read of its record, release its guard
+                log.warning("%s: offline of a vif whose record is unusable: undoing what could be read of it",
+                            key)
+                self.released |= {name for name in (vif_name, held.salvaged and held.salvaged.vif) if name}
+                unusable = self.unusable = [u for u in unusable if u is not held]
+                set_aside(held.path, held.reason)
+                record = held.salvaged
+            leaving.append(key)
+            if record is None:
+                log.info("%s: offline: nothing recorded, nothing to undo", key)
+                found.append(held is not None)
+                continue
+            self._undo_vif(record, [r for r in records if r.key not in leaving])
+            found.append(True)
+        others = [r for r in records if r.key not in leaving]
+        if any(found):
+            try:
+                self._guard(others)
+            except Exception as error:  # noqa: BLE001 (offline undoes all it can)
+                log.error("%s: offline: anti-spoofing: %s", " ".join(leaving), error)
+        for key in leaving:
+            self._path(key).unlink(missing_ok=True)
+        if any(found) and not others:
+            self._restore_sysctls()
+        return found
+
+    def _undo_vif(self, record: VifRecord, others: list[VifRecord]) -> None:
+        """One vif's kernel state as its record says, tolerating what is already gone (a destroyed
+        guest's vif); the anti-spoofing entries are dropped after, for all vifs of the batch."""
         kernel, vif = self.kernel, record.vif
-        exists = vif in kernel.links(refresh=True)
+        exists = kernel.link(vif) is not None
 
         def attempt(what: str, step: Callable[[], None]) -> None:
             try:
@@ -327,12 +437,7 @@ class Dom0:
                 attempt(name, lambda n=name, v=value: sysctl.write(n, v))
             if record.original_name:
                 attempt("rename back", lambda: kernel.set_link(vif, rename=record.original_name))
-        attempt("anti-spoofing", lambda: self._guard(others))
-        self._path(key).unlink(missing_ok=True)
-        if not others:
-            self._restore_sysctls()
         log.info("%s: offline: done", vif)
-        return True
 
     def status(self) -> list[dict[str, Any]]:
         """Every vif recorded (what a service knows: it records each vif it serves), what it was
@@ -370,6 +475,8 @@ class Dom0:
         """Re-add what the kernel drops behind our back (proxy entries when the uplink was down)."""
         nftables.require("reconcile")
         with self.locked():
+            self.kernel.forget_links()
+            self._loaded = None  # the whole table, whatever was loaded before
             records = self.records()
             for record in records:
                 for text in record.proxies:

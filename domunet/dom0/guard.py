@@ -85,6 +85,38 @@ def ruleset(guarded: Mapping[str, Sequence[IPNetwork]], restrict_input: bool = T
     return text
 
 
+def _elements(vif: str, networks: Sequence[IPNetwork]) -> dict[int, list[str]]:
+    """A vif's elements of allowed4 and allowed6, as ruleset() writes them."""
+    return {version: [f'"{vif}" . {n}' for n in ipaddress.collapse_addresses(  # type: ignore[type-var]
+        [n for n in networks if n.version == version])] for version in (4, 6)}
+
+
+def changes(loaded: Mapping[str, Sequence[IPNetwork]], wanted: Mapping[str, Sequence[IPNetwork]]) -> str | None:
+    """The transaction that turns the table as loaded into the one wanted, element by element
+    (pure): its size is that of the change, not of the table. "" when nothing changes; None when
+    the table itself comes or goes (ruleset() does that)."""
+    if not loaded or not wanted:
+        return "" if not loaded and not wanted else None
+    lines = []
+    for vif in sorted(set(loaded) | set(wanted)):
+        if vif in loaded and vif in wanted and list(loaded[vif]) == list(wanted[vif]):
+            continue
+        before = _elements(vif, loaded.get(vif, [])) if vif in loaded else {4: [], 6: []}
+        after = _elements(vif, wanted.get(vif, [])) if vif in wanted else {4: [], 6: []}
+        for version in (4, 6):
+            gone = [e for e in before[version] if e not in after[version]]
+            new = [e for e in after[version] if e not in before[version]]
+            if gone:
+                lines.append(f"delete element inet {TABLE} allowed{version} {{ {', '.join(gone)} }}")
+            if new:
+                lines.append(f"add element inet {TABLE} allowed{version} {{ {', '.join(new)} }}")
+        if vif in loaded and vif not in wanted:
+            lines.append(f'delete element inet {TABLE} guarded {{ "{vif}" }}')
+        elif vif in wanted and vif not in loaded:
+            lines.insert(0, f'add element inet {TABLE} guarded {{ "{vif}" }}')
+    return "".join(line + "\n" for line in lines)
+
+
 _ELEMENT = re.compile(r'"([^"]{1,15})" \. ([0-9A-Fa-f:.]+(?:/\d{1,3})?)')
 _NAME = re.compile(r'"([^"]{1,15})"')
 

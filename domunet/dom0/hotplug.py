@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 from domunet.core import xenstore
 from domunet.core.errors import DomunetError, UsageError
@@ -19,50 +19,96 @@ log = logging.getLogger(__name__)
 EMULATED = ("add", "remove")
 
 
+class Call(NamedTuple):
+    """One hotplug call as libxl made it."""
+
+    command: str
+    settings: Mapping[str, str]
+    env: Mapping[str, str]
+
+
 def handle(command: str, settings: Mapping[str, str], env: Mapping[str, str],
            engine: Callable[[], Any]) -> bool:
     """One hotplug call; False when online failed (libxl then sees hotplug-status error).
     `engine`: a context manager giving a Dom0 (a kernel socket is opened only when needed)."""
-    if command in EMULATED or settings.get("type_if") == "tap":
-        log.info("%s %s: emulated (tap) NICs are not handled; nothing to do", command, env.get("vif"))
-        return True
-    path = env.get("XENBUS_PATH", "")
-    if command == "offline":
+    if command not in (*EMULATED, "online", "offline"):
+        raise UsageError(f"unknown hotplug command {command!r}")
+    return handle_many([Call(command, settings, env)], engine)[0] is None
+
+
+def handle_many(calls: Sequence[Call], engine: Callable[[], Any]) -> list[str | None]:
+    """Calls that arrived together (the dom0 service's batch; in-process, one): the offlines, then
+    the onlines, each group in one go (one anti-spoofing transaction). Per call: None, or the error
+    libxl was told (hotplug-status error and hotplug-error written)."""
+    results: list[str | None] = [None] * len(calls)
+    offline: list[int] = []
+    online: dict[int, VifRequest] = {}
+    for index, call in enumerate(calls):
+        if call.command in EMULATED or call.settings.get("type_if") == "tap":
+            log.info("%s %s: emulated (tap) NICs are not handled; nothing to do", call.command, call.env.get("vif"))
+        elif call.command == "offline":
+            offline.append(index)
+        else:
+            try:
+                online[index] = request_from_hotplug(call.env, xenstore.read)
+            except Exception as error:  # noqa: BLE001 (libxl must hear `error` whatever failed)
+                results[index] = _report_failure(call, error)
+    if offline:
+        _offline([calls[index] for index in offline], engine)
+    if online:
         try:
             with engine() as dom0:
-                dom0.offline(hotplug_key(env), env.get("vif") or None)
-        except Exception as error:  # noqa: BLE001 (offline always goes on to clear xenstore)
-            log.error("offline %s: %s", env.get("vif"), failure(error))
-        if path:
-            for key in xenstore.PUBLISHED_KEYS:
+                outcomes = dom0.online_many(list(online.values()))
+        except Exception as error:  # noqa: BLE001 (the engine itself failed: every vif of the batch)
+            outcomes = [error] * len(online)
+        for index, outcome in zip(online, outcomes):
+            if isinstance(outcome, BaseException):
+                results[index] = _report_failure(calls[index], outcome)
+            else:
+                path = calls[index].env.get("XENBUS_PATH", "")
                 try:
-                    xenstore.remove(f"{path}/{key}")
-                except DomunetError as error:
-                    log.error("offline %s: %s", env.get("vif"), error)
-        return True
-    if command != "online":
-        raise UsageError(f"unknown hotplug command {command!r}")
+                    xenstore.write_many({**{f"{path}/{key}": value for key, value in published_keys(outcome).items()},
+                                         f"{path}/hotplug-status": "connected"})
+                except Exception as error:  # noqa: BLE001 (libxl must hear `error`; dom0 is as before)
+                    results[index] = _report_failure(calls[index], error, undo=True, engine=engine)
+    return results
+
+
+def _offline(calls: Sequence[Call], engine: Callable[[], Any]) -> None:
+    """Offline always goes on to clear what was published in xenstore, whatever failed before."""
     try:
-        request = request_from_hotplug(env, xenstore.read)
         with engine() as dom0:
-            record = dom0.online(request)
-        for key, value in published_keys(record).items():
-            try:
-                xenstore.write(f"{path}/{key}", value)
-            except DomunetError as error:  # the guest can still be configured by hand
-                log.warning("cannot publish %s for the guest: %s", key, error)
-        xenstore.write(f"{path}/hotplug-status", "connected")
-        return True
-    except Exception as error:  # noqa: BLE001 (libxl must hear `error` whatever failed; dom0 is as before)
-        message = failure(error)
-        log.error("online %s: %s", env.get("vif"), message)
+            dom0.offline_many([(hotplug_key(call.env), call.env.get("vif") or None) for call in calls])
+    except Exception as error:  # noqa: BLE001
+        log.error("offline %s: %s", " ".join(str(call.env.get("vif")) for call in calls), failure(error))
+    for call in calls:
+        path = call.env.get("XENBUS_PATH", "")
         if path:
             try:
-                xenstore.write(f"{path}/hotplug-error", message)
-                xenstore.write(f"{path}/hotplug-status", "error")
-            except Exception as failed:  # noqa: BLE001
-                log.error("cannot report the error in xenstore: %s", failure(failed))
-        return False
+                xenstore.remove(*(f"{path}/{key}" for key in xenstore.PUBLISHED_KEYS))
+            except DomunetError as error:
+                log.error("offline %s: %s", call.env.get("vif"), error)
+
+
+def _report_failure(call: Call, error: BaseException, undo: bool = False,
+                    engine: Callable[[], Any] | None = None) -> str:
+    """Tell libxl (hotplug-error, then hotplug-status error) and the log; with `undo`, the vif's
+    online is undone first (it was done, but libxl could not be told so)."""
+    message = failure(error)
+    log.error("online %s: %s", call.env.get("vif"), message)
+    if undo and engine is not None:
+        try:
+            with engine() as dom0:
+                dom0.offline_many([(hotplug_key(call.env), call.env.get("vif") or None)])
+        except Exception as failed:  # noqa: BLE001
+            log.error("online %s: undo failed: %s", call.env.get("vif"), failure(failed))
+    path = call.env.get("XENBUS_PATH", "")
+    if path:
+        try:
+            xenstore.write_many({f"{path}/hotplug-error": message, f"{path}/hotplug-status": "error"})
+        except Exception as failed:  # noqa: BLE001
+            log.error("cannot report the error in xenstore: %s", failure(failed))
+    return message
 
 
 def failure(error: BaseException) -> str:

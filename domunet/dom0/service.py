@@ -25,12 +25,14 @@ from domunet.core.errors import DomunetError, UsageError
 from domunet.core.lock import held_alone
 from domunet.core.state import Layout, check_dir
 from domunet.core.systemd import notify
-from domunet.dom0 import wire
+from domunet.dom0 import hotplug, wire
 
 log = logging.getLogger(__name__)
 
 #: How long one caller may take to send its request.
 REQUEST_TIMEOUT = 10.0
+#: At most this many waiting callers are served as one batch (xendomains' boot storm: 8-16 at once).
+MAX_BATCH = 64
 _UCRED = struct.Struct("3i")  # pid, uid, gid (SO_PEERCRED)
 
 
@@ -88,6 +90,32 @@ class Service:
 
     def answer(self, message: dict[str, Any]) -> dict[str, Any]:
         """What to answer one request; never raises for the caller's mistakes or the work's failure."""
+        return self.answer_all([message])[0]
+
+    def answer_all(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Requests that arrived together: vif-domunet's hotplug calls as one batch (one
+        anti-spoofing transaction for all of them), the others one by one."""
+        answers: list[dict[str, Any] | None] = [None] * len(messages)
+        calls: dict[int, hotplug.Call] = {}
+        for index, message in enumerate(messages):
+            if message.get("op") == "hotplug":
+                try:
+                    calls[index] = wire.parse_hotplug(message)
+                except UsageError as error:
+                    answers[index] = {"ok": False, "kind": wire.USAGE, "error": str(error)}
+            else:
+                answers[index] = self._answer_one(message)
+        if calls:
+            try:
+                results = hotplug.handle_many(list(calls.values()), lambda: contextlib.nullcontext(self.engine))
+            except Exception as error:  # noqa: BLE001 (a bug: every caller hears it, the service goes on)
+                results = [hotplug.failure(error)] * len(calls)
+            for index, result in zip(calls, results):
+                answers[index] = {"ok": True} if result is None else {"ok": False, "kind": wire.FAILED,
+                                                                      "error": result}
+        return [answer or {"ok": False, "kind": wire.FAILED, "error": "not answered"} for answer in answers]
+
+    def _answer_one(self, message: dict[str, Any]) -> dict[str, Any]:
         try:
             op = message.get("op")
             if op == "online":
@@ -96,7 +124,7 @@ class Service:
             if op == "offline":
                 key, vif = wire.parse_offline(message)
                 return {"ok": True, "found": self.engine.offline(key, vif)}
-            raise UsageError(f"unknown op {str(op)[:20]!r} (online or offline)")
+            raise UsageError(f"unknown op {str(op)[:20]!r} (hotplug, online or offline)")
         except UsageError as error:
             return {"ok": False, "kind": wire.USAGE, "error": str(error)}
         except DomunetError as error:
@@ -105,26 +133,39 @@ class Service:
             return {"ok": False, "kind": wire.FAILED,
                     "error": f"{error.filename + ': ' if error.filename else ''}{error.strerror or error}"}
 
+    def receive(self, connection: socket.socket) -> dict[str, Any] | None:
+        """One caller's request, or None when it was answered already (refused, malformed) or went away."""
+        refusal = peer_refusal(connection, self.namespace)
+        if refusal is not None:
+            log.info("refused a caller: %s", refusal)
+            _drain(connection)
+            self.reply(connection, {"ok": False, "kind": wire.REFUSED, "error": refusal})
+            return None
+        try:
+            return wire.decode(read_request(connection))
+        except UsageError as error:
+            _drain(connection)
+            self.reply(connection, {"ok": False, "kind": wire.USAGE, "error": f"malformed request: {error}"})
+        except (TimeoutError, OSError) as error:
+            log.warning("a caller went away before its request was complete: %s", error)
+            connection.close()
+        return None
+
+    def reply(self, connection: socket.socket, answer: dict[str, Any]) -> None:
+        with connection, contextlib.suppress(OSError):
+            connection.sendall(wire.encode(answer))
+            connection.shutdown(socket.SHUT_WR)
+        self.served += 1
+
     def serve_one(self, connection: socket.socket) -> None:
-        with connection:
-            refusal = peer_refusal(connection, self.namespace)
-            if refusal is not None:
-                log.info("refused a caller: %s", refusal)
-                reply = {"ok": False, "kind": wire.REFUSED, "error": refusal}
-                _drain(connection)
-            else:
-                try:
-                    reply = self.answer(wire.decode(read_request(connection)))
-                except UsageError as error:
-                    reply = {"ok": False, "kind": wire.USAGE, "error": f"malformed request: {error}"}
-                    _drain(connection)
-                except (TimeoutError, OSError) as error:
-                    log.warning("a caller went away before its request was complete: %s", error)
-                    return
-            with contextlib.suppress(OSError):
-                connection.sendall(wire.encode(reply))
-                connection.shutdown(socket.SHUT_WR)
-            self.served += 1
+        self.serve_batch([connection])
+
+    def serve_batch(self, connections: list[socket.socket]) -> None:
+        waiting = [(connection, message) for connection in connections
+                   if (message := self.receive(connection)) is not None]
+        if waiting:
+            for (connection, _), answer in zip(waiting, self.answer_all([m for _, m in waiting])):
+                self.reply(connection, answer)
 
     def run(self, listener: socket.socket, wake: int) -> None:
         while not self.stopping:
@@ -133,13 +174,19 @@ class Service:
                 with contextlib.suppress(OSError):
                     os.read(wake, 64)
                 continue
-            try:
-                connection, _ = listener.accept()
-            except OSError as error:
-                if error.errno in (errno.EAGAIN, errno.EINTR, errno.ECONNABORTED):
-                    continue
-                raise
-            self.serve_one(connection)
+            connections = []
+            while len(connections) < MAX_BATCH:  # all that are waiting now: one batch
+                try:
+                    connection, _ = listener.accept()
+                except BlockingIOError:
+                    break
+                except OSError as error:
+                    if error.errno in (errno.EINTR, errno.ECONNABORTED):
+                        continue
+                    raise
+                connections.append(connection)
+            if connections:
+                self.serve_batch(connections)
 
 
 def listen(layout: Layout) -> socket.socket:

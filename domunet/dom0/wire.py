@@ -6,7 +6,10 @@ a malformed one gets an answer with kind "usage" and changes nothing.
 
     {"op": "online", "request": {"key", "vif", "guest": [...], "uplink", "rename", "xenbus_path"}}
     {"op": "offline", "key": KEY, "vif": VIF or null}
+    {"op": "hotplug", "command": "online" | "offline" | "add" | "remove", "settings": {KEY: VALUE},
+     "env": {"vif", "XENBUS_PATH", "netdev"}}  (vif-domunet's call as libxl made it: domunet.dom0.light)
     answers: {"ok": true, "record": {...}} (online), {"ok": true, "found": bool} (offline),
+             {"ok": true} (hotplug: hotplug-status is connected),
              {"ok": false, "kind": "usage" | "failed" | "refused", "error": "one line"}
 """
 
@@ -18,6 +21,8 @@ from typing import Any
 
 from domunet.core.errors import DomunetError, UsageError
 from domunet.core.model import IFNAME_CHARS
+from domunet.dom0.hotplug import Call
+from domunet.dom0.light import ENVIRONMENT
 from domunet.dom0.records import VifRecord, record_from
 from domunet.dom0.request import VifRequest, check_ifname, check_xenbus_path, parse_addresses
 
@@ -110,3 +115,21 @@ def failure(answer: dict[str, Any]) -> DomunetError:
     if kind == REFUSED:
         return Refused(text)
     return UsageError(text) if kind == USAGE else DomunetError(text)
+
+
+HOTPLUG_COMMANDS = ("online", "offline", "add", "remove")
+
+
+def parse_hotplug(message: dict[str, Any]) -> Call:
+    """A hotplug message as libxl's call; its values are checked where the work reads them
+    (domunet.dom0.hotplug), as in-process."""
+    command = message.get("command")
+    if command not in HOTPLUG_COMMANDS:
+        raise UsageError(f"hotplug: unknown command {str(command)[:20]!r} (online, offline, add or remove)")
+    settings, env = message.get("settings"), message.get("env")
+    if not isinstance(settings, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in settings.items()):
+        raise UsageError("hotplug: `settings` is not a mapping of strings")
+    if not isinstance(env, dict) or set(env) - set(ENVIRONMENT) or not all(isinstance(v, str) for v in env.values()):
+        raise UsageError(f"hotplug: `env` holds more than {', '.join(ENVIRONMENT)}, or not strings")
+    return Call(command, settings, env)

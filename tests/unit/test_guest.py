@@ -111,13 +111,25 @@ class FakeDom0:
     def offline(self, key, vif=None):
         self.calls.append(("offline", key))
 
+    def online_many(self, requests):
+        outcomes = []
+        for request in requests:
+            try:
+                outcomes.append(self.online(request))
+            except Exception as error:
+                outcomes.append(error)
+        return outcomes
+
+    def offline_many(self, vifs):
+        return [self.offline(key, vif) for key, vif in vifs]
+
 
 @pytest.fixture
 def store(monkeypatch):
     data = {"backend/vif/1/0/ip": "192.0.2.5"}
     monkeypatch.setattr(hotplug.xenstore, "read", data.get)
-    monkeypatch.setattr(hotplug.xenstore, "write", lambda path, value: data.__setitem__(path, value))
-    monkeypatch.setattr(hotplug.xenstore, "remove", lambda path: data.pop(path, None))
+    monkeypatch.setattr(hotplug.xenstore, "write_many", data.update)
+    monkeypatch.setattr(hotplug.xenstore, "remove", lambda *paths: [data.pop(path, None) for path in paths])
     return data
 
 
