@@ -200,82 +200,6 @@ print(json.dumps(parts))
 """
 
 
-def bench_hotplug(vifs: int) -> dict[str, object]:
-    """vif-domunet as libxl calls it (the shim, a stand-in xenstore, one IPv4 address per vif):
-    `vifs` vifs online one after another, then offline, with `domunet dom0 serve` running and
-    without it (in-process), alternating per vif. Per-vif medians, and the first ten's against the
-    last ten's (does a vif cost more when many are online already?)."""
-    from domunet.demo import XENSTORE_STANDIN
-
-    tag = os.urandom(4).hex()
-    ns, peer = f"dn-{tag}-dom0", f"dn-{tag}-guest"
-    workdir = Path(f"/tmp/domunet-bench-{tag}")
-    (workdir / "bin").mkdir(parents=True)
-    for name in ("xenstore-read", "xenstore-write", "xenstore-list", "xenstore-rm"):
-        (workdir / "bin" / name).write_text(f'#!/bin/sh\nexec sh "{XENSTORE_STANDIN}" {name} "$@"\n')
-        (workdir / "bin" / name).chmod(0o755)
-    command = f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" -m domunet "$@"\n'
-    (workdir / "bin" / "domunet").write_text(command)
-    (workdir / "bin" / "domunet").chmod(0o755)
-    (workdir / "empty.conf").write_text("")
-    store = workdir / "xenstore"
-    for name in (ns, peer):
-        subprocess.run(["ip", "netns", "add", name], check=True)
-    service = None
-    try:
-        run_batch(ns, ["link set lo up", "link add eth0 type veth peer name up0", "link set eth0 up",
-                       "addr add 192.168.0.100/24 dev eth0", "route add default via 192.168.0.1",
-                       *(f"link add vif{1 + i // 1000}.{i % 1000} type veth peer name g{i} netns {peer}"
-                         for i in range(2 * vifs))])
-        env = {"PATH": f"{workdir / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin", "XENSTORE_DIR": str(store),
-               "XENSTORE_HOME": "local/domain/0", "DOMUNET_CONFIG": str(workdir / "empty.conf")}
-
-        def hotplug(command: str, i: int, state: str) -> float:
-            domid, devid = 1 + i // 1000, i % 1000
-            path = store / f"local/domain/0/backend/vif/{domid}/{devid}"
-            path.mkdir(parents=True, exist_ok=True)
-            (path / "ip").write_text(f"198.18.{i // 250}.{i % 250 + 1}")
-            call = {**env, "vif": f"vif{domid}.{devid}", "XENBUS_PATH": f"backend/vif/{domid}/{devid}", "netdev": "",
-                    "DOMUNET_STATE_DIR": state}
-            started = time.perf_counter()
-            result = subprocess.run(["ip", "netns", "exec", ns, "sh", str(ROOT / "hooks/xen/vif-domunet"), command,
-                                     "type_if=vif"], env=call, capture_output=True, text=True)
-            took = time.perf_counter() - started
-            status = (path / "hotplug-status").read_text() if command == "online" else "connected"
-            if result.returncode != 0 or status != "connected":
-                raise RuntimeError(f"{command} vif{domid}.{devid}: {status}: {result.stderr}")
-            return took
-
-        served, alone = str(workdir / "served"), str(workdir / "alone")
-        os.makedirs(served, mode=0o755)
-        service = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "domunet", "--config",
-                                    str(workdir / "empty.conf"), "--state-dir", served, "dom0", "serve"],
-                                   env={**env, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 60
-        while not (Path(served) / "dom0.sock").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        times: dict[str, list[float]] = {"online, service": [], "online, in-process": [],
-                                         "offline, service": [], "offline, in-process": []}
-        for i in range(vifs):  # the two ways alternate, each on vifs of its own
-            times["online, service"].append(hotplug("online", 2 * i, served))
-            times["online, in-process"].append(hotplug("online", 2 * i + 1, alone))
-        for i in range(vifs):
-            times["offline, service"].append(hotplug("offline", 2 * i, served))
-            times["offline, in-process"].append(hotplug("offline", 2 * i + 1, alone))
-        result: dict[str, object] = {"vifs": vifs}
-        for name, values in times.items():
-            result[name] = {"median_s": statistics.median(values), "first_ten_s": statistics.median(values[:10]),
-                            "last_ten_s": statistics.median(values[-10:])}
-        return result
-    finally:
-        if service is not None:
-            service.terminate()
-            service.wait(30)
-        for name in (ns, peer):
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
-        subprocess.run(["rm", "-rf", str(workdir)])
-
-
 def bench_startup(repeats: int) -> dict[str, float]:
     """Where a guest run's imports go: medians of each part (see _STARTUP_PARTS)."""
     samples: dict[str, list[float]] = {}
@@ -395,7 +319,9 @@ def main() -> int:
         guest.append(bench_guest(nics, addresses6, repeats))
         print(f"measured {nics}x{addresses6}", file=sys.stderr)
     dom0 = bench_dom0(64, args.repeats)
-    dom0["hotplug"] = bench_hotplug(20 if args.quick else 100)
+    from hotplug import bench_hotplug  # benchmarks/hotplug.py: vif-route, the service, in-process
+
+    dom0["hotplug"] = bench_hotplug(30 if args.quick else 500, 8, 5 if args.quick else 15)
     hook = bench_hook(20)
     startup = bench_startup(max(5, args.repeats))
     watch = bench_watch(20 if args.quick else 40, 5.0 if args.quick else 30.0)

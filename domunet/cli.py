@@ -157,16 +157,16 @@ def _dom0(args: argparse.Namespace) -> int:
     if args.action == "hotplug":
         return _hotplug(args)
     if args.action == "serve":
-        from domunet.core.kernel import AddressBook
+        from domunet.core.kernel import KernelView
         from domunet.dom0 import service
 
         with Kernel() as kernel:
             engine = _dom0_engine(kernel, args)
-            engine.addressbook = AddressBook(kernel)
+            engine.view = KernelView(kernel)
             try:
                 service.serve(args.state_dir, engine)
             finally:
-                engine.addressbook.close()
+                engine.view.close()
         return EXIT_OK
     with Kernel() as kernel:
         dom0 = _dom0_engine(kernel, args)

@@ -153,9 +153,21 @@ class Kernel:
         return link.index
 
     def _name(self, index: int | None) -> str:
+        """An interface's name by index: from the last dump of them all, else asked for alone."""
         if index is None:
             return ""
-        for link in self.links().values():
+        if self._links is None:
+            known = next((link for link in self._named.values() if link is not None and link.index == index), None)
+            if known is None:
+                try:
+                    found = _listed(self._ipr.link("get", index=index))
+                except NetlinkError:
+                    found = []
+                known = next((link for link in map(self._link_from, found) if link is not None), None)
+                if known is not None:
+                    self._named[known.name] = known
+            return known.name if known is not None else f"if{index}"
+        for link in self._links.values():
             if link.index == index:
                 return link.name
         return f"if{index}"
@@ -550,40 +562,57 @@ class NftEvents(_Subscription):
         return tables
 
 
-RTM_NEWADDR, RTM_DELADDR = 20, 21
+RTM_NEWADDR, RTM_DELADDR, RTM_NEWROUTE, RTM_DELROUTE = 20, 21, 24, 25
 
 
-class AddressBook:
-    """Every address dom0 holds, kept current from the kernel's change events: a long-lived
-    service checks a new guest's addresses against dom0's own without dumping every interface's
-    addresses per vif (with 500 vifs, each holding dom0's address, that dump alone costs 20-40 ms)."""
+class KernelView:
+    """What a long-lived dom0 service checks every vif against, kept current from the kernel's
+    change events instead of dumped per vif: every address dom0 holds (with 500 vifs, each holding
+    dom0's address, that dump alone costs 20-40 ms), and the main table's default routes (their
+    dump holds every vif's host route)."""
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self._events: Events | None = None
         self._held: dict[tuple[int, Any], int] | None = None  # (ifindex, address) -> 1
+        self._defaults: list[Route] | None = None
 
-    def current(self) -> list[Any]:
-        """dom0's addresses now, each once."""
-        if self._events is None:
-            self._events = Events(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR)  # before the dump: nothing missed
+    def _update(self) -> None:
+        if self._events is None:  # subscribed before the first dumps: nothing is missed
+            self._events = Events(RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
         try:
             messages = self._events.read()
         except EventsLost:
-            self._held, messages = None, []
+            self._held, self._defaults, messages = None, None, []
         if self._held is None:
             what = "the addresses of every interface"
             self._held = {(msg["index"], address): 1 for msg in self.kernel._dump(what, self.kernel._ipr.get_addr)
                           if (address := address_of(msg)) is not None}
         for msg in messages:
+            kind = msg["header"]["type"]
+            if kind in (RTM_NEWROUTE, RTM_DELROUTE):
+                if msg["dst_len"] == 0:
+                    self._defaults = None  # read again when next asked
+                continue
             address = address_of(msg)
             if address is None:
                 continue
-            if msg["header"]["type"] == RTM_NEWADDR:
+            if kind == RTM_NEWADDR:
                 self._held[(msg["index"], address)] = 1
-            elif msg["header"]["type"] == RTM_DELADDR:
+            elif kind == RTM_DELADDR:
                 self._held.pop((msg["index"], address), None)
+
+    def addresses(self) -> list[Any]:
+        """dom0's addresses now, each once."""
+        self._update()
+        assert self._held is not None
         return list({address for _, address in self._held})
+
+    def main_defaults(self) -> list[Route]:
+        self._update()
+        if self._defaults is None:
+            self._defaults = self.kernel.main_defaults()
+        return list(self._defaults)
 
     def close(self) -> None:
         if self._events is not None:

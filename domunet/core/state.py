@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import json
 import logging
 import os
@@ -196,16 +197,21 @@ def read_folder(directory: Path, pattern: str, parse: Callable[[Any], T], what: 
     replaced by rename, so a changed file has a new inode)."""
     good: list[tuple[Path, T]] = []
     bad: list[Unreadable] = []
-    paths = sorted(directory.glob(pattern))
+    try:
+        with os.scandir(directory) as entries:  # scandir, not glob: a service reads 500 records per vif
+            found = sorted((entry.name, entry) for entry in entries if fnmatch.fnmatchcase(entry.name, pattern))
+    except FileNotFoundError:
+        found = []
+    paths = [directory / name for name, _ in found]
     if cache is not None:
         for gone in set(cache) - set(paths):
             del cache[gone]
-    for path in paths:
+    for path, (_, entry) in zip(paths, found):
         data = None
         try:
             stamp = None
             if cache is not None:
-                info = os.lstat(path)
+                info = entry.stat(follow_symlinks=False)
                 stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
                 if path in cache and cache[path][0] == stamp:
                     good.append((path, cache[path][1]))

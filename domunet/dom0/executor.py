@@ -63,8 +63,9 @@ class Dom0:
         #: The anti-spoofing table as this engine last loaded it (then only the changes are sent);
         #: None: unknown, load it whole.
         self._loaded: dict[str, list[IPNetwork]] | None = None
-        #: dom0's own addresses kept current from change events (the service sets it); else dumped.
-        self.addressbook: Any = None
+        #: dom0's own addresses and default routes kept current from change events (a
+        #: core.kernel.KernelView: the service sets it); else dumped.
+        self.view: Any = None
 
     @classmethod
     def from_config(cls, kernel: Kernel, config_path: str | None, state_dir: str, offline: bool = False) -> Dom0:
@@ -106,7 +107,7 @@ class Dom0:
         """The vifs to guard and their allowed sources: every usable record's, and fail closed for
         every unusable one: what could be read of it, else what the kernel's table allows it now,
         else nothing at all (its vif still guarded)."""
-        guarded = {r.vif: r.networks() for r in records}
+        guarded = {r.vif: list(r.networks()) for r in records}
         held = [u for u in self.unusable if u.key not in {r.key for r in records}]
         if not held:
             return guarded
@@ -208,10 +209,10 @@ class Dom0:
 
     def _online_context(self, records: list[VifRecord]) -> dict[str, Any]:
         """What every vif of a batch is checked against, read from the kernel once."""
-        defaults = self.kernel.main_defaults()
+        defaults = self.view.main_defaults() if self.view else self.kernel.main_defaults()
         return {"defaults": defaults, "ipv6": sysctl.ipv6_enabled(),
                 "gateways": [route.gateway for route in defaults if route.gateway is not None],
-                "dom0": self.addressbook.current() if self.addressbook else self.kernel.addresses()}
+                "dom0": self.view.addresses() if self.view else self.kernel.addresses()}
 
     def _plan(self, request: VifRequest, records: list[VifRecord], context: dict[str, Any]) -> VifRecord:
         """Check one vif's request against the kernel and the other vifs; what online will do."""

@@ -84,11 +84,10 @@ class VifRecord:
 
     def networks(self) -> list[IPNetwork]:
         """The guest addresses as networks (kept: the service asks for every record's per vif)."""
-        key = tuple(self.guest)
         kept = self.__dict__.get("_networks")
-        if kept is None or kept[0] != key:
-            kept = self.__dict__["_networks"] = (key, [ipaddress.ip_network(g) for g in self.guest])
-        return list(kept[1])
+        if kept is None or kept[0] != self.guest:
+            kept = self.__dict__["_networks"] = (list(self.guest), [ipaddress.ip_network(g) for g in self.guest])
+        return kept[1]
 
     def as_json(self) -> dict[str, Any]:
         return {**asdict(self), "routes": [r.as_json() for r in self.routes]}

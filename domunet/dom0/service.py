@@ -19,6 +19,7 @@ import select
 import signal
 import socket
 import struct
+import time
 from typing import Any, Callable
 
 from domunet.core.errors import DomunetError, UsageError
@@ -106,6 +107,7 @@ class Service:
             else:
                 answers[index] = self._answer_one(message)
         if calls:
+            started = time.monotonic()
             try:
                 results = hotplug.handle_many(list(calls.values()), lambda: contextlib.nullcontext(self.engine))
             except Exception as error:  # noqa: BLE001 (a bug: every caller hears it, the service goes on)
@@ -113,6 +115,7 @@ class Service:
             for index, result in zip(calls, results):
                 answers[index] = {"ok": True} if result is None else {"ok": False, "kind": wire.FAILED,
                                                                       "error": result}
+            log.debug("%d hotplug call(s) in %.1f ms", len(calls), (time.monotonic() - started) * 1000)
         return [answer or {"ok": False, "kind": wire.FAILED, "error": "not answered"} for answer in answers]
 
     def _answer_one(self, message: dict[str, Any]) -> dict[str, Any]:
