@@ -115,7 +115,8 @@ class Service:
             for index, result in zip(calls, results):
                 answers[index] = {"ok": True} if result is None else {"ok": False, "kind": wire.FAILED,
                                                                       "error": result}
-            log.debug("%d hotplug call(s) in %.1f ms", len(calls), (time.monotonic() - started) * 1000)
+            log.log(logging.INFO if len(calls) > 1 else logging.DEBUG, "%d hotplug call%s in one batch, %.1f ms",
+                    len(calls), "s" if len(calls) > 1 else "", (time.monotonic() - started) * 1000)
         return [answer or {"ok": False, "kind": wire.FAILED, "error": "not answered"} for answer in answers]
 
     def _answer_one(self, message: dict[str, Any]) -> dict[str, Any]:
