@@ -88,10 +88,10 @@ def run(request: dict) -> dict:
         return {"rc": 127, "stdout": "", "stderr": f"xenlab-agent: {error}"}
 
 
-def guest_console() -> str:
-    domid = subprocess.run(["xl", "domid", "guest"], capture_output=True, text=True, timeout=30).stdout.strip()
+def guest_console(name: str) -> str:
+    domid = subprocess.run(["xl", "domid", name], capture_output=True, text=True, timeout=30).stdout.strip()
     if not domid:
-        raise OSError("no domain named guest")
+        raise OSError(f"no domain named {name}")
     tty_path = subprocess.run(["xenstore-read", f"/local/domain/{domid}/console/tty"], capture_output=True,
                               text=True, timeout=30).stdout.strip()
     if not tty_path:
@@ -99,11 +99,11 @@ def guest_console() -> str:
     return tty_path
 
 
-def forward(ident: str, request: dict) -> dict:
-    """Pass a request on to the guest's agent and wait for its answer."""
+def forward(ident: str, request: dict, name: str) -> dict:
+    """Pass a request on to a guest's agent (the domain of that name) and wait for its answer."""
     timeout = request.get("timeout", 120) + 30
     try:
-        fd = os.open(guest_console(), os.O_RDWR | os.O_NOCTTY)
+        fd = os.open(guest_console(name), os.O_RDWR | os.O_NOCTTY)
     except OSError as error:
         return {"rc": 125, "stdout": "", "stderr": f"xenlab-agent: guest console: {error}"}
     try:
@@ -128,7 +128,10 @@ def main() -> int:
         if not message or message[0] != "REQ":
             continue
         _, ident, request = message
-        answer = forward(ident, request["guest"]) if "guest" in request else run(request)
+        if "guest" in request:
+            answer = forward(ident, request["guest"], request.get("domain", "guest"))
+        else:
+            answer = run(request)
         write_all(fd, encode("RES", ident, answer))
     return 0
 

@@ -1,4 +1,4 @@
-"""The real Xen suite: one lab (Xen 4.17 and a Debian 12 PV guest under QEMU) for the session,
+"""The real Xen suite: one lab (Xen 4.17 and two Debian 12 PV guests under QEMU) for the session,
 with the .debs under test installed in both images (DOMUNET_DEBS from scripts/test, or built
 from this checkout). Skipped, with the reason, only where QEMU cannot run at all."""
 
@@ -18,7 +18,7 @@ if shutil.which("qemu-system-x86_64") is None:
 
 
 class Machine:
-    """dom0 or the guest, as the tests drive them."""
+    """dom0 or a guest, as the tests drive them."""
 
     def __init__(self, role):
         self.role = role
@@ -48,14 +48,14 @@ def xen():
     """A fresh lab for the session. DOMUNET_XEN_LAB_REUSE=1 (by hand, while working on these
     tests) takes a lab started with `scripts/xen-lab up` as it is and leaves it running."""
     if os.environ.get("DOMUNET_XEN_LAB_REUSE") == "1" and xenlab.running_pid():
-        yield {"dom0": Machine("dom0"), "guest": Machine("guest")}
+        yield {role: Machine(role) for role in ("dom0", "guest", "guest2")}
         return
     debs = os.environ.get("DOMUNET_DEBS")
     if xenlab.running_pid():
         xenlab.down()
     xenlab.up(Path(debs) if debs else None)
     try:
-        yield {"dom0": Machine("dom0"), "guest": Machine("guest")}
+        yield {role: Machine(role) for role in ("dom0", "guest", "guest2")}
     finally:
         xenlab.down()
 
@@ -65,14 +65,23 @@ def dom0(xen):
     return xen["dom0"]
 
 
-@pytest.fixture
-def guest(xen):
-    """The guest, running: a test that destroyed it (or a reboot that failed) does not leave the
+def _running(xen, name):
+    """A guest, running: a test that destroyed it (or a reboot that failed) does not leave the
     tests after it without one, so they pass in any order."""
     dom0 = xen["dom0"]
-    if dom0.run("xl", "domid", "guest", check=False)["rc"] != 0:
-        dom0.run("xl", "create", "/etc/xen/guest.cfg", timeout=300)
-        xenlab.wait_ready("guest")
-        ready = xen["guest"].until("systemctl is-active domunet.service", timeout=180)
-        assert ready["rc"] == 0, "the guest created again did not finish domunet.service"
-    return xen["guest"]
+    if dom0.run("xl", "domid", name, check=False)["rc"] != 0:
+        dom0.run("xl", "create", f"/etc/xen/{name}.cfg", timeout=300)
+        xenlab.wait_ready(name)
+        ready = xen[name].until("systemctl is-active domunet.service", timeout=180)
+        assert ready["rc"] == 0, f"{name} created again did not finish domunet.service"
+    return xen[name]
+
+
+@pytest.fixture
+def guest(xen):
+    return _running(xen, "guest")
+
+
+@pytest.fixture
+def guest2(xen):
+    return _running(xen, "guest2")

@@ -1,15 +1,19 @@
 """domunet on real Xen: xl, netback and netfront, the real xenstored, libxl's hotplug calls
-to vif-domunet, and a Debian 12 guest booting with systemd and ifupdown, no domunet config.
+to vif-domunet (through the dom0 service), and two Debian 12 guests booted at the same time with
+systemd and ifupdown, four routed vifs each, no domunet config.
 
 The tests share one lab; each that needs the guest gets it running (the `guest` fixture creates
 it again after a test that destroyed it), so they pass in any order."""
 
 import json
+import re
 
 from tests.xen import xenlab
 
 ADDRESSES = {"enX0": "192.168.0.200", "enX1": "192.168.0.201", "enX2": "192.168.0.202",
              "enX3": "2001:db8:4309:2388::50"}
+ADDRESSES2 = {"enX0": "192.168.0.210", "enX1": "192.168.0.211", "enX2": "192.168.0.212",
+              "enX3": "2001:db8:4309:2388::60"}
 HOTPLUGGED = "192.168.0.204"
 
 TCP_ECHO = """import socket, sys
@@ -128,8 +132,8 @@ def test_the_dom0_service_serves_a_hot_plugged_vif_and_status_sees_every_vif(dom
     assert dom0.run("systemctl", "is-active", "domunet-dom0.service", check=False)["stdout"].strip() == "active"
     shown = json.loads(dom0.run("domunet", "dom0", "status", "--json")["stdout"])
     assert shown["service"] is True
-    assert sorted(g for row in shown["vifs"] for g in row["guest"]) == sorted(
-        f"{a}/{128 if ':' in a else 32}" for a in ADDRESSES.values())
+    assert set(f"{a}/{128 if ':' in a else 32}" for a in ADDRESSES.values()) <= {
+        g for row in shown["vifs"] for g in row["guest"]}
     assert all(row["kernel_matches"] for row in shown["vifs"]), shown
     before = _served(dom0)
     _attach_and_detach(dom0, guest, "00:16:3e:00:00:15")
@@ -161,15 +165,71 @@ def test_after_xl_reboot_the_guest_converges_again(dom0, guest):
     assert sorted(domunet_lines(guest)) == before
 
 
-def test_xl_destroy_leaves_nothing_of_the_guest_in_dom0(dom0, guest):
+def _elements(dom0):
+    """The anti-spoofing table's (vif, address) elements."""
+    nft = dom0.run("nft", "list", "table", "inet", "domunet", check=False)["stdout"]
+    return set(re.findall(r'"(vif[0-9.]+)" \. ([0-9a-f:.]+)', nft))
+
+
+def _of_domain(dom0, domid):
+    """What dom0 holds for one domain: its vifs' routes, records, anti-spoofing elements."""
+    routes = dom0.sh("ip route show proto domunet-dom0; ip -6 route show proto domunet-dom0")["stdout"]
+    records = dom0.sh(f"ls /run/domunet/dom0/ | grep '^vif-xen-{domid}-' || true")["stdout"]
+    return {"routes": [line for line in routes.splitlines() if f" dev vif{domid}." in line],
+            "records": records.split(), "nft": sorted(e for e in _elements(dom0) if e[0].startswith(f"vif{domid}."))}
+
+
+def _dom0_side(dom0, addresses):
+    """dom0's routes, proxy entries and anti-spoofing elements for these addresses."""
+    text = dom0.sh("ip route show table all; ip -6 route show table all; ip neigh show proxy; "
+                   "ip -6 neigh show proxy")["stdout"]
+    lines = sorted(line.strip() for line in text.splitlines() if line.split()[:1] and
+                   line.split()[0].split("/")[0] in addresses)
+    return lines + sorted(f"{vif} . {address}" for vif, address in _elements(dom0) if address in addresses)
+
+
+def test_two_guests_booted_together_have_all_eight_vifs_connected_and_every_address_answers(dom0, guest, guest2):
+    for name in ("guest", "guest2"):
+        domid = dom0.run("xl", "domid", name)["stdout"].strip()
+        for devid in range(4):
+            status = dom0.run("xenstore-read", f"/local/domain/0/backend/vif/{domid}/{devid}/hotplug-status")
+            assert status["stdout"].strip() == "connected", (name, devid)
+    assert guest2.until("systemctl is-active domunet.service", timeout=120)["rc"] == 0
+    for address in [*ADDRESSES.values(), *ADDRESSES2.values()]:
+        assert answers(dom0, address), f"{address} does not answer ping from outside"
+        assert tcp_works(dom0, address), f"{address} does not answer TCP from outside"
+
+
+def test_xl_save_and_restore_the_guest_answers_again_and_dom0_keeps_nothing_of_the_old_domid(dom0, guest2):
+    old = dom0.run("xl", "domid", "guest2")["stdout"].strip()
+    dom0.run("xl", "save", "guest2", "/var/tmp/guest2.save", timeout=600)
+    try:
+        assert dom0.run("xl", "domid", "guest2", check=False)["rc"] != 0
+        dom0.run("xl", "restore", "/var/tmp/guest2.save", timeout=600)
+    finally:
+        dom0.run("rm", "-f", "/var/tmp/guest2.save")
+    new = dom0.run("xl", "domid", "guest2")["stdout"].strip()
+    assert new != old
+    for address in ADDRESSES2.values():
+        assert answers(dom0, address, timeout=120), f"{address} does not answer after xl restore"
+    assert _of_domain(dom0, old) == {"routes": [], "records": [], "nft": []}
+    kept = _of_domain(dom0, new)
+    assert len(kept["records"]) == 4 and len(kept["routes"]) == 4 and len(kept["nft"]) == 4, kept
+    shown = json.loads(dom0.run("domunet", "dom0", "status", "--json")["stdout"])
+    assert not [row for row in shown["vifs"] if (row["vif"] or "").startswith(f"vif{old}.")], shown
+    assert all(row["kernel_matches"] for row in shown["vifs"]), shown
+
+
+def test_xl_destroy_leaves_nothing_of_the_guest_in_dom0_and_the_other_guest_untouched(dom0, guest, guest2):
+    others = _dom0_side(dom0, list(ADDRESSES2.values()))
+    assert len(others) == 9, others  # four routes, a proxy entry, four anti-spoofing elements
+    domid = dom0.run("xl", "domid", "guest")["stdout"].strip()
     dom0.run("xl", "destroy", "guest")
-    dom0.until("! ip link | grep -q vif", timeout=60)
-    routes = dom0.sh("for p in 213 214 215; do ip route show table all proto $p; ip -6 route show table all "
-                     "proto $p; done")["stdout"]
-    proxies = dom0.sh("ip neigh show proxy; ip -6 neigh show proxy")["stdout"]
-    nft = dom0.run("nft", "list", "ruleset")["stdout"]
-    addresses = dom0.sh("ip -o addr show | grep -v -e ' lo ' -e ' eth0 '", check=False)["stdout"]
-    assert routes.strip() == "", routes
-    assert proxies.strip() == "", proxies
-    assert "domunet" not in nft and "vif" not in nft, nft
+    dom0.until(f"! ip link | grep -q 'vif{domid}\\.'", timeout=60)
+    assert _of_domain(dom0, domid) == {"routes": [], "records": [], "nft": []}
+    assert _dom0_side(dom0, list(ADDRESSES.values())) == []
+    addresses = dom0.sh(f"ip -o addr show | grep ' vif{domid}\\.'", check=False)["stdout"]
     assert addresses.strip() == "", addresses
+    assert _dom0_side(dom0, list(ADDRESSES2.values())) == others
+    for address in ADDRESSES2.values():
+        assert answers(dom0, address), f"{address} of the other guest no longer answers"

@@ -1,7 +1,8 @@
-"""Real Xen for the test suite: a Xen 4.17 dom0 and a Debian 12 PV guest under QEMU (TCG).
+"""Real Xen for the test suite: a Xen 4.17 dom0 and two Debian 12 PV guests under QEMU (TCG),
+started at the same time, four routed vifs each.
 
-    scripts/xen-lab up [--debs DIR]     build the images (cached), boot, start the guest
-    scripts/xen-lab exec dom0|guest -- COMMAND ...
+    scripts/xen-lab up [--debs DIR]     build the images (cached), boot, start both guests
+    scripts/xen-lab exec dom0|guest1|guest2 -- COMMAND ...   (guest is guest1)
     scripts/xen-lab status | down
 
 Images are built once with mmdebstrap from Debian 12's archive and cached under
@@ -9,7 +10,8 @@ Images are built once with mmdebstrap from Debian 12's archive and cached under
 .debs under test and the archive's versions of Xen, the kernel and systemd. QEMU runs with
 no network at all (`-nic none`): the lab's network lives inside dom0, in namespaces there,
 as in the namespace lab. The host speaks to dom0's agent over QEMU's second serial port (a
-unix socket); dom0's agent reaches the guest's over its Xen console. Every QEMU this starts
+unix socket); dom0's agent reaches a guest's over its Xen console. guest2's image is guest1's
+template with its own /etc/network/interfaces (files/guest2) and host name. Every QEMU this starts
 is ended by its pid: by `down`, and by `up` itself on failure or Ctrl-C.
 """
 
@@ -54,6 +56,8 @@ HOST_TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "mmdebstrap": "mmdebstrap
               "dpkg-scanpackages": "dpkg-dev"}
 QEMU_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+svm"  # what boots Xen 4.17 and a PV dom0 under TCG
 BOOT_TIMEOUT = 420
+#: The lab's guests as the tests and `exec` name them -> their Xen domain names (`guest` is guest1).
+DOMAINS = {"guest": "guest", "guest1": "guest", "guest2": "guest2"}
 
 
 class XenLabError(Exception):
@@ -199,6 +203,11 @@ def build(debs: Path) -> Path:
         for role, root in roots.items():
             subprocess.run(["mkfs.ext4", "-q", "-F", "-L", role, "-d", str(root), str(images / f"{role}.img"), "3G"],
                            check=True)
+        # guest2: the same template with its own network configuration and name
+        _install(roots["guest"], {"/etc/hostname": "xenlab-guest2\n",
+                                  "/etc/network/interfaces": FILES / "guest2/etc/network/interfaces"})
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "guest2", "-d", str(roots["guest"]),
+                        str(images / "guest2.img"), "3G"], check=True)
         (images / "ready").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -235,6 +244,7 @@ def up(debs: Path | None = None) -> None:
         "-initrd", f"{images / 'vmlinuz'} root=/dev/vda rw console=hvc0 quiet,{images / 'initrd.img'}",
         "-drive", f"file={images / 'dom0.img'},if=virtio,format=raw,snapshot=on",
         "-drive", f"file={images / 'guest.img'},if=virtio,format=raw,snapshot=on",
+        "-drive", f"file={images / 'guest2.img'},if=virtio,format=raw,snapshot=on",
         "-serial", f"file:{RUN / 'console.log'}",
         "-serial", f"unix:{RUN / 'agent.sock'},server=on,wait=off",
     ]
@@ -245,12 +255,14 @@ def up(debs: Path | None = None) -> None:
     started = time.monotonic()
     try:
         wait_ready("dom0", qemu)
-        log(f"dom0 is up ({time.monotonic() - started:.0f} s); starting the lab's network and the guest")
+        log(f"dom0 is up ({time.monotonic() - started:.0f} s); starting the lab's network and both guests")
         result = execute("dom0", ["/usr/local/sbin/xenlab-setup"], timeout=300)
         if result["rc"] != 0:
             raise XenLabError(f"dom0's setup failed ({result['rc']}): {result['stdout']}{result['stderr']}")
         wait_ready("guest", qemu)
-        log(f"the guest is up ({time.monotonic() - started:.0f} s); `scripts/xen-lab exec dom0|guest -- CMD`")
+        wait_ready("guest2", qemu)
+        log(f"both guests are up ({time.monotonic() - started:.0f} s); "
+            "`scripts/xen-lab exec dom0|guest1|guest2 -- CMD`")
     except BaseException:
         down()
         raise
@@ -294,10 +306,10 @@ def execute(role: str, argv: list[str], timeout: float = 120, stdin: str = "",
             answer_within: float | None = None) -> dict:
     """Run argv in dom0 or the guest: {"rc", "stdout", "stderr"}."""
     request: dict = {"argv": argv, "timeout": timeout, "stdin": stdin}
-    if role == "guest":
-        request = {"guest": request, "timeout": timeout}
+    if role in DOMAINS:
+        request = {"guest": request, "timeout": timeout, "domain": DOMAINS[role]}
     elif role != "dom0":
-        raise XenLabError(f"no such machine {role!r}: dom0 or guest")
+        raise XenLabError(f"no such machine {role!r}: dom0, {', '.join(DOMAINS)}")
     ident = uuid.uuid4().hex[:12]
     data = base64.b64encode(json.dumps(request).encode()).decode()
     RUN.mkdir(parents=True, exist_ok=True)
@@ -337,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     verbs = parser.add_subparsers(dest="verb", required=True)
     start = verbs.add_parser("up", help="build the images if needed, boot Xen, start the guest; leave it running")
     start.add_argument("--debs", type=Path, help="the .debs to install (default: built from this checkout)")
-    run = verbs.add_parser("exec", help="run a command in dom0 or the guest: exec dom0 -- ip addr")
-    run.add_argument("role", choices=("dom0", "guest"))
+    run = verbs.add_parser("exec", help="run a command in dom0 or a guest: exec dom0 -- ip addr "
+                                        "(guest is guest1)")
+    run.add_argument("role", choices=("dom0", *DOMAINS))
     run.add_argument("--timeout", type=float, default=300)
     run.add_argument("command", nargs=argparse.REMAINDER)
     verbs.add_parser("down", help="end the lab's QEMU")
