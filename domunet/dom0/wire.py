@@ -19,15 +19,13 @@ import json
 import re
 from typing import Any
 
-from domunet.core.errors import DomunetError, UsageError
+from domunet.core.errors import UsageError
 from domunet.core.model import IFNAME_CHARS
 from domunet.dom0.hotplug import Call
 from domunet.dom0.light import ENVIRONMENT
-from domunet.dom0.records import VifRecord, record_from
 from domunet.dom0.request import VifRequest, check_ifname, check_xenbus_path, parse_addresses
 
 MAX_REQUEST = 64 * 1024
-MAX_ANSWER = 1024 * 1024
 _KEY = re.compile(rf"^(xen-\d{{1,5}}-\d{{1,5}}|{IFNAME_CHARS}{{1,15}})$")
 
 #: An answer's kinds: the request was not valid, the work failed (dom0 is as before), or this
@@ -35,22 +33,8 @@ _KEY = re.compile(rf"^(xen-\d{{1,5}}-\d{{1,5}}|{IFNAME_CHARS}{{1,15}})$")
 USAGE, FAILED, REFUSED = "usage", "failed", "refused"
 
 
-class Refused(DomunetError):
-    """The service does not serve this caller; it does the work itself."""
-
-
 def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":")).encode() + b"\n"
-
-
-def online_request(request: VifRequest) -> dict[str, Any]:
-    return {"op": "online", "request": {
-        "key": request.key, "vif": request.vif, "guest": [str(n) for n in request.guest],
-        "uplink": request.uplink, "rename": request.rename, "xenbus_path": request.xenbus_path}}
-
-
-def offline_request(key: str, vif: str | None) -> dict[str, Any]:
-    return {"op": "offline", "key": key, "vif": vif}
 
 
 def decode(data: bytes, limit: int = MAX_REQUEST) -> dict[str, Any]:
@@ -99,22 +83,6 @@ def parse_online(message: dict[str, Any]) -> VifRequest:
 
 def parse_offline(message: dict[str, Any]) -> tuple[str, str | None]:
     return _key(message.get("key")), _name(message.get("vif"), "vif")
-
-
-def record_of(answer: dict[str, Any]) -> VifRecord:
-    try:
-        return record_from(answer.get("record"))
-    except (ValueError, TypeError, UsageError) as error:
-        raise DomunetError(f"dom0.sock answered with a record that is not valid ({error})") from None
-
-
-def failure(answer: dict[str, Any]) -> DomunetError:
-    """The exception an error answer stands for, with the service's message."""
-    text = str(answer.get("error") or "the service failed without a message")[:400]
-    kind = answer.get("kind")
-    if kind == REFUSED:
-        return Refused(text)
-    return UsageError(text) if kind == USAGE else DomunetError(text)
 
 
 HOTPLUG_COMMANDS = ("online", "offline", "add", "remove")
