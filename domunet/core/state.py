@@ -188,7 +188,7 @@ class Unreadable:
 
 
 def read_folder(directory: Path, pattern: str, parse: Callable[[Any], T], what: str,
-                cache: dict[Path, tuple[tuple[int, int, int], T]] | None = None,
+                cache: dict[str, tuple[tuple[int, int, int], T, Path]] | None = None,
                 ) -> tuple[list[tuple[Path, T]], list[Unreadable]]:
     """Every file of a folder of JSON files, parsed by `parse` (ValueError, TypeError or UsageError
     when a file's content is not valid), in name order; and those that cannot be used. Whether a bad
@@ -202,25 +202,26 @@ def read_folder(directory: Path, pattern: str, parse: Callable[[Any], T], what: 
             found = sorted((entry.name, entry) for entry in entries if fnmatch.fnmatchcase(entry.name, pattern))
     except FileNotFoundError:
         found = []
-    paths = [directory / name for name, _ in found]
     if cache is not None:
-        for gone in set(cache) - set(paths):
+        for gone in set(cache) - {name for name, _ in found}:
             del cache[gone]
-    for path, (_, entry) in zip(paths, found):
+    for name, entry in found:
         data = None
+        kept = cache.get(name) if cache is not None else None
+        path = kept[2] if kept is not None else directory / name
         try:
             stamp = None
             if cache is not None:
                 info = entry.stat(follow_symlinks=False)
                 stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
-                if path in cache and cache[path][0] == stamp:
-                    good.append((path, cache[path][1]))
+                if kept is not None and kept[0] == stamp:
+                    good.append((path, kept[1]))
                     continue
             data = read_json(path)
             parsed = parse(data)
             good.append((path, parsed))
             if cache is not None and stamp is not None:
-                cache[path] = (stamp, parsed)
+                cache[name] = (stamp, parsed, path)
         except CorruptState as error:
             bad.append(Unreadable(path, str(error).removeprefix(f"{path}: ")))
         except (ValueError, TypeError, UsageError) as error:

@@ -59,7 +59,7 @@ class Dom0:
         #: vifs whose unusable record an offline released during this run (no longer kept guarded).
         self.released: set[str] = set()
         #: Records as last read, by file (a long-lived service reads only what changed since).
-        self._records_cache: dict[Path, Any] = {}
+        self._records_cache: dict[str, Any] = {}
         #: The anti-spoofing table as this engine last loaded it (then only the changes are sent);
         #: None: unknown, load it whole.
         self._loaded: dict[str, list[IPNetwork]] | None = None

@@ -198,7 +198,7 @@ class Unusable:
                 f"fix or remove the file, or take the vif offline (domunet dom0 offline --vif {vif})")
 
 
-def read_records(layout: Layout, cache: dict[Path, Any] | None = None) -> tuple[list[VifRecord], list[Unusable]]:
+def read_records(layout: Layout, cache: dict[str, Any] | None = None) -> tuple[list[VifRecord], list[Unusable]]:
     """Every record under the dom0 directory: the usable ones, and the unusable ones (logged).
     `cache`: the service's, so that a request re-reads only the records that changed (the records
     read back are never changed in place: online plans a new one)."""

@@ -3,6 +3,7 @@ guest's addresses (libxl never checks them) and whether they may be routed to th
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ def parse_addresses(text: str | None, what: str) -> tuple[IPNetwork, ...]:
 _VIF_NAME = re.compile(r"^vif(\d{1,5})\.\d{1,5}(-emu)?$")
 
 
+@functools.lru_cache(maxsize=4096)  # asked for every vif online, per request (the service)
 def domain_of(key: str, vif: str) -> int | None:
     """The guest domain a vif belongs to (from libxl's backend path, else its vifD.N name): one
     domain's PV vif and emulated NIC may carry the same address, two domains may not."""
