@@ -46,6 +46,20 @@ def read(path: str, timeout: float = TIMEOUT) -> str | None:
     return value.rstrip("\n")
 
 
+def read_many(paths: list[str], timeout: float = TIMEOUT) -> dict[str, str] | None:
+    """Several keys with one `xenstore-read` (it prints one value per line); None when that does
+    not work out (a key missing, a value holding a newline): then read them one by one."""
+    try:
+        result = subprocess.run(["xenstore-read", *paths], capture_output=True, timeout=timeout,
+                                stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise XenstoreError(f"xenstore-read {' '.join(paths)}: {error}") from None
+    values = result.stdout[: len(paths) * (MAX_VALUE + 1)].decode("utf-8", errors="replace").split("\n")
+    if result.returncode != 0 or values[-1:] != [""] or len(values) != len(paths) + 1:
+        return None
+    return dict(zip(paths, values))
+
+
 def write(path: str, value: str) -> None:
     write_many({path: value})
 

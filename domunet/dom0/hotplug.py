@@ -50,7 +50,7 @@ def handle_many(calls: Sequence[Call], engine: Callable[[], Any]) -> list[str | 
             offline.append(index)
         else:
             try:
-                online[index] = request_from_hotplug(call.env, xenstore.read)
+                online[index] = request_from_hotplug(call.env, backend_reader(call.env.get("XENBUS_PATH", "")))
             except Exception as error:  # noqa: BLE001 (libxl must hear `error` whatever failed)
                 results[index] = _report_failure(call, error)
     if offline:
@@ -129,6 +129,25 @@ def published_keys(record: VifRecord) -> dict[str, str]:
         key = xenstore.GATEWAY6 if ipaddress.ip_network(route.destination).version == 6 else xenstore.GATEWAY
         keys.setdefault(key, route.source)
     return keys
+
+
+#: The keys of a vif's backend directory that online reads.
+BACKEND_KEYS = (xenstore.ADDRESSES, "gatewaydev", "vifname")
+
+
+def backend_reader(path: str) -> Callable[[str], str | None]:
+    """xenstore's reader for one vif's backend directory: two processes (list it, then read the
+    keys it holds at once) instead of one per key; one per key when that does not work out."""
+    try:
+        present = set(xenstore.directory(path)) if path else set()
+        keys = [f"{path}/{key}" for key in BACKEND_KEYS if key in present]
+        values = xenstore.read_many(keys) if xenstore.ADDRESSES in present else None
+    except DomunetError:
+        values = None
+    if values is None:
+        return xenstore.read
+    known = {f"{path}/{key}" for key in BACKEND_KEYS}
+    return lambda key: values.get(key) if key in known else xenstore.read(key)
 
 
 def request_from_hotplug(env: Mapping[str, str], read: Callable[[str], str | None]) -> VifRequest:
