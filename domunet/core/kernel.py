@@ -574,7 +574,8 @@ class KernelView:
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self._events: Events | None = None
-        self._held: dict[tuple[int, Any], int] | None = None  # (ifindex, address) -> 1
+        self._held: set[tuple[int, Any]] | None = None  # (ifindex, address)
+        self._count: dict[Any, int] = {}  # address -> on how many interfaces
         self._defaults: list[Route] | None = None
 
     def _update(self) -> None:
@@ -586,27 +587,35 @@ class KernelView:
             self._held, self._defaults, messages = None, None, []
         if self._held is None:
             what = "the addresses of every interface"
-            self._held = {(msg["index"], address): 1 for msg in self.kernel._dump(what, self.kernel._ipr.get_addr)
-                          if (address := address_of(msg)) is not None}
+            self._held, self._count = set(), {}
+            for msg in self.kernel._dump(what, self.kernel._ipr.get_addr):
+                self._note(msg, True)
         for msg in messages:
             kind = msg["header"]["type"]
             if kind in (RTM_NEWROUTE, RTM_DELROUTE):
                 if msg["dst_len"] == 0:
                     self._defaults = None  # read again when next asked
-                continue
-            address = address_of(msg)
-            if address is None:
-                continue
-            if kind == RTM_NEWADDR:
-                self._held[(msg["index"], address)] = 1
-            elif kind == RTM_DELADDR:
-                self._held.pop((msg["index"], address), None)
+            elif kind in (RTM_NEWADDR, RTM_DELADDR):
+                self._note(msg, kind == RTM_NEWADDR)
+
+    def _note(self, msg: Any, held: bool) -> None:
+        address = address_of(msg)
+        if address is None or self._held is None:
+            return
+        entry = (msg["index"], address)
+        if held and entry not in self._held:
+            self._held.add(entry)
+            self._count[address] = self._count.get(address, 0) + 1
+        elif not held and entry in self._held:
+            self._held.discard(entry)
+            self._count[address] -= 1
+            if not self._count[address]:
+                del self._count[address]
 
     def addresses(self) -> list[Any]:
-        """dom0's addresses now, each once."""
+        """dom0's addresses now, each once (dom0's own on 500 vifs is one)."""
         self._update()
-        assert self._held is not None
-        return list({address for _, address in self._held})
+        return list(self._count)
 
     def main_defaults(self) -> list[Route]:
         self._update()

@@ -83,6 +83,12 @@ class Layout:
         return self.dom0 / "serve.lock"
 
     @property
+    def dom0_generation(self) -> Path:
+        """A token every run that changed dom0's records writes last: the service's cached records
+        are current while it holds its own token (and the folder's times and size are unchanged)."""
+        return self.dom0 / "generation"
+
+    @property
     def dom0_sysctl_origin(self) -> Path:
         """Global sysctl values from before dom0's first vif; restored after the last."""
         return self.dom0 / "sysctl-origin.json"

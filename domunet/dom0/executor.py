@@ -17,6 +17,7 @@ import dataclasses
 import errno
 import ipaddress
 import logging
+import os
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Callable
@@ -60,6 +61,8 @@ class Dom0:
         self.released: set[str] = set()
         #: Records as last read, by file (a long-lived service reads only what changed since).
         self._records_cache: dict[str, Any] = {}
+        #: The records after this engine's last change, and the folder's mark then (a service's).
+        self._known: tuple[list[VifRecord], list[Unusable], tuple[int, int, int, bytes]] | None = None
         #: The anti-spoofing table as this engine last loaded it (then only the changes are sent);
         #: None: unknown, load it whole.
         self._loaded: dict[str, list[IPNetwork]] | None = None
@@ -97,8 +100,28 @@ class Dom0:
         return self._read()[0]
 
     def _read(self) -> tuple[list[VifRecord], list[Unusable]]:
+        if self.view is not None and self._known is not None and self._mark() == self._known[2]:
+            self.unusable = list(self._known[1])
+            return list(self._known[0]), self.unusable
         records, self.unusable = read_records(self.layout, self._records_cache)
         return records, self.unusable
+
+    def _mark(self) -> tuple[int, int, int, bytes]:
+        """The records folder as it is now: its times and size, and the last run's token."""
+        info = os.stat(self.dir)
+        try:
+            token = self.layout.dom0_generation.read_bytes()[:64]
+        except OSError:
+            token = b""
+        return info.st_mtime_ns, info.st_ctime_ns, info.st_size, token
+
+    def _changed(self, records: list[VifRecord]) -> None:
+        """The records changed (under the lock): a new token for whoever reads them next; a service
+        keeps them in memory, so its next request reads no record at all (500 vifs: 500 stats)."""
+        self._known = None
+        write_json(self.layout.dom0_generation, os.urandom(8).hex())
+        if self.view is not None:
+            self._known = (list(records), list(self.unusable), self._mark())
 
     def _save(self, record: VifRecord) -> None:
         save_record(self.layout, record)
@@ -196,7 +219,9 @@ class Dom0:
                     except Exception as error:  # noqa: BLE001
                         outcomes[index] = self._undo(planned.pop(index), undo.pop(index), error)
                         self._guard_quietly(records + list(planned.values()))
-            except BaseException as error:  # the guard failed, or an interrupt: every vif of the batch as before
+                if planned:
+                    self._changed(records + list(planned.values()))  # part of the online: it fails with it
+            except BaseException as error:  # the guard or the token failed, or an interrupt: the batch as before
                 for index in list(planned):
                     failed = error if isinstance(error, Exception) else KernelError("interrupted")
                     outcomes[index] = self._undo(planned.pop(index), undo.pop(index), failed)
@@ -405,6 +430,11 @@ class Dom0:
             self._path(key).unlink(missing_ok=True)
         if any(found) and not others:
             self._restore_sysctls()
+        if any(found):
+            try:
+                self._changed(others)
+            except Exception as error:  # noqa: BLE001 (offline undoes all it can; the folder's times still tell)
+                log.error("%s: offline: %s", " ".join(leaving), error)
         return found
 
     def _undo_vif(self, record: VifRecord, others: list[VifRecord]) -> None:
