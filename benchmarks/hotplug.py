@@ -142,7 +142,9 @@ def drive(spec: dict) -> dict:
 
 # --- the outside: namespaces, the service, the report ------------------------------------------
 
-def bench_hotplug(vifs: int = 500, concurrency: int = 8, sample: int = 15) -> dict:
+def bench_hotplug(vifs: int = 500, concurrency: int = 8, sample: int = 15, system_nftables: bool = False) -> dict:
+    """`system_nftables`: Debian's python3-nftables for an interpreter that lacks it (a PyPI venv),
+    as a venv made with --system-site-packages has it (README: installing from source)."""
     sys.path.insert(0, str(ROOT))
     from domunet.demo import XENSTORE_STANDIN
     from tests.labs import run_batch
@@ -155,9 +157,14 @@ def bench_hotplug(vifs: int = 500, concurrency: int = 8, sample: int = 15) -> di
     for name in ("xenstore-read", "xenstore-write", "xenstore-list", "xenstore-rm"):
         (workdir / "bin" / name).write_text(f'#!/bin/sh\nexec sh "{XENSTORE_STANDIN}" {name} "$@"\n')
         (workdir / "bin" / name).chmod(0o755)
+    paths = [str(ROOT)]
+    if system_nftables:
+        (workdir / "nft").mkdir()
+        (workdir / "nft" / "nftables").symlink_to("/usr/lib/python3/dist-packages/nftables")
+        paths.append(str(workdir / "nft"))
     # as the installed console script starts (byte-compiled, no `-m`)
     (workdir / "bin" / "domunet").write_text(
-        f"#!{sys.executable}\nimport sys\nsys.path.insert(0, {str(ROOT)!r})\n"
+        f"#!{sys.executable}\nimport sys\nsys.path[:0] = {paths!r}\n"
         "from domunet.entry import main\nsys.exit(main())\n")
     (workdir / "bin" / "domunet").chmod(0o755)
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "domunet")], check=True)
@@ -178,7 +185,7 @@ def bench_hotplug(vifs: int = 500, concurrency: int = 8, sample: int = 15) -> di
                          for i in range(total))])
         service = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-m", "domunet", "--config",
                                     str(workdir / "empty.conf"), "--state-dir", state["service"], "dom0", "serve"],
-                                   env={**env, "PYTHONPATH": str(ROOT)}, stderr=subprocess.DEVNULL)
+                                   env={**env, "PYTHONPATH": ":".join(paths)}, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while not Path(state["service"], "dom0.sock").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -191,7 +198,8 @@ def bench_hotplug(vifs: int = 500, concurrency: int = 8, sample: int = 15) -> di
         report = json.loads(driven.stdout)
         status = Path(f"/proc/{service.pid}/status").read_text()
         report["service_peak_rss_mb"] = int(status.split("VmHWM:")[1].split()[0]) / 1024
-        report.update({"vifs": vifs, "concurrency": concurrency, "sample": sample, "xen": xen_version()})
+        report.update({"vifs": vifs, "concurrency": concurrency, "sample": sample, "xen": xen_version(),
+                       "system_nftables": system_nftables})
         return report
     finally:
         if service is not None:
@@ -234,6 +242,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--sample", type=int, default=15)
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "hotplug-last.json"))
+    parser.add_argument("--system-nftables", action="store_true",
+                        help="give an interpreter without nftables' bindings Debian's python3-nftables")
     parser.add_argument("--drive", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drive:
@@ -242,7 +252,7 @@ def main() -> int:
     if os.geteuid() != 0:
         print("benchmarks: run as root (namespaces)", file=sys.stderr)
         return 2
-    report = bench_hotplug(args.vifs, args.concurrency, args.sample)
+    report = bench_hotplug(args.vifs, args.concurrency, args.sample, args.system_nftables)
     from domunet.version import versions
 
     report["versions"] = versions()
