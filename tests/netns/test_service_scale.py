@@ -19,6 +19,7 @@ import pytest
 
 from domunet.demo import XENSTORE_STANDIN
 from tests.labs import package_root, run_batch, wait_until
+from tests.shipped import shipped
 
 VIFS = 500
 ROOT = Path(package_root())
@@ -79,7 +80,7 @@ class StormLab:
 
     def hotplug(self, command, i):
         env = {**self.env, "vif": self.vif(i), "XENBUS_PATH": f"backend/vif/{1 + i // 100}/{i % 100}", "netdev": ""}
-        return subprocess.run(["ip", "netns", "exec", self.ns, "sh", str(ROOT / "hooks/xen/vif-domunet"), command,
+        return subprocess.run(["ip", "netns", "exec", self.ns, "sh", str(shipped("hooks/xen/vif-domunet")), command,
                                "type_if=vif"], env=env, capture_output=True, text=True, timeout=300)
 
     def status(self, i):
