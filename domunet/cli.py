@@ -12,7 +12,7 @@ import logging
 import os
 from typing import Any, NoReturn, Sequence
 
-from domunet.core.errors import ConfigError, DomunetError, MissingTool, UsageError
+from domunet.core.errors import DomunetError, UsageError, exit_status
 from domunet.core.model import DEFAULT_STATE_DIR
 from domunet.core.state import Layout
 from domunet.logs import MAX_MESSAGE, OneLine, one_line, setup_logging  # noqa: F401 (MAX_MESSAGE: tests)
@@ -294,12 +294,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose, "vif-domunet" if hotplug else "domunet", syslog=hotplug or args.verb == "ifupdown")
     try:
         return _run(args)
-    except (UsageError, ConfigError, MissingTool) as error:
-        log.error("%s", error)
-        return EXIT_USAGE
     except DomunetError as error:  # ApplyError, KernelError, ...: what this run changed is undone
         log.error("%s", error)
-        return EXIT_FAILED
+        return exit_status(error)
     except ImportError as error:
         package = _MODULES.get((error.name or "").split(".")[0])
         if package is None:

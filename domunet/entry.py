@@ -53,7 +53,7 @@ def in_process_hotplug(command: str, settings: dict[str, str], env: dict[str, st
     import logging
 
     from domunet.core import pyroute2_diet
-    from domunet.core.errors import DomunetError, UsageError
+    from domunet.core.errors import DomunetError, exit_status
     from domunet.core.model import DEFAULT_STATE_DIR
     from domunet.dom0 import client
     from domunet.logs import setup_logging
@@ -63,10 +63,7 @@ def in_process_hotplug(command: str, settings: dict[str, str], env: dict[str, st
     pyroute2_diet.switch_on()
     try:
         ok = client.run_hotplug(command, settings, env, config, state_dir or DEFAULT_STATE_DIR, handed)
-    except UsageError as error:
-        log.error("%s", error)
-        return 2
     except DomunetError as error:
         log.error("%s", error)
-        return 1
+        return exit_status(error)
     return 0 if ok else 1

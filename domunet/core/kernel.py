@@ -343,6 +343,10 @@ class Kernel:
 
     # --- dom0: addresses, proxy neighbour entries, links -----------------------------------
 
+    def address_messages(self) -> list[Any]:
+        """Every interface's address messages as the kernel sent them (KernelView counts them)."""
+        return self._dump("the addresses of every interface", self._ipr.get_addr)
+
     def addresses(self, name: str | None = None) -> list[Any]:
         """Addresses of one interface (or of all) as ipaddress interfaces (with prefix length).
         One interface's are filtered by the kernel (strict checking) where it can."""
@@ -586,9 +590,8 @@ class KernelView:
         except EventsLost:
             self._held, self._defaults, messages = None, None, []
         if self._held is None:
-            what = "the addresses of every interface"
             self._held, self._count = set(), {}
-            for msg in self.kernel._dump(what, self.kernel._ipr.get_addr):
+            for msg in self.kernel.address_messages():
                 self._note(msg, True)
         for msg in messages:
             kind = msg["header"]["type"]
@@ -612,17 +615,13 @@ class KernelView:
             if not self._count[address]:
                 del self._count[address]
 
-    def addresses(self) -> list[Any]:
-        """dom0's addresses now, each once (dom0's own on 500 vifs is one)."""
-        self._update()
-        return list(self._count)
-
-    def main_defaults(self) -> list[Route]:
+    def now(self) -> tuple[list[Route], list[Any]]:
+        """The main table's default routes and dom0's addresses (each once: dom0's own on 500 vifs
+        is one), from one reading of the events."""
         self._update()
         if self._defaults is None:
             self._defaults = self.kernel.main_defaults()
-        return list(self._defaults)
-
+        return list(self._defaults), list(self._count)
     def close(self) -> None:
         if self._events is not None:
             self._events.close()

@@ -180,7 +180,7 @@ class Dom0:
         against dom0 and the others, one anti-spoofing update for all, then each vif's own steps.
         A vif that fails is undone alone; per vif: its record, or the error."""
         nftables.require(f"online of {' '.join(r.vif for r in requests)}")  # before anything changes
-        outcomes: list[VifRecord | Exception] = [UsageError("not done")] * len(requests)
+        outcomes: dict[int, VifRecord | Exception] = {}
         with self.locked():
             self.kernel.forget_links()
             records, unusable = self._read()
@@ -230,14 +230,17 @@ class Dom0:
                     raise
             if not records and not planned:
                 self._restore_sysctls()
-            return outcomes
+            return [outcomes[index] for index in range(len(requests))]
 
     def _online_context(self, records: list[VifRecord]) -> dict[str, Any]:
         """What every vif of a batch is checked against, read from the kernel once."""
-        defaults = self.view.main_defaults() if self.view else self.kernel.main_defaults()
+        if self.view:
+            defaults, addresses = self.view.now()
+        else:
+            defaults, addresses = self.kernel.main_defaults(), self.kernel.addresses()
         return {"defaults": defaults, "ipv6": sysctl.ipv6_enabled(),
                 "gateways": [route.gateway for route in defaults if route.gateway is not None],
-                "dom0": self.view.addresses() if self.view else self.kernel.addresses()}
+                "dom0": addresses}
 
     def _plan(self, request: VifRequest, records: list[VifRecord], context: dict[str, Any]) -> VifRecord:
         """Check one vif's request against the kernel and the other vifs; what online will do."""

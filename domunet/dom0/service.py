@@ -161,9 +161,6 @@ class Service:
             connection.shutdown(socket.SHUT_WR)
         self.served += 1
 
-    def serve_one(self, connection: socket.socket) -> None:
-        self.serve_batch([connection])
-
     def serve_batch(self, connections: list[socket.socket]) -> None:
         waiting = [(connection, message) for connection in connections
                    if (message := self.receive(connection)) is not None]
