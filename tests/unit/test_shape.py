@@ -7,11 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import domunet
 from tests.labs import package_root
 
 PURE = ["domunet.core.model", "domunet.core.config", "domunet.core.state", "domunet.guest.plan",
         "domunet.guest.diff", "domunet.guest.render", "domunet.guest.status", "domunet.guest.watch"]
-PACKAGE = Path(__file__).resolve().parents[2] / "domunet"
+PACKAGE = Path(domunet.__file__).resolve().parent  # the source tree's, or the unpacked package's
 
 
 def _imports(path: Path) -> set[str]:
