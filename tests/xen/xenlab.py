@@ -1,18 +1,23 @@
-"""Real Xen for the test suite: a Xen 4.17 dom0 and two Debian 12 PV guests under QEMU (TCG),
-started at the same time, four routed vifs each.
+"""Real Xen for the test suite: a Xen dom0 and two Debian PV guests under QEMU (TCG), started at
+the same time, four routed vifs each. dom0 and each guest run the Debian release asked for:
+by default a Debian 13 dom0 (Xen 4.20) with a Debian 13 and a Debian 12 guest.
 
-    scripts/xen-lab up [--debs DIR]     build the images (cached), boot, start both guests
+    scripts/xen-lab up [--dom0 trixie|bookworm] [--guests trixie,bookworm] [--debs DIR]
+        build the images (cached), boot, start both guests (`--guests bookworm`: both Debian 12)
+    scripts/xen-lab build [same options]   only build the images (scripts/test, ahead of the suite)
     scripts/xen-lab exec dom0|guest1|guest2 -- COMMAND ...   (guest is guest1)
     scripts/xen-lab status | down
 
-Images are built once with mmdebstrap from Debian 12's archive and cached under
-/var/tmp/domunet-xen-lab/<key>, the key being a hash of the recipe (this folder), the
-.debs under test and the archive's versions of Xen, the kernel and systemd. QEMU runs with
+Images are built with mmdebstrap from Debian's archive (each release with its updates and
+security archives) and cached under /var/tmp/domunet-xen-lab/<key>, the key being a hash of
+the recipe (this folder), the .debs under test, the releases and each release's versions of
+Xen, the kernel, systemd, Python and the network tools (read with apt in a private state). QEMU runs with
 no network at all (`-nic none`): the lab's network lives inside dom0, in namespaces there,
 as in the namespace lab. The host speaks to dom0's agent over QEMU's second serial port (a
-unix socket); dom0's agent reaches a guest's over its Xen console. guest2's image is guest1's
-template with its own /etc/network/interfaces (files/guest2) and host name. Every QEMU this starts
-is ended by its pid: by `down`, and by `up` itself on failure or Ctrl-C.
+unix socket); dom0's agent reaches a guest's over its Xen console. A guest's image is its
+release's template with its own /etc/network/interfaces (files/guest, files/guest2) and host
+name. Every QEMU this starts is ended by its pid: by `down`, and by `up` itself on failure or
+Ctrl-C.
 """
 
 from __future__ import annotations
@@ -43,21 +48,23 @@ FILES = HERE / "files"
 
 PACKAGES_BOTH = ("systemd-sysv udev kmod ifupdown iproute2 python3 iputils-ping netbase linux-image-amd64 "
                  "initramfs-tools xenstore-utils")
-PACKAGES = {
-    "guest": PACKAGES_BOTH,
-    "dom0": PACKAGES_BOTH + " nftables xen-hypervisor-4.17-amd64 xen-utils-4.17",
-}
+#: Debian's releases the lab builds, the Xen each one's dom0 runs, and that Xen's extra options.
+#: Debian 13's dom0 kernel (6.12) under TCG with two vcpus died in its first minutes of traffic
+#: ("Oops: int3" in __netif_receive_skb_core: a static branch patched while the other vcpu ran
+#: it): its dom0 gets one vcpu (the guests have one each anyway).
+RELEASES = {"bookworm": {"number": "12", "xen": "4.17", "options": ""},
+            "trixie": {"number": "13", "xen": "4.20", "options": " dom0_max_vcpus=1"}}
+DEFAULT_DOM0, DEFAULT_GUESTS = "trixie", ("trixie", "bookworm")
 #: which of the .debs under test each image gets, installed with apt as a template would
 DEBS = {"guest": ("domunet-common", "domunet"), "dom0": ("domunet-common", "domunet-dom0")}
-#: the archive's versions that go into the cache key
-VERSIONED = ("linux-image-amd64", "xen-hypervisor-4.17-amd64", "xen-utils-4.17", "systemd", "python3-pyroute2",
-             "ifupdown", "iproute2", "nftables")
 HOST_TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "mmdebstrap": "mmdebstrap", "mkfs.ext4": "e2fsprogs",
               "dpkg-scanpackages": "dpkg-dev"}
-QEMU_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+svm"  # what boots Xen 4.17 and a PV dom0 under TCG
+QEMU_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+svm"  # what boots Xen 4.17 and 4.20 and a PV dom0 under TCG
 BOOT_TIMEOUT = 420
 #: The lab's guests as the tests and `exec` name them -> their Xen domain names (`guest` is guest1).
 DOMAINS = {"guest": "guest", "guest1": "guest", "guest2": "guest2"}
+#: each guest's image, by its domain name (`phy:` disks in files/dom0/etc/xen: /dev/vdb, /dev/vdc)
+GUESTS = ("guest", "guest2")
 
 
 class XenLabError(Exception):
@@ -68,19 +75,97 @@ def log(message: str) -> None:
     print(f"xen-lab: {message}", file=sys.stderr, flush=True)
 
 
+class Lab:
+    """Which Debian release dom0 and each guest run: `--dom0 trixie --guests trixie,bookworm`.
+    One guest release is both guests'."""
+
+    def __init__(self, dom0: str = DEFAULT_DOM0, guests: tuple[str, ...] = DEFAULT_GUESTS) -> None:
+        if len(guests) == 1:
+            guests = guests * len(GUESTS)
+        for release in (dom0, *guests):
+            if release not in RELEASES:
+                raise XenLabError(f"no such release {release!r}: {', '.join(RELEASES)}")
+        if len(guests) != len(GUESTS):
+            raise XenLabError(f"--guests: one release, or one for each of the {len(GUESTS)} guests")
+        self.dom0, self.guests = dom0, dict(zip(GUESTS, guests))
+
+    @classmethod
+    def parse(cls, dom0: str | None, guests: str | None) -> Lab:
+        return cls(dom0 or DEFAULT_DOM0, tuple(guests.split(",")) if guests else DEFAULT_GUESTS)
+
+    @classmethod
+    def from_environment(cls) -> Lab:
+        """The test suite's lab: DOMUNET_XEN_DOM0 and DOMUNET_XEN_GUESTS (scripts/test --xen-bookworm)."""
+        return cls.parse(os.environ.get("DOMUNET_XEN_DOM0"), os.environ.get("DOMUNET_XEN_GUESTS"))
+
+    @property
+    def releases(self) -> list[str]:
+        return sorted({self.dom0, *self.guests.values()})
+
+    def describe(self) -> str:
+        guests = ", ".join(f"{name}: Debian {RELEASES[r]['number']} ({r})" for name, r in self.guests.items())
+        return f"dom0: Debian {RELEASES[self.dom0]['number']} ({self.dom0}), Xen {RELEASES[self.dom0]['xen']}; {guests}"
+
+    def as_dict(self) -> dict:
+        return {"dom0": self.dom0, "guests": self.guests}
+
+
+def packages(role: str, release: str) -> str:
+    if role == "guest":
+        return PACKAGES_BOTH
+    xen = RELEASES[release]["xen"]
+    return f"{PACKAGES_BOTH} nftables xen-hypervisor-{xen}-amd64 xen-utils-{xen}"
+
+
 # --- building the images --------------------------------------------------------------------
 
 def mirror() -> str:
-    """The Debian 12 archive this machine's apt uses."""
-    query = ["apt-get", "indextargets", "--format", "$(REPO_URI)", "Identifier: Packages", "Codename: bookworm",
-             "Origin: Debian", "Label: Debian"]
+    """The Debian archive this machine's apt uses (its URI serves every release)."""
+    query = ["apt-get", "indextargets", "--format", "$(REPO_URI)", "Identifier: Packages", "Origin: Debian",
+             "Label: Debian"]
     found = subprocess.run(query, capture_output=True, text=True).stdout.split()
     if not found:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         found = subprocess.run(query, capture_output=True, text=True).stdout.split()
     if not found:
-        raise XenLabError("apt knows no Debian 12 (bookworm) archive to build the images from")
-    return found[0]
+        raise XenLabError("apt knows no Debian archive to build the images from")
+    return found[0].rstrip("/")
+
+
+def sources(release: str, archive: str) -> list[str]:
+    """A release as an admin installs it: with its updates and its security archive."""
+    security = archive.rsplit("/", 1)[0] + "/debian-security"
+    return [f"deb {archive} {release} main", f"deb {archive} {release}-updates main",
+            f"deb {security} {release}-security main"]
+
+
+def candidates(release: str, archive: str, names: list[str]) -> str:
+    """The versions the archive has now for these packages of a release (apt-cache policy in a
+    private apt state, so the host's apt is untouched): what goes into the cache key."""
+    state = CACHE / "apt" / release
+    (state / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (state / "archives" / "partial").mkdir(parents=True, exist_ok=True)
+    (state / "sources.list").write_text("\n".join(sources(release, archive)) + "\n")
+    options = ["-o", f"Dir::State={state}", "-o", f"Dir::State::Lists={state / 'lists'}",
+               "-o", f"Dir::Cache={state}", "-o", f"Dir::Etc::SourceList={state / 'sources.list'}",
+               "-o", "Dir::Etc::SourceParts=-", "-o", "Dir::Etc::Preferences=-", "-o", "Dir::Etc::PreferencesParts=-",
+               "-o", f"Dir::State::status={state / 'status'}"]
+    (state / "status").touch()
+    update = subprocess.run(["apt-get", *options, "-qq", "update"], capture_output=True, text=True)
+    if update.returncode != 0:
+        raise XenLabError(f"apt cannot read Debian {release}'s archive {archive}: {update.stderr.strip()[-800:]}")
+    policy = subprocess.run(["apt-cache", *options, "policy", *names], capture_output=True, text=True).stdout
+    found = {}
+    name = ""
+    for line in policy.splitlines():
+        if line and not line.startswith(" "):
+            name = line.rstrip(":")
+        elif "Candidate:" in line:
+            found[name] = line.split()[-1]
+    missing = [n for n in names if found.get(n) in (None, "(none)")]
+    if missing:
+        raise XenLabError(f"Debian {release}'s archive has no {', '.join(missing)}")
+    return " ".join(f"{n}={found[n]}" for n in names)
 
 
 def check_host() -> None:
@@ -103,31 +188,39 @@ def build_debs(into: Path) -> Path:
     return into
 
 
-def cache_key(debs: Path) -> str:
+def cache_key(lab: Lab, debs: Path, archive: str) -> str:
+    """The recipe (this folder), the .debs under test, which release each machine runs and the
+    archive's versions of what matters in each (kernel, Xen, systemd, pyroute2, the network tools)."""
     digest = hashlib.sha256()
     recipe = [HERE / "xenlab.py", HERE / "agent.py", *FILES.rglob("*")]  # not the tests: they need no rebuild
     for path in sorted([*recipe, *debs.glob("*.deb")]):
         if path.is_file():
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    policy = subprocess.run(["apt-cache", "policy", *VERSIONED], capture_output=True, text=True).stdout
-    digest.update("".join(line for line in policy.splitlines() if "Candidate" in line).encode())
+    digest.update(json.dumps(lab.as_dict(), sort_keys=True).encode())
+    for release in lab.releases:
+        xen = RELEASES[release]["xen"]
+        versioned = ["linux-image-amd64", "systemd", "python3", "python3-pyroute2", "ifupdown", "iproute2",
+                     "nftables", "xenstore-utils"]
+        if release == lab.dom0:
+            versioned += [f"xen-hypervisor-{xen}-amd64", f"xen-utils-{xen}"]
+        digest.update(f"{release}: {candidates(release, archive, versioned)}\n".encode())
     return digest.hexdigest()[:16]
 
 
-def _mmdebstrap(role: str, root: Path, debs: Path, archive: str, logfile: Path) -> None:
+def _mmdebstrap(role: str, release: str, root: Path, debs: Path, archive: str, logfile: Path) -> None:
     wanted = [str(next(debs.glob(f"{name}_*_all.deb"))) for name in DEBS[role]]
     local = " ".join(f"/tmp/debs/{Path(p).name}" for p in wanted)
     argv = [
-        "mmdebstrap", "--variant=minbase", f"--include={PACKAGES[role]}",
+        "mmdebstrap", "--variant=minbase", f"--include={packages(role, release)}",
         "--customize-hook=mkdir -p \"$1/tmp/debs\"",
         f"--customize-hook=copy-in {' '.join(wanted)} /tmp/debs",
         f"--customize-hook=chroot \"$1\" apt-get install -y --no-install-recommends {local}",
         "--customize-hook=rm -rf \"$1/tmp/debs\"",
-        "bookworm", str(root), archive,
+        release, str(root), *sources(release, archive),
     ]
     with open(logfile, "w") as out:
         if subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT).returncode != 0:
-            raise XenLabError(f"mmdebstrap of the {role} image failed; see {logfile}")
+            raise XenLabError(f"mmdebstrap of the {release} {role} image failed; see {logfile}")
 
 
 def _install(root: Path, files: dict[str, str | Path], mode: int = 0o644) -> None:
@@ -142,8 +235,8 @@ def _install(root: Path, files: dict[str, str | Path], mode: int = 0o644) -> Non
 
 
 def _configure(role: str, root: Path) -> None:
-    """What the template's admin set up: fstab, hostname, consoles, the agent; the guest's
-    /etc/network/interfaces (no domunet configuration at all); dom0's guest config."""
+    """What the template's admin set up: fstab, consoles, the agent; the guest's
+    /etc/network/interfaces (no domunet configuration at all); dom0's guest configs."""
     device, disk = ("/dev/hvc0", "/dev/xvda") if role == "guest" else ("/dev/ttyS1", "/dev/vda")
     _install(root, {
         "/etc/fstab": f"{disk} / ext4 errors=remount-ro 0 1\n",
@@ -166,48 +259,65 @@ def _configure(role: str, root: Path) -> None:
         (wants / "xenlab-echo.service").symlink_to("/etc/systemd/system/xenlab-echo.service")
 
 
-def build(debs: Path) -> Path:
-    """The images for these .debs: from the cache, or built now (about 2 minutes)."""
-    key = cache_key(debs)
+def _image(root: Path, label: str, image: Path) -> None:
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, "-d", str(root), str(image), "3G"], check=True)
+
+
+def build(lab: Lab, debs: Path) -> Path:
+    """The images for this lab and these .debs: from the cache, or built now (about 2 minutes):
+    dom0's, and each guest's from its release's template (guest2's has its own
+    /etc/network/interfaces, files/guest2, and host name)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / "build.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time: a second waits and finds it cached
+        return _build(lab, debs)
+
+
+def _build(lab: Lab, debs: Path) -> Path:
+    archive = mirror()
+    key = cache_key(lab, debs, archive)
     images = CACHE / key
     if (images / "ready").exists():
         return images
     check_host()
-    CACHE.mkdir(parents=True, exist_ok=True)
-    for stale in CACHE.iterdir():
-        if stale.is_dir() and stale.name not in ("run", key):
-            shutil.rmtree(stale, ignore_errors=True)
+    built = sorted((p for p in CACHE.iterdir() if p.is_dir() and p.name not in ("run", "apt", key)),
+                   key=lambda p: p.stat().st_mtime)
+    for stale in built[:-2]:  # the two labs built last stay (a bookworm and a trixie dom0, say)
+        shutil.rmtree(stale, ignore_errors=True)
     images.mkdir(exist_ok=True)
-    archive = mirror()
-    log(f"building the dom0 and guest images from {archive} (cached in {images})")
+    log(f"building the images from {archive} ({lab.describe()}; cached in {images})")
     work = Path(tempfile.mkdtemp(prefix="xenlab-build-", dir=CACHE))
     try:
-        roots = {role: work / role for role in ("dom0", "guest")}
-        with ThreadPoolExecutor(2) as pool:
-            for done in [pool.submit(_mmdebstrap, role, roots[role], debs, archive, images / f"{role}-build.log")
-                         for role in roots]:
+        roots = {("dom0", lab.dom0): work / f"dom0-{lab.dom0}"}
+        roots.update({("guest", release): work / f"guest-{release}" for release in set(lab.guests.values())})
+        with ThreadPoolExecutor(len(roots)) as pool:
+            for done in [pool.submit(_mmdebstrap, role, release, root, debs, archive,
+                                     images / f"{role}-{release}-build.log")
+                         for (role, release), root in roots.items()]:
                 done.result()
-        for role, root in roots.items():
+        for (role, _), root in roots.items():
             _configure(role, root)
-        boot = roots["dom0"] / "boot"
-        kernel = next(boot.glob("vmlinuz-*"))
-        initrd = next(boot.glob("initrd.img-*"))
-        shutil.copyfile(kernel, images / "vmlinuz")
-        shutil.copyfile(initrd, images / "initrd.img")
+        dom0 = roots[("dom0", lab.dom0)]
+        boot = dom0 / "boot"
+        shutil.copyfile(next(boot.glob("vmlinuz-*")), images / "vmlinuz")
+        shutil.copyfile(next(boot.glob("initrd.img-*")), images / "initrd.img")
+        hypervisor = next(boot.glob(f"xen-{RELEASES[lab.dom0]['xen']}*-amd64.gz"))
         with open(images / "xen", "wb") as out:
-            subprocess.run(["gunzip", "-c", str(next(boot.glob("xen-4.17-amd64.gz")))], stdout=out, check=True)
-        # the guest boots the guest image's own kernel, which dom0 hands to xl
-        guest_boot = roots["guest"] / "boot"
-        _install(roots["dom0"], {"/var/lib/xenlab/vmlinuz": next(guest_boot.glob("vmlinuz-*")),
-                                 "/var/lib/xenlab/initrd.img": next(guest_boot.glob("initrd.img-*"))})
-        for role, root in roots.items():
-            subprocess.run(["mkfs.ext4", "-q", "-F", "-L", role, "-d", str(root), str(images / f"{role}.img"), "3G"],
-                           check=True)
-        # guest2: the same template with its own network configuration and name
-        _install(roots["guest"], {"/etc/hostname": "xenlab-guest2\n",
-                                  "/etc/network/interfaces": FILES / "guest2/etc/network/interfaces"})
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "guest2", "-d", str(roots["guest"]),
-                        str(images / "guest2.img"), "3G"], check=True)
+            subprocess.run(["gunzip", "-c", str(hypervisor)], stdout=out, check=True)
+        # each guest boots its own release's kernel, which dom0 hands to xl
+        for name, release in lab.guests.items():
+            guest_boot = roots[("guest", release)] / "boot"
+            _install(dom0, {f"/var/lib/xenlab/{name}/vmlinuz": next(guest_boot.glob("vmlinuz-*")),
+                            f"/var/lib/xenlab/{name}/initrd.img": next(guest_boot.glob("initrd.img-*"))})
+        _image(dom0, "dom0", images / "dom0.img")
+        for name, release in lab.guests.items():
+            template = roots[("guest", release)]
+            own = FILES / name / "etc/network/interfaces"
+            _install(template, {"/etc/hostname": f"xenlab-{name}\n",
+                                "/etc/network/interfaces": own if own.exists() else
+                                FILES / "guest/etc/network/interfaces"})
+            _image(template, name, images / f"{name}.img")
+        (images / "lab.json").write_text(json.dumps(lab.as_dict()) + "\n")
         (images / "ready").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -226,25 +336,26 @@ def running_pid() -> int | None:
     return pid if str(RUN).encode() in cmdline and b"qemu-system" in cmdline else None
 
 
-def up(debs: Path | None = None) -> None:
+def up(lab: Lab, debs: Path | None = None) -> None:
     pid = running_pid()
     if pid:
         raise XenLabError(f"a lab runs already (QEMU pid {pid}): `scripts/xen-lab down` first")
     check_host()
     with tempfile.TemporaryDirectory(prefix="xenlab-debs-") as scratch:
-        images = build(debs or build_debs(Path(scratch)))
+        images = build(lab, debs or build_debs(Path(scratch)))
     shutil.rmtree(RUN, ignore_errors=True)
     RUN.mkdir(parents=True)
     (RUN / "images").symlink_to(images)
+    log(f"starting {lab.describe()}")
     argv = [
         "qemu-system-x86_64", "-accel", "tcg", "-cpu", QEMU_CPU, "-smp", "2", "-m", "3072",
         "-display", "none", "-nic", "none", "-no-reboot", "-name", f"xenlab,process=xenlab-{RUN}",
         "-kernel", str(images / "xen"),
-        "-append", "dom0_mem=1280M,max:1280M console=com1 com1=115200,8n1 loglvl=warning guest_loglvl=warning",
+        "-append", "dom0_mem=1280M,max:1280M console=com1 com1=115200,8n1 loglvl=warning guest_loglvl=warning"
+                   + RELEASES[lab.dom0]["options"],
         "-initrd", f"{images / 'vmlinuz'} root=/dev/vda rw console=hvc0 quiet,{images / 'initrd.img'}",
         "-drive", f"file={images / 'dom0.img'},if=virtio,format=raw,snapshot=on",
-        "-drive", f"file={images / 'guest.img'},if=virtio,format=raw,snapshot=on",
-        "-drive", f"file={images / 'guest2.img'},if=virtio,format=raw,snapshot=on",
+        *(arg for name in GUESTS for arg in ("-drive", f"file={images / name}.img,if=virtio,format=raw,snapshot=on")),
         "-serial", f"file:{RUN / 'console.log'}",
         "-serial", f"unix:{RUN / 'agent.sock'},server=on,wait=off",
     ]
@@ -266,6 +377,12 @@ def up(debs: Path | None = None) -> None:
     except BaseException:
         down()
         raise
+
+
+def running_lab() -> Lab:
+    """The releases of the lab that runs (or ran last)."""
+    shown = json.loads((RUN / "images" / "lab.json").read_text())
+    return Lab(shown["dom0"], tuple(shown["guests"][name] for name in GUESTS))
 
 
 def wait_ready(role: str, qemu: subprocess.Popen | None = None, timeout: float = BOOT_TIMEOUT) -> None:
@@ -347,8 +464,16 @@ def execute(role: str, argv: list[str], timeout: float = 120, stdin: str = "",
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="scripts/xen-lab", description=__doc__.split("\n\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
-    start = verbs.add_parser("up", help="build the images if needed, boot Xen, start the guest; leave it running")
-    start.add_argument("--debs", type=Path, help="the .debs to install (default: built from this checkout)")
+    start = verbs.add_parser("up", help="build the images if needed, boot Xen, start both guests; leave it running")
+    prepare = verbs.add_parser("build", help="only build the images (cached), as `up` would: scripts/test "
+                                             "does it while other suites run")
+    for verb in (start, prepare):
+        verb.add_argument("--debs", type=Path, help="the .debs to install (default: built from this checkout)")
+        verb.add_argument("--dom0", choices=RELEASES, default=DEFAULT_DOM0,
+                          help=f"dom0's Debian release (default {DEFAULT_DOM0})")
+        verb.add_argument("--guests", default=",".join(DEFAULT_GUESTS), metavar="RELEASE[,RELEASE]",
+                          help=f"guest1's and guest2's releases, or one for both (default "
+                               f"{','.join(DEFAULT_GUESTS)})")
     run = verbs.add_parser("exec", help="run a command in dom0 or a guest: exec dom0 -- ip addr "
                                         "(guest is guest1)")
     run.add_argument("role", choices=("dom0", *DOMAINS))
@@ -359,12 +484,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.verb == "up":
-            up(args.debs.resolve() if args.debs else None)
+            up(Lab.parse(args.dom0, args.guests), args.debs.resolve() if args.debs else None)
+        elif args.verb == "build":
+            check_host()
+            with tempfile.TemporaryDirectory(prefix="xenlab-debs-") as scratch:
+                debs = args.debs.resolve() if args.debs else build_debs(Path(scratch))
+                log(f"images ready: {build(Lab.parse(args.dom0, args.guests), debs)}")
         elif args.verb == "down":
             log("QEMU ended" if down() else "no lab was running")
         elif args.verb == "status":
             pid = running_pid()
-            print(f"running: QEMU pid {pid}, console log {RUN / 'console.log'}" if pid else "not running")
+            print(f"running: {running_lab().describe()}; QEMU pid {pid}, console log {RUN / 'console.log'}"
+                  if pid else "not running")
             return 0 if pid else 3
         else:
             command = args.command[1:] if args.command[:1] == ["--"] else args.command
