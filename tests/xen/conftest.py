@@ -99,8 +99,8 @@ def _running(xen, name):
     dom0 = xen["dom0"]
     if dom0.run("xl", "domid", name, check=False)["rc"] != 0:
         dom0.run("xl", "create", f"/etc/xen/{name}.cfg", timeout=300)
-        xenlab.wait_ready(name)
-        ready = xen[name].until("systemctl is-active domunet.service", timeout=180)
+        xenlab.wait_booted(name)
+        ready = xen[name].until("systemctl is-active domunet.service", timeout=120)
         assert ready["rc"] == 0, f"{name} created again did not finish domunet.service"
     return xen[name]
 

@@ -173,8 +173,8 @@ def test_after_xl_reboot_both_guests_converge_again(dom0, guest, guest2):
                               f'[ "$(xl domid {g.name})" != {domids[g.name]} ]', timeout=180)
         assert rebooted["rc"] == 0, f"{g.name} did not come back as a new domain"
     for g in guests:
-        xenlab.wait_ready(g.role)
-        assert g.until("systemctl is-active domunet.service", timeout=300)["rc"] == 0, g.name
+        xenlab.wait_booted(g.role)
+        assert g.until("systemctl is-active domunet.service", timeout=120)["rc"] == 0, g.name
     for g in guests:
         for address in ADDRESSES[g.name].values():
             assert answers(dom0, address, timeout=90), f"{g.name}: {address} does not answer after the reboot"

@@ -60,7 +60,7 @@ DEBS = {"guest": ("domunet-common", "domunet"), "dom0": ("domunet-common", "domu
 HOST_TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "mmdebstrap": "mmdebstrap", "mkfs.ext4": "e2fsprogs",
               "dpkg-scanpackages": "dpkg-dev"}
 QEMU_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+svm"  # what boots Xen 4.17 and 4.20 and a PV dom0 under TCG
-BOOT_TIMEOUT = 420
+BOOT_TIMEOUT = 600  # under TCG, on a busy 2-core machine, a guest has taken 6.5 minutes to finish booting
 #: The lab's guests as the tests and `exec` name them -> their Xen domain names (`guest` is guest1).
 DOMAINS = {"guest": "guest", "guest1": "guest", "guest2": "guest2"}
 #: each guest's image, by its domain name (`phy:` disks in files/dom0/etc/xen: /dev/vdb, /dev/vdc)
@@ -370,8 +370,8 @@ def up(lab: Lab, debs: Path | None = None) -> None:
         result = execute("dom0", ["/usr/local/sbin/xenlab-setup"], timeout=300)
         if result["rc"] != 0:
             raise XenLabError(f"dom0's setup failed ({result['rc']}): {result['stdout']}{result['stderr']}")
-        wait_ready("guest", qemu)
-        wait_ready("guest2", qemu)
+        for name in GUESTS:
+            wait_booted(name, qemu)
         log(f"both guests are up ({time.monotonic() - started:.0f} s); "
             "`scripts/xen-lab exec dom0|guest1|guest2 -- CMD`")
     except BaseException:
@@ -397,6 +397,17 @@ def wait_ready(role: str, qemu: subprocess.Popen | None = None, timeout: float =
             pass
         time.sleep(2)
     raise XenLabError(f"{role} did not come up within {timeout:.0f} s; see {RUN / 'console.log'}")
+
+
+def wait_booted(role: str, qemu: subprocess.Popen | None = None, timeout: float = BOOT_TIMEOUT) -> None:
+    """The machine's agent answers (it starts early) and systemd has finished booting it: under
+    TCG a guest's boot runs minutes past the agent (udev settle, ifupdown's hooks)."""
+    deadline = time.monotonic() + timeout
+    wait_ready(role, qemu, timeout)
+    left = max(30.0, deadline - time.monotonic())
+    state = execute(role, ["systemctl", "is-system-running", "--wait"], timeout=left)
+    if state["stdout"].strip() not in ("running", "degraded"):
+        raise XenLabError(f"{role} did not finish booting: systemd says {state['stdout'].strip()!r}")
 
 
 def down() -> bool:
