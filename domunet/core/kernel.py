@@ -622,6 +622,7 @@ class KernelView:
         if self._defaults is None:
             self._defaults = self.kernel.main_defaults()
         return list(self._defaults), list(self._count)
+
     def close(self) -> None:
         if self._events is not None:
             self._events.close()
