@@ -1,0 +1,144 @@
+"""The guest's own network stack in the lab, and dom0's DHCP and RA server.
+
+systemd-networkd runs in the guest namespace as it runs on a guest: its own .network files, its
+own /run and system bus (so `networkctl reload|reconfigure|renew` work), /sys read-only (it then
+takes the links as they are instead of waiting for a udev that does not run here). dnsmasq runs
+in dom0 and serves DHCPv4, DHCPv6 and router advertisements on one vif, as a provider's dom0 does
+for guests that take their addresses dynamically. Both are stopped by stop(), always."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.labs import Lab, LabError, wait_until
+
+NETWORKD = "/lib/systemd/systemd-networkd"
+
+#: Inside the process's own mount namespace (`ip netns exec` makes one): a private /run for
+#: networkd's state and the bus, /sys read-only, a system bus, then networkd itself.
+_NETWORKD_START = (
+    "set -e; mount -t tmpfs -o mode=755 tmpfs /run; mkdir -p /run/systemd/netif /run/dbus; "
+    "chown systemd-network: /run/systemd/netif; mount -o remount,ro /sys; "
+    "dbus-daemon --system --fork --nopidfile; exec {networkd}"
+)
+
+
+class Networkd:
+    """systemd-networkd configuring the guest namespace from .network files (a dict name -> text),
+    with networkd.conf drop-ins (name -> text) beside them, as /etc/systemd/ holds them."""
+
+    def __init__(self, lab: Lab, networks: dict[str, str], dropins: dict[str, str] | None = None,
+                 debug: bool = False) -> None:
+        self.lab = lab
+        self.etc = lab.etc / "systemd"
+        self.log_path = lab.workdir / "networkd.log"
+        (self.etc / "network").mkdir(parents=True, exist_ok=True)
+        for name, text in networks.items():
+            (self.etc / "network" / name).write_text(text)
+        if dropins:
+            (self.etc / "networkd.conf.d").mkdir(exist_ok=True)
+            for name, text in dropins.items():
+                (self.etc / "networkd.conf.d" / name).write_text(text)
+        lab.run("guest", "ip", "link", "set", "lo", "up")
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_LOG_TIME": "1",
+               "SYSTEMD_LOG_LEVEL": "debug" if debug else "info"}
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                ["ip", "netns", "exec", lab.ns["guest"], "sh", "-c", _NETWORKD_START.format(networkd=NETWORKD)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        try:
+            wait_until(self._bus_answers, "networkd up and answering on its bus", timeout=30)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _bus_answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise LabError(f"systemd-networkd ended ({self.process.returncode}): {self.log()[-2000:]}")
+        return self.networkctl("list", check=False).returncode == 0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def networkctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """networkctl in networkd's own mount namespace (its bus and /run) and network namespace."""
+        argv = ["nsenter", "-t", str(self.process.pid), "-m", "-n", "networkctl", "--no-pager", *args]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise LabError(f"networkctl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def states(self) -> dict[str, str]:
+        """Each link's setup state as networkd reports it (configured, configuring, unmanaged ...)."""
+        lines = self.networkctl("list", "--no-legend", check=False).stdout.splitlines()
+        return {words[1]: words[-1] for words in (line.split() for line in lines) if len(words) >= 5}
+
+    def wait_configured(self, *links: str, timeout: float = 30.0) -> None:
+        wait_until(lambda: all(self.states().get(link) == "configured" for link in links),
+                   f"networkd has configured {', '.join(links)} (states: {self.states()})", timeout=timeout)
+
+    def set_network(self, name: str, text: str) -> None:
+        (self.etc / "network" / name).write_text(text)
+
+    def stop(self) -> None:
+        """networkd and its bus (the bus forked away: found among the namespace's processes)."""
+        pids = subprocess.run(["ip", "netns", "pids", self.lab.ns["guest"]], capture_output=True,
+                              text=True).stdout.split()
+        for pid in pids:
+            if _command(pid) in ("dbus-daemon", "systemd-network"):
+                _kill(int(pid))
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        shutil.rmtree(self.etc, ignore_errors=True)
+
+
+class Dnsmasq:
+    """dnsmasq in dom0 for one vif: DHCPv4 (fixed hosts by MAC, the router option), and with
+    `ipv6` router advertisements and DHCPv6 for a /64 routed to that vif. No DNS (port 0)."""
+
+    def __init__(self, lab: Lab, vif: str, *options: str) -> None:
+        self.lab = lab
+        self.leases = lab.workdir / f"dnsmasq-{vif}.leases"
+        self.log_path = lab.workdir / f"dnsmasq-{vif}.log"
+        self.leases.write_text("")
+        argv = ["ip", "netns", "exec", lab.ns["dom0"], "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+                "--port=0", "--user=root", "--group=root", "--pid-file", "--bind-interfaces",
+                f"--interface={vif}", "--except-interface=lo", f"--dhcp-leasefile={self.leases}",
+                "--dhcp-authoritative", "--log-dhcp", "--log-facility=-", *options]
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+        time.sleep(0.2)
+        if self.process.poll() is not None:
+            raise LabError(f"dnsmasq ended ({self.process.returncode}): {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def _command(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
