@@ -204,6 +204,30 @@ class Kernel:
             proto=msg["proto"],
         )
 
+    def paths_from(self, msg: Any) -> list[Route]:
+        """A route message as Routes, a multipath route as one per next hop (marked `multipath`):
+        networkd merges an IPv6 static gateway and a router advertisement's into one such default.
+        domunet never makes one, but has to see them: a default that is there, a table in use."""
+        hops = msg.get_attr("RTA_MULTIPATH") if msg["type"] == RTN_UNICAST else None
+        if not hops:
+            route = self.route_from(msg)
+            return [route] if route is not None else []
+        version = 4 if msg["family"] == socket.AF_INET else 6
+        dst = msg.get_attr("RTA_DST")
+        paths = []
+        for hop in hops:
+            gateway = hop.get_attr("RTA_GATEWAY")
+            paths.append(Route(
+                table=_attr(msg, "RTA_TABLE", msg["table"]),
+                dst=ipaddress.ip_network(f"{dst}/{msg['dst_len']}") if dst else default_network(version),
+                dev=self._name(hop["oif"]),
+                gateway=ipaddress.ip_address(gateway) if gateway else None,
+                metric=_attr(msg, "RTA_PRIORITY", 0),
+                proto=msg["proto"],
+                multipath=True,
+            ))
+        return paths
+
     def rule_from(self, msg: Any) -> Rule | None:
         """A rule message (dump or event) as a Rule; None unless it sends traffic to a table."""
         if msg["action"] != FR_ACT_TO_TBL:
@@ -224,7 +248,8 @@ class Kernel:
         )
 
     def routes(self, version: int, table: int | None = None) -> list[Route]:
-        """All unicast routes of one family, in every table or in one, as Route objects.
+        """All unicast routes of one family, in every table or in one, as Route objects (a
+        multipath route as one per next hop).
 
         The kernel filters the dump (a socket with strict checking, rtm_type unicast, and the
         table when one is asked for): a guest with 4,096 addresses has as many local-table
@@ -233,8 +258,8 @@ class Kernel:
         call, request, *args = self._route_dump(version)
         if table is not None and self._strict:
             request = {**request, "table": table}
-        routes = [route for route in map(self.route_from, self._dump(f"the IPv{version} routes", call, request,
-                                                                     *args)) if route is not None]
+        routes = [route for msg in self._dump(f"the IPv{version} routes", call, request, *args)
+                  for route in self.paths_from(msg)]
         return routes if table is None else [route for route in routes if route.table == table]
 
     def _strict_socket(self) -> bool:

@@ -186,6 +186,8 @@ class Route:
     src: IPAddress | None = None
     metric: int = 0
     proto: int = PROTO
+    #: One next hop of a multipath route (never domunet's): seen, never mirrored or changed.
+    multipath: bool = False
 
     @property
     def version(self) -> int:

@@ -120,7 +120,7 @@ def discover(kernel: Kernel, xen: Published | None = None) -> tuple[Facts, State
     ours = (PROTO, PROTO_TEMP)
     main = [r for r in routes if r.table == TABLE_MAIN and not main_route_of_ours(r)]
     main_defaults = tuple(r for r in main if r.dst.prefixlen == 0)
-    main_routes = tuple(r for r in main if r.dst.prefixlen != 0)
+    main_routes = tuple(r for r in main if r.dst.prefixlen != 0 and not r.multipath)
     owned = State(
         routes=frozenset(r for r in routes if r.proto in ours),
         rules=frozenset(r for r in rules if r.proto in ours),

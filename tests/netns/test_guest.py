@@ -228,3 +228,43 @@ def test_the_readme_demo_shows_every_address_answering():
     text = out.getvalue()
     assert "all four addresses answer: yes" in text
     assert text.count("no answer") == 3  # before setup: only eth0's address answered
+
+
+def test_a_multipath_default_in_main_is_seen_and_left_alone(routed_lab, domunet):
+    """networkd merges a static IPv6 gateway and a router advertisement's into one multipath
+    default; admins spread IPv4 over two NICs the same way. domunet took main for having no
+    IPv6 default, added its own and failed (File exists): now it sees the default, takes each
+    NIC's IPv4 gateway from its own next hop, leaves the routes as they are."""
+    lab = routed_lab
+    lab.batch("guest", [
+        "route replace default nexthop via 192.168.0.1 dev eth0 nexthop via 192.168.0.1 dev eth1",
+        "route add default nexthop via 2001:db8:4309:2388::2 dev eth3 nexthop via fe80::1 dev eth3",
+    ])
+    pristine = lab.dump()
+    assert_ok(domunet("setup"))
+    assert lab.answers() == dict.fromkeys(ALL, True)
+    gateways = {row["interface"]: row["gateway"] for row in json.loads(domunet("status", "--json").stdout)
+                if row["managed"]}
+    assert gateways["eth0"] == gateways["eth1"] == "192.168.0.1"
+    assert [line for line in lab.dump().splitlines() if "nexthop" in line] == \
+        [line for line in pristine.splitlines() if "nexthop" in line]
+    assert_ok(domunet("teardown"))
+    assert lab.dump() == pristine
+
+
+def test_a_table_holding_only_a_multipath_route_is_not_taken(routed_lab, domunet):
+    lab = routed_lab
+    config = write_config(lab, GUEST_CONFIG)
+    assert_ok(domunet("setup", config=config))
+    taken = _tables(domunet, config)
+    assert_ok(domunet("teardown", config=config))
+    lab.batch("guest", [f"route add 10.77.0.0/16 table {taken['eth1']} "
+                        "nexthop via 192.168.0.1 dev eth0 nexthop via 192.168.0.1 dev eth2"])
+    assert_ok(domunet("setup", config=config))
+    assert _tables(domunet, config)["eth1"] != taken["eth1"]
+    assert lab.answers() == dict.fromkeys(ALL, True)
+
+
+def _tables(domunet, config):
+    return {row["interface"]: row["table"] for row in json.loads(domunet("status", "--json", config=config).stdout)
+            if row["managed"]}
