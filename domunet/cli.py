@@ -102,6 +102,11 @@ def _parser() -> argparse.ArgumentParser:
     verb("watch", "follow the kernel's changes and converge after each (a long-running service)")
     verb("lab", "demo: build a Xen-like lab in network namespaces, run domunet, clean up")
     verb("ifupdown", "the ifupdown hook's entry point: reads IFACE, MODE, IF_* from the environment")
+    changed = verb("changed", "a network stack's hook says IFACE changed (networkd-dispatcher, NetworkManager's "
+                              "dispatcher): set up, unless domunet watch runs and has seen it already")
+    changed.add_argument("iface", metavar="IFACE")
+    changed.add_argument("what", nargs="?", default="", metavar="WHAT",
+                         help="the stack's word for the change (routable, up, dhcp4-change ...), for the log")
     dom0 = verb("dom0", "dom0 side: route, proxy and guard a routed vif's guest addresses")
     actions = dom0.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     actions.required = True
@@ -218,6 +223,8 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_OK if demo() else EXIT_FAILED
     if args.verb == "ifupdown":
         return _ifupdown(args)
+    if args.verb == "changed":
+        return _changed(args)
     if args.verb == "watch":
         from domunet.guest import watch
 
@@ -256,6 +263,19 @@ def _ifupdown(args: argparse.Namespace) -> int:
     return _guest(args, "teardown", [call.iface])
 
 
+def _changed(args: argparse.Namespace) -> int:
+    """All interfaces are set up, not only IFACE: its change may make others share a subnet."""
+    from domunet.core.lock import watch_running
+
+    _interface_names([args.iface])
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(OneLine(f"domunet: {args.iface}: %(message)s"))
+    if watch_running(args.state_dir):
+        log.info("%s: domunet watch runs and follows it: nothing to do", args.what or "changed")
+        return EXIT_OK
+    return _guest(args, "setup", [])
+
+
 def _guest(args: argparse.Namespace, verb: str, names: list[str], stanza: Any = None) -> int:
     """setup, teardown, plan, status: the pipeline is domunet.guest.pipeline; here only the printing."""
     from domunet.guest import pipeline
@@ -291,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     hotplug = getattr(args, "action", None) == "hotplug"
     if getattr(args, "action", None) == "serve":
         args.verbose = max(args.verbose, 1)  # a service's journal says what it did for each vif
-    setup_logging(args.verbose, "vif-domunet" if hotplug else "domunet", syslog=hotplug or args.verb == "ifupdown")
+    hook = hotplug or args.verb in ("ifupdown", "changed")
+    setup_logging(args.verbose, "vif-domunet" if hotplug else "domunet", syslog=hook)
     try:
         return _run(args)
     except DomunetError as error:  # ApplyError, KernelError, ...: what this run changed is undone

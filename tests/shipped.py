@@ -18,6 +18,8 @@ _INSTALLED = {
     "data/systemd/domunet-dom0.service": "lib/systemd/system/domunet-dom0.service",
     "data/udev/90-domunet.rules": "lib/udev/rules.d/90-domunet.rules",
     "data/networkd/domunet.conf": "usr/lib/systemd/networkd.conf.d/domunet.conf",
+    "hooks/networkd-dispatcher/domunet": "usr/lib/networkd-dispatcher/routable.d/domunet",
+    "hooks/NetworkManager/90-domunet": "usr/lib/NetworkManager/dispatcher.d/90-domunet",
 }
 
 

@@ -54,6 +54,10 @@ class Networkd:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         try:
             wait_until(self._bus_answers, "networkd up and answering on its bus", timeout=30)
+        except AssertionError as error:
+            said = self.networkctl("list", check=False).stderr.strip()
+            self.stop()
+            raise LabError(f"{error}: networkctl: {said}\n{self.log()[-3000:]}") from None
         except BaseException:
             self.stop()
             raise
@@ -67,8 +71,9 @@ class Networkd:
         return self.log_path.read_text(errors="replace")
 
     def networkctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """networkctl in networkd's own mount namespace (its bus and /run) and network namespace."""
-        argv = ["nsenter", "-t", str(self.process.pid), "-m", "-n", "networkctl", "--no-pager", *args]
+        """networkctl in networkd's own mount namespace (its bus and /run) and network namespace, and
+        its root (a chroot's, when the suite runs in one: entering a mount namespace resets the root)."""
+        argv = ["nsenter", "-t", str(self.process.pid), "-m", "-n", "-r", "-w", "networkctl", "--no-pager", *args]
         result = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         if check and result.returncode != 0:
             raise LabError(f"networkctl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
@@ -80,8 +85,11 @@ class Networkd:
         return {words[1]: words[-1] for words in (line.split() for line in lines) if len(words) >= 5}
 
     def wait_configured(self, *links: str, timeout: float = 30.0) -> None:
-        wait_until(lambda: all(self.states().get(link) == "configured" for link in links),
-                   f"networkd has configured {', '.join(links)} (states: {self.states()})", timeout=timeout)
+        try:
+            wait_until(lambda: all(self.states().get(link) == "configured" for link in links),
+                       f"networkd has configured {', '.join(links)}", timeout=timeout)
+        except AssertionError as error:
+            raise AssertionError(f"{error} (states: {self.states()})\n{self.log()[-4000:]}") from None
 
     def set_network(self, name: str, text: str) -> None:
         (self.etc / "network" / name).write_text(text)

@@ -145,7 +145,8 @@ def test_lab_without_its_programs_names_them_and_builds_nothing(cli_lab):
     assert "netns add" not in (calls.read_text() if calls.exists() else "")
 
 
-@pytest.mark.parametrize("args", [*GUEST_VERBS, ["ifupdown"], ["dom0", "offline", "--vif", "vif1.0"]], ids=" ".join)
+@pytest.mark.parametrize("args", [*GUEST_VERBS, ["ifupdown"], ["changed", "eth1"],
+                                  ["dom0", "offline", "--vif", "vif1.0"]], ids=" ".join)
 def test_without_the_python_libraries_names_the_debian_package(cli_lab, args):
     before = snapshot(cli_lab)
     result = run(cli_lab, "dom0" if args[0] == "dom0" else "guest", *args, flags=["-S"], env=START)
@@ -155,6 +156,7 @@ def test_without_the_python_libraries_names_the_debian_package(cli_lab, args):
 
 @pytest.mark.parametrize(("args", "code"), [
     (["setup"], 2), (["teardown"], 2), (["teardown", "eth1"], 2), (["plan"], 0), (["status"], 0), (["ifupdown"], 2),
+    (["changed", "eth1", "routable"], 2),
     (["dom0", "offline", "--vif", "vif1.0"], 2), *((args, 2) for args in DOM0_ACTIONS),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else str(v))
 def test_an_unusable_state_directory_is_named(cli_lab, args, code):
@@ -173,7 +175,7 @@ def test_hotplug_with_an_unusable_state_directory(cli_lab, command, code):
     assert snapshot(cli_lab) == before
 
 
-@pytest.mark.parametrize("args", [*GUEST_VERBS, ["ifupdown"]], ids=" ".join)
+@pytest.mark.parametrize("args", [*GUEST_VERBS, ["ifupdown"], ["changed", "eth1"]], ids=" ".join)
 def test_a_config_with_bytes_that_are_not_utf8(cli_lab, args):
     before = snapshot(cli_lab)
     result = run(cli_lab, "guest", *args, config=str(cli_lab.workdir / "bad.conf"), env=START)
@@ -184,6 +186,7 @@ def test_a_config_with_bytes_that_are_not_utf8(cli_lab, args):
 HOSTILE = [
     (["setup", HUGE], "IFACE argument: "), (["teardown", HUGE], "IFACE argument: "), (["plan", HUGE], "IFACE argument"),
     (["setup", b"eth\xff1"], "IFACE argument: 'eth\\udcff1'"), (["teardown", "eth1;reboot"], "IFACE argument"),
+    (["changed", "eth1;reboot", "up"], "IFACE argument"), (["changed", HUGE], "IFACE argument"),
     (["status", "--frobnicate", HUGE], "unrecognized arguments"), (["lab", HUGE], "unrecognized arguments"),
     (["dom0", "online", "--vif", HUGE, "--ip", "192.0.2.5"], "--vif: "),
     (["dom0", "online", "--vif", "vif1.0", "--ip", HUGE], "--ip: "),
@@ -223,6 +226,25 @@ def test_hostile_ifupdown_environment(cli_lab, iface):
                           env={**cli_lab.hook_env(), **env}, capture_output=True, timeout=120)
     assert hook.returncode == 0  # never fails ifup
     assert b"Traceback" not in hook.stderr
+    assert not os.path.exists("/tmp/domunet-pwned")
+    assert snapshot(cli_lab) == before
+
+
+@pytest.mark.parametrize("hook", ["hooks/networkd-dispatcher/domunet", "hooks/NetworkManager/90-domunet"])
+@pytest.mark.parametrize("iface", ["eth1;touch /tmp/domunet-pwned", "$(touch /tmp/domunet-pwned)", HUGE])
+def test_hostile_dispatcher_interface_names(cli_lab, hook, iface):
+    """What a dispatcher passes on is never run by a shell, and never fails the dispatcher."""
+    if os.path.exists("/tmp/domunet-pwned"):
+        os.unlink("/tmp/domunet-pwned")
+    before = snapshot(cli_lab)
+    args = [iface, "up"] if "NetworkManager" in hook else []
+    env = {**cli_lab.hook_env(), **START, "IFACE": iface, "STATE": "routable"}
+    result = subprocess.run(["ip", "netns", "exec", cli_lab.ns["guest"], "sh", str(shipped(hook)), *args],
+                            env=env, capture_output=True, timeout=120)
+    assert result.returncode == 0
+    assert b"Traceback" not in result.stderr
+    assert b"IFACE argument" in result.stderr or b"unrecognized" in result.stderr or b"usage" in result.stderr, \
+        result.stderr
     assert not os.path.exists("/tmp/domunet-pwned")
     assert snapshot(cli_lab) == before
 

@@ -3,6 +3,7 @@
 
 import configparser
 import ipaddress
+import os
 import shutil
 
 import pytest
@@ -12,7 +13,7 @@ from tests.netns.test_watch import Watcher
 from tests.shipped import shipped
 from tests.stacks import NETWORKD, Dnsmasq, Networkd
 
-if shutil.which("dbus-daemon") is None or not shutil.which("networkctl") or not shutil.os.path.exists(NETWORKD):
+if not (shutil.which("dbus-daemon") and shutil.which("networkctl") and os.path.exists(NETWORKD)):
     pytest.skip("systemd-networkd and dbus-daemon are needed", allow_module_level=True)
 
 ALL = [nic.address for nic in NICS]
@@ -262,3 +263,57 @@ def test_slaac_and_dhcpv6_addresses_are_followed_by_watch(stack):
             watcher.stop()
     finally:
         server.stop()
+
+
+# --- the stacks' own hook points, for guests without watch ----------------------------------------
+
+HOOKS = {
+    "networkd-dispatcher": (shipped("hooks/networkd-dispatcher/domunet"), (), {"IFACE": "eth1", "STATE": "routable"}),
+    "NetworkManager": (shipped("hooks/NetworkManager/90-domunet"), ("eth1", "up"), {}),
+}
+
+
+@pytest.mark.parametrize("stack_hook", sorted(HOOKS))
+def test_the_dispatcher_hooks_set_up_the_guest_and_do_nothing_while_watch_runs(stack, stack_hook):
+    """As the dispatcher runs it (its arguments and environment); domunet found through
+    /etc/default/domunet's DOMUNET, as on a guest with domunet installed elsewhere."""
+    hook, args, env = HOOKS[stack_hook]
+    stack.start_networkd(dropins=dropin())
+    verbose = stack.workdir / "domunet-v"
+    verbose.write_text(f'#!/bin/sh\nexec "{stack.bin}/domunet" -v "$@"\n')
+    verbose.chmod(0o755)
+    defaults = stack.workdir / "default-domunet"
+    defaults.write_text(f"DOMUNET={verbose}\n")
+    env = {**stack.hook_env(path="/usr/sbin:/usr/bin:/sbin:/bin"), "DOMUNET_DEFAULTS": str(defaults), **env}
+
+    result = stack.run("guest", "sh", str(hook), *args, env=env, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "setup:" in result.stderr and owned(stack), result.stderr
+    assert stack.answers() == dict.fromkeys(ALL, True)
+
+    converged = owned(stack)
+    watcher = Watcher(stack)
+    try:
+        watcher.settle()
+        result = stack.run("guest", "sh", str(hook), *args, env=env, check=False)
+        assert result.returncode == 0
+        assert "domunet watch runs and follows it: nothing to do" in result.stderr, result.stderr
+        assert owned(stack) == converged
+    finally:
+        watcher.stop()
+
+
+@pytest.mark.parametrize(("action", "called"), [
+    ("hostname", False), ("pre-up", False), ("connectivity-change", False), ("vpn-up", False),
+    ("up", True), ("down", True), ("dhcp4-change", True), ("dhcp6-change", True), ("reapply", True),
+])
+def test_the_networkmanager_hook_runs_domunet_only_for_actions_that_change_addresses(lab, action, called):
+    marker = lab.workdir / "called"
+    recorder = lab.workdir / "record"
+    recorder.write_text(f'#!/bin/sh\necho "$@" > "{marker}"\n')
+    recorder.chmod(0o755)
+    result = lab.run("guest", "sh", str(shipped("hooks/NetworkManager/90-domunet")), "eth1", action,
+                     env={"PATH": "/usr/bin:/bin", "DOMUNET": str(recorder), "DOMUNET_DEFAULTS": "/nonexistent"},
+                     check=False)
+    assert (result.returncode, result.stderr) == (0, "")
+    assert (marker.read_text() if marker.exists() else None) == (f"changed -- eth1 {action}\n" if called else None)

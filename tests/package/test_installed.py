@@ -37,14 +37,17 @@ def test_dependencies_are_debians_own_packages():
 
 def contents(name):
     listing = subprocess.run(["dpkg-deb", "-c", str(deb(name))], capture_output=True, text=True, check=True).stdout
-    return {line.split()[-1].lstrip(".") for line in listing.splitlines()}
+    return {line.split(" -> ")[0].split()[-1].lstrip(".") for line in listing.splitlines()}
 
 
 def test_each_package_holds_its_own_side():
     common, guest, dom0 = contents("domunet-common"), contents("domunet"), contents("domunet-dom0")
     assert "/usr/bin/domunet" in common and "/etc/iproute2/rt_protos.d/domunet.conf" in common
     assert {"/lib/systemd/system/domunet.service", "/lib/udev/rules.d/90-domunet.rules",
-            "/etc/network/if-up.d/domunet"} <= guest
+            "/etc/network/if-up.d/domunet", "/usr/lib/systemd/networkd.conf.d/domunet.conf",
+            "/usr/lib/NetworkManager/dispatcher.d/90-domunet"} <= guest
+    assert {f"/usr/lib/networkd-dispatcher/{state}.d/domunet"
+            for state in ("routable", "degraded", "configured", "no-carrier", "off")} <= guest
     assert "/etc/xen/scripts/vif-domunet" in dom0
     # dom0's own service, and none of the guest's units, udev rule or network hooks
     assert "/lib/systemd/system/domunet-dom0.service" in dom0
@@ -63,6 +66,8 @@ def test_files_are_in_place():
         assert (ROOT / path).exists(), path
     assert os.access(ROOT / "etc/xen/scripts/vif-domunet", os.X_OK)
     assert os.access(ROOT / "etc/network/if-up.d/domunet", os.X_OK)
+    for hook in ("usr/lib/NetworkManager/dispatcher.d/90-domunet", "usr/lib/networkd-dispatcher/off.d/domunet"):
+        assert os.access(ROOT / hook, os.X_OK), hook  # NetworkManager skips a script not executable
 
 
 def test_removal_leaves_the_network_alone_and_purge_removes_what_domunet_wrote(tmp_path):
