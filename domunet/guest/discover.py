@@ -122,7 +122,7 @@ def discover(kernel: Kernel, xen: Published | None = None) -> tuple[Facts, State
     main_defaults = tuple(r for r in main if r.dst.prefixlen == 0)
     main_routes = tuple(r for r in main if r.dst.prefixlen != 0 and not r.multipath)
     owned = State(
-        routes=frozenset(r for r in routes if r.proto in ours),
+        routes=frozenset(r for r in routes if r.proto in ours and not r.multipath),
         rules=frozenset(r for r in rules if r.proto in ours),
     )
     special = (TABLE_DEFAULT, TABLE_MAIN, TABLE_LOCAL)

@@ -268,3 +268,21 @@ def test_a_table_holding_only_a_multipath_route_is_not_taken(routed_lab, domunet
 def _tables(domunet, config):
     return {row["interface"]: row["table"] for row in json.loads(domunet("status", "--json", config=config).stdout)
             if row["managed"]}
+
+
+def test_a_router_advertisements_default_merged_into_domunets_is_left_alone(routed_lab, domunet):
+    """domunet's IPv6 default via dom0 came first; the kernel then merges an advertised router's
+    default (same metric) into it as a second next hop. That route is no longer domunet's alone:
+    setup and teardown leave it as it is, and setup adds no second default."""
+    lab = routed_lab
+    assert_ok(domunet("setup"))
+    lab.run("guest", "ip", "-6", "route", "append", "default", "via", "fe80::1", "dev", "eth3", "metric", "1024",
+            "proto", "ra")
+    main_default6 = lambda: lab.run("guest", "ip", "-6", "route", "show", "default").stdout  # noqa: E731
+    merged = main_default6()
+    assert "nexthop via 2001:db8:4309:2388::2" in merged and "nexthop via fe80::1" in merged, merged
+    assert_ok(domunet("setup"))
+    assert main_default6() == merged
+    assert lab.answers() == dict.fromkeys(ALL, True)
+    assert_ok(domunet("teardown"))
+    assert main_default6() == merged

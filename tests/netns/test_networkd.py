@@ -5,6 +5,7 @@ import configparser
 import ipaddress
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -317,3 +318,71 @@ def test_the_networkmanager_hook_runs_domunet_only_for_actions_that_change_addre
                      check=False)
     assert (result.returncode, result.stderr) == (0, "")
     assert (marker.read_text() if marker.exists() else None) == (f"changed -- eth1 {action}\n" if called else None)
+
+
+# --- netplan rendering to networkd ------------------------------------------------------------
+
+NETPLAN = """\
+network:
+  version: 2
+  renderer: networkd
+  ethernets:
+    eth0:
+      addresses: [192.168.0.200/24]
+      routes: [{to: default, via: 192.168.0.1}]
+      accept-ra: false
+    eth1:
+      dhcp4: true
+      accept-ra: false
+    eth2:
+      addresses: [%(eth2)s]
+      accept-ra: false
+    eth3:
+      addresses: ["2001:db8:4309:2388::50/64"]
+      routes: [{to: default, via: "%(gateway6)s"}]
+      accept-ra: false
+"""
+
+
+def netplan_generate(stack, **values):
+    """`netplan generate` of the guest's YAML into a root of its own: the .network files it renders."""
+    root = stack.workdir / "netplan"
+    (root / "etc" / "netplan").mkdir(parents=True, exist_ok=True)
+    yaml = root / "etc" / "netplan" / "50-guest.yaml"
+    yaml.write_text(NETPLAN % {"eth2": "192.168.0.202/24", "gateway6": DOM0_UPLINK6, **values})
+    yaml.chmod(0o600)
+    shutil.rmtree(root / "run", ignore_errors=True)
+    result = subprocess.run(["netplan", "generate", "--root-dir", str(root)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return {path.name: path.read_text() for path in (root / "run" / "systemd" / "network").glob("*.network")}
+
+
+@pytest.mark.skipif(not shutil.which("netplan"), reason="netplan.io is not installed")
+def test_netplan_rendering_to_networkd_with_a_dhcp_nic_and_netplan_apply(stack):
+    """What netplan apply does for networkd: render, restart networkd, reload, reconfigure the
+    links whose files changed. domunet-watch follows; networkd's objects stay networkd's."""
+    stack.run("dom0", "ip", "route", "add", f"{LEASED[0]}/32", "dev", "vif1.1", "src", "192.168.0.100")
+    stack.run("dom0", "ip", "route", "add", "192.168.0.203/32", "dev", "vif1.2", "src", "192.168.0.100")
+    mac = stack.run("guest", "cat", "/sys/class/net/eth1/address").stdout.strip()
+    server = dhcp4(stack, LEASED[0], mac)
+    networkd = watcher = None
+    try:
+        networkd = stack.start_networkd(netplan_generate(stack), dropins=dropin())
+        watcher = Watcher(stack)
+        addresses = ["192.168.0.200", LEASED[0], "192.168.0.202", ALL[3]]
+        watcher.until(lambda: f"from {LEASED[0]} " in rules(stack), "a rule for the leased address")
+        assert all(stack.ping(address) for address in addresses)
+
+        rendered = netplan_generate(stack, eth2="192.168.0.202/24, 192.168.0.203/24")
+        networkd.stop()
+        networkd = stack.start_networkd(rendered, dropins=dropin())
+        networkd.networkctl("reload")
+        networkd.networkctl("reconfigure", "eth2")
+        networkd.wait_configured(*(nic.guest for nic in NICS))
+        watcher.until(lambda: "from 192.168.0.203 " in rules(stack) and f"from {LEASED[0]} " in rules(stack),
+                      "rules for the added address and the lease")
+        assert all(stack.ping(address) for address in [*addresses, "192.168.0.203"])
+    finally:
+        if watcher:
+            watcher.stop()
+        server.stop()

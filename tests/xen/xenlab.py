@@ -121,15 +121,10 @@ def packages(role: str, release: str) -> str:
 
 def mirror() -> str:
     """The Debian archive this machine's apt uses (its URI serves every release)."""
-    query = ["apt-get", "indextargets", "--format", "$(REPO_URI)", "Identifier: Packages", "Origin: Debian",
-             "Label: Debian"]
-    found = subprocess.run(query, capture_output=True, text=True).stdout.split()
-    if not found:
-        subprocess.run(["apt-get", "update", "-qq"], check=True)
-        found = subprocess.run(query, capture_output=True, text=True).stdout.split()
-    if not found:
-        raise XenLabError("apt knows no Debian archive to build the images from")
-    return found[0].rstrip("/")
+    found = subprocess.run([str(SOURCE / "scripts" / "debian-mirror")], capture_output=True, text=True)
+    if found.returncode != 0:
+        raise XenLabError(f"no Debian archive to build the images from: {found.stderr.strip()}")
+    return found.stdout.strip()
 
 
 def sources(release: str, archive: str) -> list[str]:
