@@ -1,8 +1,10 @@
 """The guest's own network stack in the lab, and dom0's DHCP and RA server.
 
-systemd-networkd runs in the guest namespace as it runs on a guest: its own .network files, its
-own /run and system bus (so `networkctl reload|reconfigure|renew` work), /sys read-only (it then
-takes the links as they are instead of waiting for a udev that does not run here). dnsmasq runs
+systemd-networkd or NetworkManager runs in the guest namespace as it runs on a guest: its own
+configuration files, its own /run and system bus (so `networkctl reload|reconfigure|renew` and
+`nmcli connection up|down` work, and NetworkManager's dispatcher is started by the bus), /sys
+read-only (networkd then takes the links as they are instead of waiting for a udev that does not
+run here). dnsmasq runs
 in dom0 and serves DHCPv4, DHCPv6 and router advertisements on one vif, as a provider's dom0 does
 for guests that take their addresses dynamically. Both are stopped by stop(), always."""
 
@@ -19,25 +21,82 @@ from pathlib import Path
 from tests.labs import Lab, LabError, wait_until
 
 NETWORKD = "/lib/systemd/systemd-networkd"
+NETWORKMANAGER = "/usr/sbin/NetworkManager"
 
-#: Inside the process's own mount namespace (`ip netns exec` makes one): a private /run for
-#: networkd's state and the bus, /sys read-only, a system bus, then networkd itself.
-_NETWORKD_START = (
-    "set -e; mount -t tmpfs -o mode=755 tmpfs /run; mkdir -p /run/systemd/netif /run/dbus; "
-    "chown systemd-network: /run/systemd/netif; mount -o remount,ro /sys; "
-    "dbus-daemon --system --fork --nopidfile; exec {networkd}"
-)
+#: Inside the process's own mount namespace (`ip netns exec` makes one): a private /run for the
+#: daemon's state and the bus, /sys read-only, a system bus, then the daemon itself.
+_START = ("set -e; mount -t tmpfs -o mode=755 tmpfs /run; mkdir -p /run/systemd/netif /run/dbus; "
+          "chown systemd-network: /run/systemd/netif 2>/dev/null || true; mount -o remount,ro /sys; "
+          "dbus-daemon --system --fork --nopidfile; exec {daemon}")
 
 
-class Networkd:
+class _Stack:
+    """A network daemon in the guest namespace with a bus of its own, and its command-line tool."""
+
+    daemon: str
+    arguments = ""  # in the foreground: the test's own process
+    names: tuple[str, ...]  # how the daemon's processes are called (/proc/PID/comm)
+    tool: tuple[str, ...]
+    etc: Path
+
+    def _start(self, lab: Lab, env: dict[str, str]) -> None:
+        self.lab = lab
+        self.log_path = lab.workdir / f"{Path(self.daemon).name}.log"
+        lab.run("guest", "ip", "link", "set", "lo", "up")
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env}
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                ["ip", "netns", "exec", lab.ns["guest"], "sh", "-c", _START.format(daemon=f"{self.daemon} {self.arguments}")],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        try:
+            wait_until(self._bus_answers, f"{self.daemon} up and answering on its bus", timeout=30)
+        except AssertionError as error:
+            said = self.ctl(check=False).stderr.strip()
+            self.stop()
+            raise LabError(f"{error}: {self.tool[0]}: {said}\n{self.log()[-3000:]}") from None
+        except BaseException:
+            self.stop()
+            raise
+
+    def _bus_answers(self) -> bool:
+        if self.process.poll() is not None:
+            raise LabError(f"{self.daemon} ended ({self.process.returncode}): {self.log()[-2000:]}")
+        return self.ctl(check=False).returncode == 0
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """The daemon's tool in its own mount namespace (its bus and /run) and network namespace, and
+        its root (a chroot's, when the suite runs in one: entering a mount namespace resets the root)."""
+        argv = ["nsenter", "-t", str(self.process.pid), "-m", "-n", "-r", "-w", *self.tool, *args]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise LabError(f"{self.tool[0]} {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+        return result
+
+    def stop(self) -> None:
+        """The daemon and its bus (the bus forked away: found among the namespace's processes)."""
+        pids = subprocess.run(["ip", "netns", "pids", self.lab.ns["guest"]], capture_output=True,
+                              text=True).stdout.split()
+        for pid in pids:
+            if _command(pid) in ("dbus-daemon", *self.names):
+                _kill(int(pid))
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+        shutil.rmtree(self.etc, ignore_errors=True)
+
+
+class Networkd(_Stack):
     """systemd-networkd configuring the guest namespace from .network files (a dict name -> text),
     with networkd.conf drop-ins (name -> text) beside them, as /etc/systemd/ holds them."""
 
+    daemon, names, tool = NETWORKD, ("systemd-network",), ("networkctl", "--no-pager")
+
     def __init__(self, lab: Lab, networks: dict[str, str], dropins: dict[str, str] | None = None,
                  debug: bool = False) -> None:
-        self.lab = lab
         self.etc = lab.etc / "systemd"
-        self.log_path = lab.workdir / "networkd.log"
         (self.etc / "network").mkdir(parents=True, exist_ok=True)
         for name, text in networks.items():
             (self.etc / "network" / name).write_text(text)
@@ -45,39 +104,10 @@ class Networkd:
             (self.etc / "networkd.conf.d").mkdir(exist_ok=True)
             for name, text in dropins.items():
                 (self.etc / "networkd.conf.d" / name).write_text(text)
-        lab.run("guest", "ip", "link", "set", "lo", "up")
-        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_LOG_TIME": "1",
-               "SYSTEMD_LOG_LEVEL": "debug" if debug else "info"}
-        with open(self.log_path, "w") as log:
-            self.process = subprocess.Popen(
-                ["ip", "netns", "exec", lab.ns["guest"], "sh", "-c", _NETWORKD_START.format(networkd=NETWORKD)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-        try:
-            wait_until(self._bus_answers, "networkd up and answering on its bus", timeout=30)
-        except AssertionError as error:
-            said = self.networkctl("list", check=False).stderr.strip()
-            self.stop()
-            raise LabError(f"{error}: networkctl: {said}\n{self.log()[-3000:]}") from None
-        except BaseException:
-            self.stop()
-            raise
-
-    def _bus_answers(self) -> bool:
-        if self.process.poll() is not None:
-            raise LabError(f"systemd-networkd ended ({self.process.returncode}): {self.log()[-2000:]}")
-        return self.networkctl("list", check=False).returncode == 0
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+        self._start(lab, {"SYSTEMD_LOG_TIME": "1", "SYSTEMD_LOG_LEVEL": "debug" if debug else "info"})
 
     def networkctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """networkctl in networkd's own mount namespace (its bus and /run) and network namespace, and
-        its root (a chroot's, when the suite runs in one: entering a mount namespace resets the root)."""
-        argv = ["nsenter", "-t", str(self.process.pid), "-m", "-n", "-r", "-w", "networkctl", "--no-pager", *args]
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-        if check and result.returncode != 0:
-            raise LabError(f"networkctl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
-        return result
+        return self.ctl(*args, check=check)
 
     def states(self) -> dict[str, str]:
         """Each link's setup state as networkd reports it (configured, configuring, unmanaged ...)."""
@@ -91,20 +121,47 @@ class Networkd:
         except AssertionError as error:
             raise AssertionError(f"{error} (states: {self.states()})\n{self.log()[-4000:]}") from None
 
-    def set_network(self, name: str, text: str) -> None:
-        (self.etc / "network" / name).write_text(text)
 
-    def stop(self) -> None:
-        """networkd and its bus (the bus forked away: found among the namespace's processes)."""
-        pids = subprocess.run(["ip", "netns", "pids", self.lab.ns["guest"]], capture_output=True,
-                              text=True).stdout.split()
-        for pid in pids:
-            if _command(pid) in ("dbus-daemon", "systemd-network"):
-                _kill(int(pid))
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-        shutil.rmtree(self.etc, ignore_errors=True)
+#: NetworkManager.conf for the lab: keyfiles only, no automatic "Wired connection" for a NIC
+#: without one, nothing handed to resolvconf.
+NM_CONF = "[main]\nplugins=keyfile\nno-auto-default=*\ndns=none\n[logging]\nlevel=INFO\n"
+
+
+class NetworkManager(_Stack):
+    """NetworkManager configuring the guest namespace from keyfiles (name -> text) in
+    /etc/NetworkManager/system-connections, with dispatcher scripts (name -> text)."""
+
+    daemon, names, tool = NETWORKMANAGER, ("NetworkManager", "nm-dispatcher"), ("nmcli",)
+    arguments = "--no-daemon"
+
+    def __init__(self, lab: Lab, connections: dict[str, str], dispatchers: dict[str, str] | None = None) -> None:
+        self.etc = lab.etc / "NetworkManager"
+        for folder in ("system-connections", "dispatcher.d", "conf.d"):
+            (self.etc / folder).mkdir(parents=True, exist_ok=True)
+        (self.etc / "NetworkManager.conf").write_text(NM_CONF)
+        for name, text in connections.items():
+            path = self.etc / "system-connections" / f"{name}.nmconnection"
+            path.write_text(text)
+            path.chmod(0o600)  # NetworkManager ignores a keyfile others can read
+        for name, text in (dispatchers or {}).items():
+            path = self.etc / "dispatcher.d" / name
+            path.write_text(text)
+            path.chmod(0o755)
+        self._start(lab, {})
+
+    def nmcli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.ctl(*args, check=check)
+
+    def states(self) -> dict[str, str]:
+        lines = self.nmcli("-t", "-f", "DEVICE,STATE", "device", check=False).stdout.splitlines()
+        return dict(line.split(":", 1) for line in lines if ":" in line)
+
+    def wait_activated(self, *devices: str, timeout: float = 30.0) -> None:
+        try:
+            wait_until(lambda: all(self.states().get(device) == "connected" for device in devices),
+                       f"NetworkManager has activated {', '.join(devices)}", timeout=timeout)
+        except AssertionError as error:
+            raise AssertionError(f"{error} (states: {self.states()})\n{self.log()[-4000:]}") from None
 
 
 class Dnsmasq:
