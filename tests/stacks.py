@@ -44,9 +44,10 @@ class _Stack:
         self.log_path = lab.workdir / f"{Path(self.daemon).name}.log"
         lab.run("guest", "ip", "link", "set", "lo", "up")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env}
+        start = _START.format(daemon=f"{self.daemon} {self.arguments}")
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
-                ["ip", "netns", "exec", lab.ns["guest"], "sh", "-c", _START.format(daemon=f"{self.daemon} {self.arguments}")],
+                ["ip", "netns", "exec", lab.ns["guest"], "sh", "-c", start],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         try:
             wait_until(self._bus_answers, f"{self.daemon} up and answering on its bus", timeout=30)
