@@ -121,7 +121,11 @@ class Lab(demo.Lab):
     def trace(self, address: str) -> str:
         family = "-6" if ":" in address else "-4"
         lines = [f"--- {address} did not answer: what each hop knows"]
-        for role, command in (("rtr", ["neigh", "show"]), ("dom0", ["neigh", "show"]),
+        probe = self.run("out", "ping", "-n", "-c", "1", "-W", "2", address, check=False)
+        lines.append(f"out: ping: {probe.returncode} {probe.stdout.strip()} {probe.stderr.strip()}")
+        for role, command in (("out", ["addr", "show"]), ("out", ["route", "show"]), ("out", ["neigh", "show"]),
+                              ("rtr", ["route", "get", address]), ("rtr", ["neigh", "show"]),
+                              ("dom0", ["neigh", "show"]),
                               ("dom0", ["neigh", "show", "proxy"]), ("dom0", ["route", "get", address]),
                               ("guest", ["neigh", "show"]), ("guest", ["route", "get", OUTSIDE6 if family == "-6"
                                                                         else OUTSIDE4, "from", address]),
