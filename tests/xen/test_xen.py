@@ -288,3 +288,23 @@ def test_xl_destroy_leaves_nothing_of_the_guest_in_dom0_and_the_other_guest_unto
     assert _dom0_side(dom0, theirs) == others
     for address in theirs:
         assert answers(dom0, address), f"{address} of {other_guest.name} no longer answers"
+
+
+#: How each guest's own network stack reconfigures a NIC, as its admin would.
+RECONFIGURE = {
+    "ifupdown": "ifdown enX1 && ifup enX1",
+    "netplan": "netplan apply",
+    "networkmanager": "nmcli connection down enX1 && nmcli connection up enX1",
+}
+
+
+def test_the_guests_own_stack_reconfigures_a_nic_and_every_address_answers_again(dom0, each_guest):
+    """ifupdown, netplan (rendering to systemd-networkd) or NetworkManager, as the lab's guest
+    runs it: domunet-watch converges again after the stack's own reconfiguration."""
+    stack = xenlab.running_lab().stacks[each_guest.name]
+    each_guest.sh(RECONFIGURE[stack], timeout=300)
+    converged = each_guest.until('[ -z "$(domunet plan)" ]', timeout=60)
+    assert converged["rc"] == 0, (stack, each_guest.run("domunet", "plan", check=False))
+    for address in ADDRESSES[each_guest.name].values():
+        assert answers(dom0, address), f"{each_guest.name} ({stack}): {address} silent after {RECONFIGURE[stack]}"
+    assert each_guest.run("domunet", "status", check=False)["rc"] == 0

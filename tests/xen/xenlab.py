@@ -3,7 +3,9 @@ the same time, four routed vifs each. dom0 and each guest run the Debian release
 by default a Debian 13 dom0 (Xen 4.20) with a Debian 13 and a Debian 12 guest.
 
     scripts/xen-lab up [--dom0 trixie|bookworm] [--guests trixie,bookworm] [--debs DIR]
-        build the images (cached), boot, start both guests (`--guests bookworm`: both Debian 12)
+        build the images (cached), boot, start both guests (`--guests bookworm`: both Debian 12;
+        `--guests trixie:netplan,trixie:networkmanager`: what configures each guest's NICs,
+        ifupdown where none is named)
     scripts/xen-lab build [same options]   only build the images (scripts/test, ahead of the suite)
     scripts/xen-lab exec dom0|guest1|guest2 -- COMMAND ...   (guest is guest1)
     scripts/xen-lab status | down
@@ -61,6 +63,10 @@ HOST_TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "mmdebstrap": "mmdebstrap
               "dpkg-scanpackages": "dpkg-dev"}
 QEMU_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+svm"  # what boots Xen 4.17 and 4.20 and a PV dom0 under TCG
 BOOT_TIMEOUT = 600  # under TCG, on a busy 2-core machine, a guest has taken 6.5 minutes to finish booting
+#: What configures a guest's NICs, and the packages its image gets for it. One configuration
+#: for all: the guest's /etc/network/interfaces (files/guest*), rendered for netplan (to
+#: systemd-networkd) or as NetworkManager keyfiles where the guest runs that stack.
+STACKS = {"ifupdown": "", "netplan": "netplan.io", "networkmanager": "network-manager"}
 #: The lab's guests as the tests and `exec` name them -> their Xen domain names (`guest` is guest1).
 DOMAINS = {"guest": "guest", "guest1": "guest", "guest2": "guest2"}
 #: each guest's image, by its domain name (`phy:` disks in files/dom0/etc/xen: /dev/vdb, /dev/vdc)
@@ -76,18 +82,27 @@ def log(message: str) -> None:
 
 
 class Lab:
-    """Which Debian release dom0 and each guest run: `--dom0 trixie --guests trixie,bookworm`.
-    One guest release is both guests'."""
+    """Which Debian release dom0 and each guest run, and what configures each guest's NICs:
+    `--dom0 trixie --guests trixie,bookworm:netplan` (ifupdown where no stack is named). One guest
+    entry is both guests'."""
 
     def __init__(self, dom0: str = DEFAULT_DOM0, guests: tuple[str, ...] = DEFAULT_GUESTS) -> None:
         if len(guests) == 1:
             guests = guests * len(GUESTS)
-        for release in (dom0, *guests):
-            if release not in RELEASES:
-                raise XenLabError(f"no such release {release!r}: {', '.join(RELEASES)}")
         if len(guests) != len(GUESTS):
             raise XenLabError(f"--guests: one release, or one for each of the {len(GUESTS)} guests")
-        self.dom0, self.guests = dom0, dict(zip(GUESTS, guests))
+        releases, stacks = [], []
+        for entry in guests:
+            release, _, stack = entry.partition(":")
+            if stack and stack not in STACKS:
+                raise XenLabError(f"no such network stack {stack!r}: {', '.join(STACKS)}")
+            releases.append(release)
+            stacks.append(stack or "ifupdown")
+        for release in (dom0, *releases):
+            if release not in RELEASES:
+                raise XenLabError(f"no such release {release!r}: {', '.join(RELEASES)}")
+        self.dom0, self.guests = dom0, dict(zip(GUESTS, releases))
+        self.stacks = dict(zip(GUESTS, stacks))
 
     @classmethod
     def parse(cls, dom0: str | None, guests: str | None) -> Lab:
@@ -102,17 +117,30 @@ class Lab:
     def releases(self) -> list[str]:
         return sorted({self.dom0, *self.guests.values()})
 
+    @property
+    def templates(self) -> list[tuple[str, str]]:
+        """The guest images' templates: one per release and stack."""
+        return sorted({(release, self.stacks[name]) for name, release in self.guests.items()})
+
     def describe(self) -> str:
-        guests = ", ".join(f"{name}: Debian {RELEASES[r]['number']} ({r})" for name, r in self.guests.items())
+        guests = ", ".join(f"{name}: Debian {RELEASES[r]['number']} ({r}){_with(self.stacks[name])}"
+                           for name, r in self.guests.items())
         return f"dom0: Debian {RELEASES[self.dom0]['number']} ({self.dom0}), Xen {RELEASES[self.dom0]['xen']}; {guests}"
 
     def as_dict(self) -> dict:
-        return {"dom0": self.dom0, "guests": self.guests}
+        shown: dict = {"dom0": self.dom0, "guests": self.guests}
+        if set(self.stacks.values()) != {"ifupdown"}:  # today's labs keep their cache key
+            shown["stacks"] = self.stacks
+        return shown
 
 
-def packages(role: str, release: str) -> str:
+def _with(stack: str) -> str:
+    return "" if stack == "ifupdown" else f" with {stack}"
+
+
+def packages(role: str, release: str, stack: str = "ifupdown") -> str:
     if role == "guest":
-        return PACKAGES_BOTH
+        return f"{PACKAGES_BOTH} {STACKS[stack]}".strip()
     xen = RELEASES[release]["xen"]
     return f"{PACKAGES_BOTH} nftables xen-hypervisor-{xen}-amd64 xen-utils-{xen}"
 
@@ -202,11 +230,13 @@ def cache_key(lab: Lab, debs: Path, archive: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _mmdebstrap(role: str, release: str, root: Path, debs: Path, archive: str, logfile: Path) -> None:
+def _mmdebstrap(role: str, release: str, root: Path, debs: Path, archive: str, logfile: Path,
+                stack: str = "ifupdown") -> None:
     wanted = [str(next(debs.glob(f"{name}_*_all.deb"))) for name in DEBS[role]]
     local = " ".join(f"/tmp/debs/{Path(p).name}" for p in wanted)
+    enable = ["--customize-hook=chroot \"$1\" systemctl enable systemd-networkd.service"] if stack == "netplan" else []
     argv = [
-        "mmdebstrap", "--variant=minbase", f"--include={packages(role, release)}",
+        "mmdebstrap", "--variant=minbase", f"--include={packages(role, release, stack)}", *enable,
         "--customize-hook=mkdir -p \"$1/tmp/debs\"",
         f"--customize-hook=copy-in {' '.join(wanted)} /tmp/debs",
         f"--customize-hook=chroot \"$1\" apt-get install -y --no-install-recommends {local}",
@@ -254,6 +284,46 @@ def _configure(role: str, root: Path) -> None:
         (wants / "xenlab-echo.service").symlink_to("/etc/systemd/system/xenlab-echo.service")
 
 
+def parse_interfaces(text: str) -> dict[str, dict[str, str]]:
+    """The lab's /etc/network/interfaces (static stanzas only), per NIC: family, address, gateway."""
+    nics: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:1] == ["iface"] and words[1] != "lo":
+            current = nics.setdefault(words[1], {"family": words[2]})
+        elif words[:1] == ["iface"]:
+            current = None
+        elif current is not None and len(words) == 2 and words[0] in ("address", "gateway"):
+            current[words[0]] = words[1]
+    return nics
+
+
+def stack_files(stack: str, interfaces: str) -> dict[str, str]:
+    """The guest's own network configuration for its stack, rendered from its interfaces file:
+    ifupdown takes that file; netplan a YAML file (rendered to systemd-networkd at boot), with
+    only loopback left to ifupdown; NetworkManager a keyfile per NIC, loopback as before."""
+    if stack == "ifupdown":
+        return {"/etc/network/interfaces": interfaces}
+    loopback = "auto lo\niface lo inet loopback\n"
+    nics = parse_interfaces(interfaces)
+    if stack == "netplan":
+        lines = ["network:", "  version: 2", "  renderer: networkd", "  ethernets:"]
+        for name, nic in nics.items():
+            lines += [f"    {name}:", f"      addresses: [\"{nic['address']}\"]", "      accept-ra: false"]
+            if "gateway" in nic:
+                lines.append(f"      routes: [{{to: default, via: \"{nic['gateway']}\"}}]")
+        return {"/etc/netplan/50-xenlab.yaml": "\n".join(lines) + "\n", "/etc/network/interfaces": loopback}
+    files = {"/etc/network/interfaces": loopback}
+    for name, nic in nics.items():
+        address = nic["address"] + (f",{nic['gateway']}" if "gateway" in nic else "")
+        ipv4, ipv6 = ((f"method=manual\naddress1={address}", "method=ignore") if nic["family"] == "inet"
+                      else ("method=disabled", f"method=manual\naddress1={address}"))
+        files[f"/etc/NetworkManager/system-connections/{name}.nmconnection"] = (
+            f"[connection]\nid={name}\ntype=ethernet\ninterface-name={name}\n\n[ipv4]\n{ipv4}\n\n[ipv6]\n{ipv6}\n")
+    return files
+
+
 def _image(root: Path, label: str, image: Path) -> None:
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", label, "-d", str(root), str(image), "3G"], check=True)
 
@@ -283,16 +353,18 @@ def _build(lab: Lab, debs: Path) -> Path:
     log(f"building the images from {archive} ({lab.describe()}; cached in {images})")
     work = Path(tempfile.mkdtemp(prefix="xenlab-build-", dir=CACHE))
     try:
-        roots = {("dom0", lab.dom0): work / f"dom0-{lab.dom0}"}
-        roots.update({("guest", release): work / f"guest-{release}" for release in set(lab.guests.values())})
+        roots = {("dom0", lab.dom0, ""): work / f"dom0-{lab.dom0}"}
+        roots.update({("guest", release, stack): work / f"guest-{release}-{stack}"
+                      for release, stack in lab.templates})
         with ThreadPoolExecutor(len(roots)) as pool:
             for done in [pool.submit(_mmdebstrap, role, release, root, debs, archive,
-                                     images / f"{role}-{release}-build.log")
-                         for (role, release), root in roots.items()]:
+                                     images / f"{role}-{release}{stack and '-' + stack}-build.log",
+                                     stack or "ifupdown")
+                         for (role, release, stack), root in roots.items()]:
                 done.result()
-        for (role, _), root in roots.items():
+        for (role, _, _), root in roots.items():
             _configure(role, root)
-        dom0 = roots[("dom0", lab.dom0)]
+        dom0 = roots[("dom0", lab.dom0, "")]
         boot = dom0 / "boot"
         shutil.copyfile(next(boot.glob("vmlinuz-*")), images / "vmlinuz")
         shutil.copyfile(next(boot.glob("initrd.img-*")), images / "initrd.img")
@@ -301,16 +373,18 @@ def _build(lab: Lab, debs: Path) -> Path:
             subprocess.run(["gunzip", "-c", str(hypervisor)], stdout=out, check=True)
         # each guest boots its own release's kernel, which dom0 hands to xl
         for name, release in lab.guests.items():
-            guest_boot = roots[("guest", release)] / "boot"
+            guest_boot = roots[("guest", release, lab.stacks[name])] / "boot"
             _install(dom0, {f"/var/lib/xenlab/{name}/vmlinuz": next(guest_boot.glob("vmlinuz-*")),
                             f"/var/lib/xenlab/{name}/initrd.img": next(guest_boot.glob("initrd.img-*"))})
         _image(dom0, "dom0", images / "dom0.img")
         for name, release in lab.guests.items():
-            template = roots[("guest", release)]
+            template = roots[("guest", release, lab.stacks[name])]
             own = FILES / name / "etc/network/interfaces"
-            _install(template, {"/etc/hostname": f"xenlab-{name}\n",
-                                "/etc/network/interfaces": own if own.exists() else
-                                FILES / "guest/etc/network/interfaces"})
+            interfaces = (own if own.exists() else FILES / "guest/etc/network/interfaces").read_text()
+            _install(template, {"/etc/hostname": f"xenlab-{name}\n"})
+            files = stack_files(lab.stacks[name], interfaces)
+            _install(template, {"/etc/network/interfaces": files.pop("/etc/network/interfaces")})
+            _install(template, files, 0o600)  # netplan and NetworkManager want their files root's alone
             _image(template, name, images / f"{name}.img")
         (images / "lab.json").write_text(json.dumps(lab.as_dict()) + "\n")
         (images / "ready").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
@@ -377,7 +451,9 @@ def up(lab: Lab, debs: Path | None = None) -> None:
 def running_lab() -> Lab:
     """The releases of the lab that runs (or ran last)."""
     shown = json.loads((RUN / "images" / "lab.json").read_text())
-    return Lab(shown["dom0"], tuple(shown["guests"][name] for name in GUESTS))
+    stacks = shown.get("stacks", {})
+    return Lab(shown["dom0"], tuple(shown["guests"][name] + (f":{stacks[name]}" if name in stacks else "")
+                                    for name in GUESTS))
 
 
 def wait_ready(role: str, qemu: subprocess.Popen | None = None, timeout: float = BOOT_TIMEOUT) -> None:
@@ -477,8 +553,9 @@ def main(argv: list[str] | None = None) -> int:
         verb.add_argument("--debs", type=Path, help="the .debs to install (default: built from this checkout)")
         verb.add_argument("--dom0", choices=RELEASES, default=DEFAULT_DOM0,
                           help=f"dom0's Debian release (default {DEFAULT_DOM0})")
-        verb.add_argument("--guests", default=",".join(DEFAULT_GUESTS), metavar="RELEASE[,RELEASE]",
-                          help=f"guest1's and guest2's releases, or one for both (default "
+        verb.add_argument("--guests", default=",".join(DEFAULT_GUESTS), metavar="RELEASE[:STACK][,...]",
+                          help=f"guest1's and guest2's releases, or one for both, each with the network "
+                               f"stack that configures it ({', '.join(STACKS)}; default ifupdown) (default "
                                f"{','.join(DEFAULT_GUESTS)})")
     run = verbs.add_parser("exec", help="run a command in dom0 or a guest: exec dom0 -- ip addr "
                                         "(guest is guest1)")
