@@ -76,6 +76,17 @@ class _Stack:
             raise LabError(f"{self.tool[0]} {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
         return result
 
+    def states(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    def _wait_state(self, links: tuple[str, ...], state: str, timeout: float) -> None:
+        """Until the daemon reports every link in `state`; on timeout, what it reports and logged."""
+        try:
+            wait_until(lambda: all(self.states().get(link) == state for link in links),
+                       f"{Path(self.daemon).name}: {', '.join(links)} {state}", timeout=timeout)
+        except AssertionError as error:
+            raise AssertionError(f"{error} (states: {self.states()})\n{self.log()[-4000:]}") from None
+
     def stop(self) -> None:
         """The daemon and its bus (the bus forked away: found among the namespace's processes)."""
         pids = subprocess.run(["ip", "netns", "pids", self.lab.ns["guest"]], capture_output=True,
@@ -116,11 +127,7 @@ class Networkd(_Stack):
         return {words[1]: words[-1] for words in (line.split() for line in lines) if len(words) >= 5}
 
     def wait_configured(self, *links: str, timeout: float = 30.0) -> None:
-        try:
-            wait_until(lambda: all(self.states().get(link) == "configured" for link in links),
-                       f"networkd has configured {', '.join(links)}", timeout=timeout)
-        except AssertionError as error:
-            raise AssertionError(f"{error} (states: {self.states()})\n{self.log()[-4000:]}") from None
+        self._wait_state(links, "configured", timeout)
 
 
 #: NetworkManager.conf for the lab: keyfiles only, no automatic "Wired connection" for a NIC
@@ -158,11 +165,7 @@ class NetworkManager(_Stack):
         return dict(line.split(":", 1) for line in lines if ":" in line)
 
     def wait_activated(self, *devices: str, timeout: float = 30.0) -> None:
-        try:
-            wait_until(lambda: all(self.states().get(device) == "connected" for device in devices),
-                       f"NetworkManager has activated {', '.join(devices)}", timeout=timeout)
-        except AssertionError as error:
-            raise AssertionError(f"{error} (states: {self.states()})\n{self.log()[-4000:]}") from None
+        self._wait_state(devices, "connected", timeout)
 
 
 class Dnsmasq:
