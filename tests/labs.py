@@ -4,9 +4,11 @@ dom0), a guest with many NICs and addresses, and dom0's state dump."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -46,6 +48,15 @@ class Lab(demo.Lab):
         super()._create()
         (self.workdir / "domunet.conf").write_text(GUEST_CONFIG)
 
+    def destroy(self) -> None:
+        """What the tests started in the namespaces (a DHCP client, a daemon) ends with them."""
+        for name in self.created:
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(pid), signal.SIGKILL)
+        super().destroy()
+
     def route_dom0_statically(self) -> None:
         """dom0 as admins configure it by hand today: /32 and /128 host routes, proxy ARP and NDP."""
         lines = [f"link set {nic.vif} up" for nic in NICS]
@@ -64,11 +75,16 @@ class Lab(demo.Lab):
     # --- the guest's network configured by ifupdown, with domunet's hook --------------------
 
     def install_ifupdown(self, interfaces: str, hook: Path, config: str | None = None,
-                         path: str | None = None) -> None:
+                         path: str | None = None, dhclient: str | None = None) -> None:
         """A private /etc/network for the guest (bound by `ip netns exec`), hook in place.
 
         ifupdown gives hooks a fresh environment, so the hook is wrapped in one line that
         points it at the lab's domunet, config and state; the hook itself runs unchanged.
+
+        With `dhclient` (its dhclient.conf), the guest takes leases as a Debian guest does,
+        from ifupdown's dhclient, with a private /etc/dhcp, /etc/resolv.conf, /run and
+        /var/lib/dhcp (the pid files and leases of two labs on one machine stay apart, and
+        nothing of the machine's own is written).
         """
         etc = self.etc / "network"
         for directory in ("if-pre-up.d", "if-up.d", "if-down.d", "if-post-down.d", "interfaces.d"):
@@ -80,6 +96,13 @@ class Lab(demo.Lab):
             wrapper.write_text(f"#!/bin/sh\nexport {exports}\nexec sh '{hook}' \"$@\"\n")
             wrapper.chmod(0o755)
         (self.workdir / "ifstate").mkdir(exist_ok=True)
+        if dhclient is not None:
+            for directory in ("dhclient-enter-hooks.d", "dhclient-exit-hooks.d"):
+                (self.etc / "dhcp" / directory).mkdir(parents=True, exist_ok=True)
+            (self.etc / "dhcp" / "dhclient.conf").write_text(dhclient)
+            (self.etc / "resolv.conf").write_text("")
+            for directory in ("guest-run", "guest-var-lib-dhcp"):
+                (self.workdir / directory).mkdir(exist_ok=True)
 
     def hook_env(self, config: str | None = None, path: str | None = None) -> dict[str, str]:
         """What the hooks see: the lab's domunet first on PATH (unless path says otherwise), the
@@ -91,8 +114,11 @@ class Lab(demo.Lab):
         }
 
     def ifupdown(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
-        state = f"--state-dir={self.workdir / 'ifstate'}"
-        return self.run("guest", command, state, *args, check=False, env=self.hook_env())
+        argv = [command, f"--state-dir={self.workdir / 'ifstate'}", *args]
+        if (self.workdir / "guest-run").is_dir():  # the guest's own /run and /var/lib/dhcp (see install_ifupdown)
+            argv = ["sh", "-c", 'mount --bind "$0" /run && mount --bind "$1" /var/lib/dhcp && shift && exec "$@"',
+                    str(self.workdir / "guest-run"), str(self.workdir / "guest-var-lib-dhcp"), *argv]
+        return self.run("guest", *argv, check=False, env=self.hook_env())
 
     def add_guest_nic(self, guest: str, vif: str, *addresses: str) -> None:
         """One more vif pair, e.g. for a /32 address whose gateway lies outside it."""

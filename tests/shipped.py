@@ -20,6 +20,7 @@ _INSTALLED = {
     "data/networkd/domunet.conf": "usr/lib/systemd/networkd.conf.d/domunet.conf",
     "hooks/networkd-dispatcher/domunet": "usr/lib/networkd-dispatcher/routable.d/domunet",
     "hooks/NetworkManager/90-domunet": "usr/lib/NetworkManager/dispatcher.d/90-domunet",
+    "hooks/dhclient/domunet": "etc/dhcp/dhclient-exit-hooks.d/domunet",
 }
 
 

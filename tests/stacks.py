@@ -11,14 +11,16 @@ for guests that take their addresses dynamically. Both are stopped by stop(), al
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import os
 import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from tests.labs import Lab, LabError, wait_until
+from tests.labs import DOM0_UPLINK6, Lab, LabError, wait_until
 
 NETWORKD = "/lib/systemd/systemd-networkd"
 NETWORKMANAGER = "/usr/sbin/NetworkManager"
@@ -199,6 +201,78 @@ class Dnsmasq:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+#: What dom0's DHCP server leases to the guest's eth1 (dom0 routes each to vif1.1).
+LEASED = ("192.168.0.211", "192.168.0.212")
+
+
+def dhcp4(lab: Lab, address: str, mac: str) -> Dnsmasq:
+    """dom0's DHCP server for vif1.1: this guest NIC (by MAC) gets `address`, gateway the router.
+    Renewal after 4 s, rebinding after 8 s (the shortest lease dnsmasq grants is 2 min)."""
+    return Dnsmasq(lab, "vif1.1", "--dhcp-range=192.168.0.210,192.168.0.219,255.255.255.0,2m",
+                   f"--dhcp-host={mac},{address}", "--dhcp-option=option:router,192.168.0.1",
+                   "--dhcp-option=option:T1,4", "--dhcp-option=option:T2,8")
+
+
+def route_leases(lab: Lab) -> None:
+    """dom0 routes every address it may lease to eth1 to vif1.1, as vif-domunet does from the vif's `ip`."""
+    for address in LEASED:
+        lab.run("dom0", "ip", "route", "add", f"{address}/32", "dev", "vif1.1", "src", "192.168.0.100")
+
+
+#: The /64 dom0 routes to vif1.3 and advertises there: SLAAC and DHCPv6 addresses for eth3.
+ROUTED64 = "2001:db8:4309:23a0::"
+
+
+def route_the_advertised_prefix(lab: Lab) -> None:
+    lab.run("dom0", "ip", "addr", "add", f"{ROUTED64}1/64", "dev", "vif1.3")
+    lab.run("rtr", "ip", "route", "add", f"{ROUTED64}/64", "via", DOM0_UPLINK6)
+
+
+def ra_and_dhcp6(lab: Lab, first: str) -> Dnsmasq:
+    """Router advertisements for ROUTED64/64 on vif1.3 (autonomous: SLAAC) with the managed flag,
+    and DHCPv6 addresses from `first` on."""
+    last = first.rsplit(":", 1)[0] + ":" + f"{int(first.rsplit(':', 1)[1], 16) + 0xff:x}"
+    return Dnsmasq(lab, "vif1.3", "--enable-ra", f"--dhcp-range={first},{last},slaac,64,2m")
+
+
+def dynamic6(lab: Lab) -> tuple[str | None, str | None]:
+    """eth3's addresses in ROUTED64: (the SLAAC /64 one, the DHCPv6 /128 one), None while missing."""
+    found: dict[str, str | None] = {"64": None, "128": None}
+    shown = lab.run("guest", "ip", "-6", "-o", "addr", "show", "dev", "eth3", "scope", "global").stdout
+    for line in shown.splitlines():
+        address, prefixlen = line.split()[3].split("/")
+        if ipaddress.ip_address(address) in ipaddress.ip_network(f"{ROUTED64}/64"):
+            found[prefixlen] = address
+    return found["64"], found["128"]
+
+
+def follow_slaac_and_dhcpv6(lab: Lab, until: Callable[..., None], server: Dnsmasq,
+                            renew: Callable[[], None]) -> Dnsmasq:
+    """The checks every stack passes on eth3 with `server` advertising: a SLAAC and a DHCPv6
+    address come, each gets its rule (watch's `until`) and answers from outside, with eth3's
+    static address; then the server leases from another range, `renew` makes the stack ask
+    again, and the new lease has its rule with nothing left for the old one. Returns the
+    server that runs now (the caller stops it)."""
+    static6 = "2001:db8:4309:2388::50"
+    wait_until(lambda: all(dynamic6(lab)), "a SLAAC and a DHCPv6 address on eth3", timeout=60)
+    slaac, leased = dynamic6(lab)
+    rules6 = lambda: lab.run("guest", "ip", "-6", "rule").stdout  # noqa: E731
+    until(lambda: f"from {ROUTED64}/64 " in rules6() and f"from {leased} " in rules6(),
+          "rules for the advertised prefix and the leased address")
+    assert all(lab.ping(address) for address in (slaac, leased, static6))
+
+    server.stop()
+    server = ra_and_dhcp6(lab, f"{ROUTED64}200")
+    renew()
+    wait_until(lambda: dynamic6(lab)[1] not in (None, leased), "a new DHCPv6 address", timeout=60)
+    moved = dynamic6(lab)[1]
+    ours = lambda: "".join(line for line in lab.dump().splitlines() if " proto 213" in line)  # noqa: E731
+    until(lambda: f"from {moved} " in rules6() and leased not in ours(),
+          "the new lease's rule, nothing left of the old one")
+    assert all(lab.ping(address) for address in (moved, static6, "192.168.0.201"))
+    return server
 
 
 def _command(pid: str) -> str:

@@ -230,7 +230,8 @@ def test_hostile_ifupdown_environment(cli_lab, iface):
     assert snapshot(cli_lab) == before
 
 
-@pytest.mark.parametrize("hook", ["hooks/networkd-dispatcher/domunet", "hooks/NetworkManager/90-domunet"])
+@pytest.mark.parametrize("hook", ["hooks/networkd-dispatcher/domunet", "hooks/NetworkManager/90-domunet",
+                                  "hooks/dhclient/domunet"])
 @pytest.mark.parametrize("iface", ["eth1;touch /tmp/domunet-pwned", "$(touch /tmp/domunet-pwned)", HUGE])
 def test_hostile_dispatcher_interface_names(cli_lab, hook, iface):
     """What a dispatcher passes on is never run by a shell, and never fails the dispatcher."""
@@ -239,7 +240,11 @@ def test_hostile_dispatcher_interface_names(cli_lab, hook, iface):
     before = snapshot(cli_lab)
     args = [iface, "up"] if "NetworkManager" in hook else []
     env = {**cli_lab.hook_env(), **START, "IFACE": iface, "STATE": "routable"}
-    result = subprocess.run(["ip", "netns", "exec", cli_lab.ns["guest"], "sh", str(shipped(hook)), *args],
+    argv = ["sh", str(shipped(hook)), *args]
+    if "dhclient" in hook:  # dhclient-script sources it, with the lease in its variables
+        argv = ["sh", "-c", '. "$0"', str(shipped(hook))]
+        env.update(interface=iface, reason="BOUND", new_ip_address="192.168.0.201")
+    result = subprocess.run(["ip", "netns", "exec", cli_lab.ns["guest"], *argv],
                             env=env, capture_output=True, timeout=120)
     assert result.returncode == 0
     assert b"Traceback" not in result.stderr

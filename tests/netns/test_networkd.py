@@ -2,7 +2,6 @@
 .network files, the drop-in domunet ships, and networkd's own reload and reconfigure."""
 
 import configparser
-import ipaddress
 import os
 import shutil
 import subprocess
@@ -12,7 +11,17 @@ import pytest
 from tests.labs import DOM0_UPLINK6, NICS, Lab, wait_until
 from tests.netns.test_watch import Watcher
 from tests.shipped import shipped
-from tests.stacks import NETWORKD, Dnsmasq, Networkd
+from tests.stacks import (
+    LEASED,
+    NETWORKD,
+    ROUTED64,
+    Networkd,
+    dhcp4,
+    follow_slaac_and_dhcpv6,
+    ra_and_dhcp6,
+    route_leases,
+    route_the_advertised_prefix,
+)
 
 if not (shutil.which("dbus-daemon") and shutil.which("networkctl") and os.path.exists(NETWORKD)):
     pytest.skip("systemd-networkd and dbus-daemon are needed", allow_module_level=True)
@@ -155,17 +164,6 @@ def test_with_watch_reconfigure_and_reload_are_followed(stack):
 
 # --- addresses that come and go: DHCPv4 from dnsmasq in dom0 -----------------------------------
 
-LEASED = ("192.168.0.211", "192.168.0.212")
-
-
-def dhcp4(stack, address, mac):
-    """dom0's DHCP server for vif1.1: this guest NIC (by MAC) gets `address`, gateway the router.
-    Renewal after 4 s, rebinding after 8 s (the shortest lease dnsmasq grants is 2 min)."""
-    return Dnsmasq(stack, "vif1.1", "--dhcp-range=192.168.0.210,192.168.0.219,255.255.255.0,2m",
-                   f"--dhcp-host={mac},{address}", "--dhcp-option=option:router,192.168.0.1",
-                   "--dhcp-option=option:T1,4", "--dhcp-option=option:T2,8")
-
-
 def test_a_dhcp_lease_granted_renewed_and_changed_is_followed_by_watch(stack):
     """eth1 takes its address from DHCP. Each lease is routed by dom0 (as vif-domunet would from
     the vif's `ip`); watch gives the leased address its rule, keeps it through renewals with the
@@ -175,8 +173,7 @@ def test_a_dhcp_lease_granted_renewed_and_changed_is_followed_by_watch(stack):
     refuses the renewal (DHCPNAK), the client starts over and is granted the new address. networkd
     misses the NAK to its unicast renewal (broadcast, its renewing socket is bound to the leased
     address) and takes it at rebinding (T2)."""
-    for address in LEASED:
-        stack.run("dom0", "ip", "route", "add", f"{address}/32", "dev", "vif1.1", "src", "192.168.0.100")
+    route_leases(stack)
     mac = stack.run("guest", "cat", "/sys/class/net/eth1/address").stdout.strip()
     server = dhcp4(stack, LEASED[0], mac)
     networks = {**NETWORKS, "10-eth1.network": network("eth1", "DHCP=ipv4")}
@@ -211,55 +208,26 @@ def rules(lab):
 
 # --- SLAAC and DHCPv6: dom0 routes a /64 to the vif and advertises it ---------------------------
 
-ROUTED64 = "2001:db8:4309:23a0::"
-
-
-def ra_and_dhcp6(stack, first):
-    """Router advertisements for ROUTED64/64 on vif1.3 (autonomous: SLAAC) with the managed flag,
-    and DHCPv6 addresses from `first` on."""
-    last = first.rsplit(":", 1)[0] + ":" + f"{int(first.rsplit(':', 1)[1], 16) + 0xff:x}"
-    return Dnsmasq(stack, "vif1.3", "--enable-ra", f"--dhcp-range={first},{last},slaac,64,2m")
-
-
-def dynamic6(stack):
-    """eth3's addresses in ROUTED64: (the SLAAC /64 one, the DHCPv6 /128 one), None while missing."""
-    found = {"64": None, "128": None}
-    shown = stack.run("guest", "ip", "-6", "-o", "addr", "show", "dev", "eth3", "scope", "global").stdout
-    for line in shown.splitlines():
-        address, prefixlen = line.split()[3].split("/")
-        if ipaddress.ip_address(address) in ipaddress.ip_network(f"{ROUTED64}/64"):
-            found[prefixlen] = address
-    return found["64"], found["128"]
-
-
-def test_slaac_and_dhcpv6_addresses_are_followed_by_watch(stack):
+@pytest.mark.parametrize("written_by", ["networkd", "netplan"])
+def test_slaac_and_dhcpv6_addresses_are_followed_by_watch(stack, written_by):
     """eth3 keeps its static address and takes two more from dom0: one by SLAAC, one by DHCPv6.
     networkd merges the static gateway and the advertised router into one multipath default.
-    Each address answers from outside; a new DHCPv6 lease moves its rule, none stays behind."""
-    stack.run("dom0", "ip", "addr", "add", f"{ROUTED64}1/64", "dev", "vif1.3")
-    stack.run("rtr", "ip", "route", "add", f"{ROUTED64}/64", "via", DOM0_UPLINK6)
+    Each address answers from outside; a new DHCPv6 lease moves its rule, none stays behind.
+    The .network files are the admin's, or netplan's rendering of `accept-ra: true, dhcp6: true`."""
+    if written_by == "netplan" and not shutil.which("netplan"):
+        pytest.skip("netplan.io is not installed")
+    route_the_advertised_prefix(stack)
     server = ra_and_dhcp6(stack, f"{ROUTED64}100")
     networks = {**NETWORKS, "10-eth3.network": network(
         "eth3", "Address=2001:db8:4309:2388::50/64", f"Gateway={DOM0_UPLINK6}", ra=True)}
+    if written_by == "netplan":
+        networks = netplan_generate(stack, eth1="addresses: [192.168.0.201/24]", ra="true")
     try:
         networkd = stack.start_networkd(networks, dropins=dropin())
         watcher = Watcher(stack)
         try:
-            wait_until(lambda: all(dynamic6(stack)), "a SLAAC and a DHCPv6 address on eth3", timeout=60)
-            slaac, leased = dynamic6(stack)
-            rules6 = lambda: stack.run("guest", "ip", "-6", "rule").stdout  # noqa: E731
-            watcher.until(lambda: f"from {ROUTED64}/64 " in rules6() and f"from {leased} " in rules6(),
-                          "rules for the advertised prefix and the leased address")
-            assert all(stack.ping(address) for address in (slaac, leased, ALL[3]))
-
-            server.stop()
-            server = ra_and_dhcp6(stack, f"{ROUTED64}200")
-            networkd.networkctl("reconfigure", "eth3")
-            wait_until(lambda: dynamic6(stack)[1] not in (None, leased), "a new DHCPv6 address", timeout=60)
-            moved = dynamic6(stack)[1]
-            watcher.until(lambda: f"from {moved} " in rules6() and leased not in "".join(owned(stack)),
-                          "the new lease's rule, nothing left of the old one")
-            assert all(stack.ping(address) for address in (moved, ALL[3], "192.168.0.201"))
+            server = follow_slaac_and_dhcpv6(stack, watcher.until, server,
+                                             lambda: networkd.networkctl("reconfigure", "eth3"))
         finally:
             watcher.stop()
     finally:
@@ -332,7 +300,7 @@ network:
       routes: [{to: default, via: 192.168.0.1}]
       accept-ra: false
     eth1:
-      dhcp4: true
+      %(eth1)s
       accept-ra: false
     eth2:
       addresses: [%(eth2)s]
@@ -340,7 +308,8 @@ network:
     eth3:
       addresses: ["2001:db8:4309:2388::50/64"]
       routes: [{to: default, via: "%(gateway6)s"}]
-      accept-ra: false
+      accept-ra: %(ra)s
+      dhcp6: %(ra)s
 """
 
 
@@ -349,7 +318,8 @@ def netplan_generate(stack, **values):
     root = stack.workdir / "netplan"
     (root / "etc" / "netplan").mkdir(parents=True, exist_ok=True)
     yaml = root / "etc" / "netplan" / "50-guest.yaml"
-    yaml.write_text(NETPLAN % {"eth2": "192.168.0.202/24", "gateway6": DOM0_UPLINK6, **values})
+    defaults = {"eth1": "dhcp4: true", "eth2": "192.168.0.202/24", "gateway6": DOM0_UPLINK6, "ra": "false"}
+    yaml.write_text(NETPLAN % {**defaults, **values})
     yaml.chmod(0o600)
     shutil.rmtree(root / "run", ignore_errors=True)
     result = subprocess.run(["netplan", "generate", "--root-dir", str(root)], capture_output=True, text=True)

@@ -11,10 +11,20 @@ import shutil
 import pytest
 
 from tests.labs import DOM0_UPLINK6, NICS, Lab, wait_until
-from tests.netns.test_networkd import LEASED, dhcp4, foreign, owned, rules
+from tests.netns.test_networkd import foreign, owned, rules
 from tests.netns.test_watch import Watcher
 from tests.shipped import shipped
-from tests.stacks import NETWORKMANAGER, NetworkManager
+from tests.stacks import (
+    LEASED,
+    NETWORKMANAGER,
+    ROUTED64,
+    NetworkManager,
+    dhcp4,
+    follow_slaac_and_dhcpv6,
+    ra_and_dhcp6,
+    route_leases,
+    route_the_advertised_prefix,
+)
 
 if not (shutil.which("nmcli") and os.path.exists(NETWORKMANAGER) and shutil.which("dbus-daemon")):
     pytest.skip("NetworkManager is not installed here (the Debian 13 suite has it)", allow_module_level=True)
@@ -122,8 +132,7 @@ def test_with_watch_connection_down_and_up_are_followed(stack):
 
 def test_a_dhcp_lease_granted_and_changed_is_followed_by_watch(stack):
     """NetworkManager's own DHCP client on eth1; the server later has another address for it."""
-    for address in LEASED:
-        stack.run("dom0", "ip", "route", "add", f"{address}/32", "dev", "vif1.1", "src", "192.168.0.100")
+    route_leases(stack)
     mac = stack.run("guest", "cat", "/sys/class/net/eth1/address").stdout.strip()
     server = dhcp4(stack, LEASED[0], mac)
     try:
@@ -137,6 +146,25 @@ def test_a_dhcp_lease_granted_and_changed_is_followed_by_watch(stack):
             watcher.until(lambda: f"from {LEASED[1]} " in rules(stack) and LEASED[0] not in "".join(owned(stack)),
                           "the new lease's rule, nothing left of the old one", timeout=90)
             assert stack.ping(LEASED[1])
+        finally:
+            watcher.stop()
+    finally:
+        server.stop()
+
+
+def test_slaac_and_dhcpv6_addresses_are_followed_by_watch(stack):
+    """eth3 (`method=auto` beside its static address) takes a SLAAC address and a DHCPv6 one from
+    dom0. Each answers from outside; after the server changed and the connection went down and up,
+    the new lease has its rule and nothing is left for the old one."""
+    route_the_advertised_prefix(stack)
+    server = ra_and_dhcp6(stack, f"{ROUTED64}100")
+    eth3 = keyfile("eth3", ipv6=f"method=auto\naddress1=2001:db8:4309:2388::50/64,{DOM0_UPLINK6}")
+    try:
+        networkmanager = stack.start_networkmanager({**CONNECTIONS, "eth3": eth3})
+        watcher = Watcher(stack)
+        try:
+            server = follow_slaac_and_dhcpv6(stack, watcher.until, server, lambda: (
+                networkmanager.nmcli("connection", "down", "eth3"), networkmanager.nmcli("connection", "up", "eth3")))
         finally:
             watcher.stop()
     finally:

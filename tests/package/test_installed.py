@@ -45,7 +45,7 @@ def test_each_package_holds_its_own_side():
     assert "/usr/bin/domunet" in common and "/etc/iproute2/rt_protos.d/domunet.conf" in common
     assert {"/lib/systemd/system/domunet.service", "/lib/udev/rules.d/90-domunet.rules",
             "/etc/network/if-up.d/domunet", "/usr/lib/systemd/networkd.conf.d/domunet.conf",
-            "/usr/lib/NetworkManager/dispatcher.d/90-domunet"} <= guest
+            "/usr/lib/NetworkManager/dispatcher.d/90-domunet", "/etc/dhcp/dhclient-exit-hooks.d/domunet"} <= guest
     assert {f"/usr/lib/networkd-dispatcher/{state}.d/domunet"
             for state in ("routable", "degraded", "configured", "no-carrier", "off")} <= guest
     assert "/etc/xen/scripts/vif-domunet" in dom0
@@ -77,6 +77,7 @@ def test_removal_leaves_the_network_alone_and_purge_removes_what_domunet_wrote(t
     assert "rm -f /etc/iproute2/rt_tables.d/domunet.conf" in scripts
     conffiles = (tmp_path / "control" / "conffiles").read_text().split()
     assert "/etc/domunet.conf" in conffiles
+    assert "/etc/dhcp/dhclient-exit-hooks.d/domunet" in conffiles  # the admin's to change; kept on removal
     subprocess.run(["dpkg-deb", "-e", str(deb("domunet-common")), str(tmp_path / "common")], check=True)
     assert "/etc/iproute2/rt_protos.d/domunet.conf" in (tmp_path / "common" / "conffiles").read_text().split()
 
