@@ -239,15 +239,16 @@ class Lab:
         }
         return self.run("dom0", "sh", str(self.vif_hook), command, *settings, check=False, env=env)
 
-    def route_dom0_with_vif_domunet(self) -> None:
-        """dom0 configured only by vif-domunet, one vif at a time as xl brings them online."""
+    def route_dom0_with_vif_domunet(self, ips: dict[str, str] | None = None) -> None:
+        """dom0 configured only by vif-domunet, one vif at a time as xl brings them online; each
+        vif's `ip` is its NIC's address, or what `ips` gives for that vif."""
         self.sysctl("dom0", [f"net/ipv4/conf/{dev}/rp_filter=0"
                              for dev in ("all", "default", "eth0", *(n.vif for n in NICS))])
         macs = {nic.guest: self.run("guest", "cat", f"/sys/class/net/{nic.guest}/address").stdout.strip()
                 for nic in NICS}
         for devid, nic in enumerate(NICS):
             # what libxl writes: the backend's `ip`, the frontend's `backend` and `mac`
-            self.xenstore_write(f"backend/vif/1/{devid}/ip", nic.address)
+            self.xenstore_write(f"backend/vif/1/{devid}/ip", (ips or {}).get(nic.vif, nic.address))
             self.xenstore_write(f"device/vif/{devid}/backend", f"/local/domain/0/backend/vif/1/{devid}", domain=1)
             self.xenstore_write(f"device/vif/{devid}/mac", macs[nic.guest], domain=1)
             result = self.vif_hotplug("online", nic.vif, devid, "type_if=vif")

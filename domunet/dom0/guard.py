@@ -1,7 +1,8 @@
 """dom0's anti-spoofing: one nftables table of domunet's own, replaced atomically.
 
 From a guarded vif, only its listed source addresses (and IPv6 link-local and `::`, which
-neighbour discovery and DAD need) enter; everything else is dropped before routing. The sets
+neighbour discovery and DAD need, and a DHCP client's broadcast from 0.0.0.0 before it has a
+lease, which a DHCP server in dom0 needs) enter; everything else is dropped before routing. The sets
 are rebuilt from domunet's records in one transaction, so the result never depends on the
 order in which vifs came and went.
 
@@ -42,6 +43,7 @@ table inet {TABLE} {{
         icmp type redirect drop
         icmpv6 type {{ nd-router-advert, nd-redirect }} drop
         meta nfproto ipv4 iifname . ip saddr @allowed4 accept
+        ip saddr 0.0.0.0 ip daddr 255.255.255.255 udp sport 68 udp dport 67 accept
         ip6 saddr fe80::/10 accept
         ip6 saddr :: accept
         meta nfproto ipv6 iifname . ip6 saddr @allowed6 accept

@@ -33,12 +33,17 @@ DYNAMIC += "auto eth3\niface eth3 inet6 dhcp\n    autoconf 1\n"
 
 
 @pytest.fixture
-def leases():
+def leases(request):
     """The ifupdown lab with dhclient, the dhclient hook installed as the package installs it,
-    and dom0's DHCPv4 server for eth1 and RA and DHCPv6 server for eth3 (started by the test)."""
+    and dom0's DHCPv4 server for eth1 and RA and DHCPv6 server for eth3. dom0 routes statically,
+    or (param "vif-domunet") as vif-domunet does, its anti-spoofing guard included, from each
+    vif's `ip`: the addresses the server may lease."""
     with Lab(guest_addresses=False) as lab:
-        lab.route_dom0_statically()
-        route_leases(lab)
+        if getattr(request, "param", "static") == "vif-domunet":
+            lab.route_dom0_with_vif_domunet({"vif1.1": " ".join(LEASED), "vif1.3": f"{ROUTED64}/64"})
+        else:
+            lab.route_dom0_statically()
+            route_leases(lab)
         route_the_advertised_prefix(lab)
         lab.install_ifupdown(DYNAMIC, HOOK, dhclient=DHCLIENT_CONF)
         shutil.copy(DHCLIENT_HOOK, lab.etc / "dhcp" / "dhclient-exit-hooks.d" / "domunet")
@@ -93,12 +98,14 @@ def rules(lab, family="-4"):
     return lab.run("guest", "ip", family, "rule").stdout
 
 
-@pytest.mark.parametrize("watch", [True, False], ids=["watch", "dhclient hook"])
+@pytest.mark.parametrize(("leases", "watch"), [("static", True), ("static", False), ("vif-domunet", True)],
+                         ids=["watch", "dhclient hook", "watch, vif-domunet's guard in dom0"], indirect=["leases"])
 def test_a_dhcp_lease_granted_renewed_and_changed_is_followed(leases, watch):
     """ifup takes the lease and its hook sets the guest up. Renewals with the same address (at
     T1, 4 s) change nothing. When dom0's server has another address for this MAC it refuses the
     renewal, dhclient starts over and binds the new address: watch, or without watch the
-    dhclient hook, gives it its rule and leaves nothing for the old one. ifdown -a removes all."""
+    dhclient hook, gives it its rule and leaves nothing for the old one. ifdown -a removes all.
+    Behind vif-domunet's guard, the client's first broadcasts (from 0.0.0.0) reach the server."""
     lab = leases
     server = lab.serve(dhcp4(lab, LEASED[0], lab.mac))
     result = lab.ifupdown("ifup", "-a")

@@ -64,7 +64,7 @@ def test_todays_labs_keep_their_description_and_cache_key():
     lab = xenlab.Lab.parse(None, None)
     assert lab.stacks == {"guest": "ifupdown", "guest2": "ifupdown"}
     assert lab.as_dict() == {"dom0": "trixie", "guests": {"guest": "trixie", "guest2": "bookworm"}}
-    assert xenlab.packages("guest", "trixie") == xenlab.PACKAGES_BOTH
+    assert xenlab.packages("guest", "trixie") == f"{xenlab.PACKAGES_BOTH} isc-dhcp-client"
 
 
 INTERFACES = (xenlab.FILES / "guest" / "etc/network/interfaces").read_text()
@@ -74,11 +74,14 @@ def test_netplan_and_networkmanager_get_the_guests_interfaces_file_rendered():
     nics = xenlab.parse_interfaces(INTERFACES)
     assert nics["enX0"] == {"family": "inet", "address": "192.168.0.200/24", "gateway": "192.168.0.1"}
     assert nics["enX3"] == {"family": "inet6", "address": "2001:db8:4309:2388::50/64"}
-    assert set(nics) == {"enX0", "enX1", "enX2", "enX3", "enX4"}
+    assert nics["enX5"] == {"family": "inet", "dhcp": "yes"}
+    assert set(nics) == {"enX0", "enX1", "enX2", "enX3", "enX4", "enX5"}
     assert xenlab.stack_files("ifupdown", INTERFACES) == {"/etc/network/interfaces": INTERFACES}
     netplan = xenlab.stack_files("netplan", INTERFACES)
     assert netplan["/etc/network/interfaces"] == "auto lo\niface lo inet loopback\n"
     assert 'routes: [{to: default, via: "192.168.0.1"}]' in netplan["/etc/netplan/50-xenlab.yaml"]
+    assert "    enX5:\n      dhcp4: true\n" in netplan["/etc/netplan/50-xenlab.yaml"]
     keyfiles = xenlab.stack_files("networkmanager", INTERFACES)
     assert "address1=2001:db8:4309:2388::50/64" in keyfiles["/etc/NetworkManager/system-connections/enX3.nmconnection"]
     assert "[ipv4]\nmethod=disabled" in keyfiles["/etc/NetworkManager/system-connections/enX3.nmconnection"]
+    assert "[ipv4]\nmethod=auto" in keyfiles["/etc/NetworkManager/system-connections/enX5.nmconnection"]

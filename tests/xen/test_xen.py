@@ -23,6 +23,10 @@ ADDRESSES = {
 HOTPLUGGED = {"guest": "192.168.0.204", "guest2": "192.168.0.214"}
 MACS = {"guest": "00:16:3e:00:00", "guest2": "00:16:3e:00:01"}
 
+#: what dom0's DHCP server leases each guest on the vif a test plugs in with devid 5 (its enX5
+#: stanza takes DHCP): the first lease, then the address the server changes it to
+LEASES = {"guest": ("192.168.0.205", "192.168.0.206"), "guest2": ("192.168.0.215", "192.168.0.216")}
+
 TCP_ECHO = """import socket, sys
 with socket.create_connection((sys.argv[1], 7007), timeout=5) as s:
     s.sendall(b"domunet"); assert s.recv(64) == b"domunet"
@@ -308,3 +312,62 @@ def test_the_guests_own_stack_reconfigures_a_nic_and_every_address_answers_again
     for address in ADDRESSES[each_guest.name].values():
         assert answers(dom0, address), f"{each_guest.name} ({stack}): {address} silent after {RECONFIGURE[stack]}"
     assert each_guest.run("domunet", "status", check=False)["rc"] == 0
+
+
+DNSMASQ = "/run/xenlab-dnsmasq"
+
+
+def _dhcp_server(dom0, vif, mac, address):
+    """dnsmasq in dom0 for one vif, as a provider runs one for guests that take DHCP: this MAC
+    gets `address`, the provider's router as gateway, renewal after 4 s and rebinding after 8 s
+    (T1, T2; the shortest lease dnsmasq grants is 2 min). No DNS (port 0)."""
+    dom0.sh(f"dnsmasq --conf-file=/dev/null --port=0 --user=root --group=root --bind-interfaces "
+            f"--interface={vif} --except-interface=lo --pid-file={DNSMASQ}.pid --dhcp-leasefile={DNSMASQ}.leases "
+            f"--dhcp-authoritative --log-dhcp --log-facility={DNSMASQ}.log "
+            f"--dhcp-range={address},{address},255.255.255.0,2m --dhcp-host={mac},{address} "
+            f"--dhcp-option=option:router,192.168.0.1 --dhcp-option=option:T1,4 --dhcp-option=option:T2,8 "
+            f"</dev/null >/dev/null 2>&1")
+
+
+def _stop_dhcp_server(dom0):
+    dom0.sh(f"[ -e {DNSMASQ}.pid ] && kill $(cat {DNSMASQ}.pid); rm -f {DNSMASQ}.pid {DNSMASQ}.leases; "
+            f"while pidof dnsmasq >/dev/null; do sleep 0.2; done", check=False, timeout=30)
+
+
+def _acks(dom0, vif):
+    return int(dom0.sh(f"grep -c 'DHCPACK({vif})' {DNSMASQ}.log || true")["stdout"].strip() or 0)
+
+
+def test_a_dhcp_lease_on_a_hot_plugged_vif_is_followed_granted_renewed_and_changed(dom0, each_guest):
+    """The guest's enX5 takes its address from dom0's DHCP server; vif-domunet routes both
+    addresses the server may lease to it (the vif's `ip`). The lease answers from outside and
+    keeps answering through renewals; when the server has another address for this MAC, the
+    guest's stack takes it (the server refuses the renewal, the client starts over) and domunet
+    gives the new lease its rule, with nothing left for the old one. Detached, nothing stays."""
+    guest, (first, second) = each_guest, LEASES[each_guest.name]
+    stack = xenlab.running_lab().stacks[guest.name]
+    mac = f"{MACS[guest.name]}:17"
+    dom0.run("xl", "network-attach", guest.name, f"mac={mac}", "script=vif-domunet", f"ip={first} {second}",
+             "devid=5", timeout=180)
+    vif = f"vif{dom0.run('xl', 'domid', guest.name)['stdout'].strip()}.5"
+    try:
+        _dhcp_server(dom0, vif, mac, first)
+        assert answers(dom0, first, timeout=240), (stack, dom0.sh(f"cat {DNSMASQ}.log", check=False)["stdout"][-3000:])
+        leased = guest.until(f"ip rule | grep -q 'from {first} '", timeout=60)
+        assert leased["rc"] == 0, (stack, domunet_lines(guest))
+        acks = _acks(dom0, vif)
+        renewed = dom0.until(f"[ $(grep -c 'DHCPACK({vif})' {DNSMASQ}.log) -ge {acks + 2} ]", timeout=120)
+        assert renewed["rc"] == 0, (stack, "no two renewals at T1")
+        assert answers(dom0, first), f"{guest.name} ({stack}): {first} silent after its lease was renewed"
+
+        _stop_dhcp_server(dom0)
+        _dhcp_server(dom0, vif, mac, second)
+        moved = guest.until(f"ip rule | grep -q 'from {second} ' && ! ip rule | grep -q 'from {first} '",
+                            timeout=240)
+        assert moved["rc"] == 0, (stack, domunet_lines(guest), guest.sh("ip -4 addr show enX5", check=False))
+        assert answers(dom0, second), f"{guest.name} ({stack}): the new lease {second} does not answer"
+    finally:
+        _stop_dhcp_server(dom0)
+        dom0.run("xl", "network-detach", guest.name, "5", check=False, timeout=180)
+    gone = guest.until(f"! ip rule | grep -q 'from {second} ' && ! ip rule | grep -q enX5", timeout=90)
+    assert gone["rc"] == 0, domunet_lines(guest)

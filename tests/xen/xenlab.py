@@ -65,8 +65,9 @@ QEMU_CPU = "qemu64,+ssse3,+sse4.1,+sse4.2,+popcnt,+svm"  # what boots Xen 4.17 a
 BOOT_TIMEOUT = 600  # under TCG, on a busy 2-core machine, a guest has taken 6.5 minutes to finish booting
 #: What configures a guest's NICs, and the packages its image gets for it. One configuration
 #: for all: the guest's /etc/network/interfaces (files/guest*), rendered for netplan (to
-#: systemd-networkd) or as NetworkManager keyfiles where the guest runs that stack.
-STACKS = {"ifupdown": "", "netplan": "netplan.io", "networkmanager": "network-manager"}
+#: systemd-networkd) or as NetworkManager keyfiles where the guest runs that stack. ifupdown
+#: gets its DHCP client (dhclient, its first choice; the others have their own).
+STACKS = {"ifupdown": "isc-dhcp-client", "netplan": "netplan.io", "networkmanager": "network-manager"}
 #: The lab's guests as the tests and `exec` name them -> their Xen domain names (`guest` is guest1).
 DOMAINS = {"guest": "guest", "guest1": "guest", "guest2": "guest2"}
 #: each guest's image, by its domain name (`phy:` disks in files/dom0/etc/xen: /dev/vdb, /dev/vdc)
@@ -142,7 +143,7 @@ def packages(role: str, release: str, stack: str = "ifupdown") -> str:
     if role == "guest":
         return f"{PACKAGES_BOTH} {STACKS[stack]}".strip()
     xen = RELEASES[release]["xen"]
-    return f"{PACKAGES_BOTH} nftables xen-hypervisor-{xen}-amd64 xen-utils-{xen}"
+    return f"{PACKAGES_BOTH} nftables dnsmasq-base xen-hypervisor-{xen}-amd64 xen-utils-{xen}"
 
 
 # --- building the images --------------------------------------------------------------------
@@ -285,13 +286,16 @@ def _configure(role: str, root: Path) -> None:
 
 
 def parse_interfaces(text: str) -> dict[str, dict[str, str]]:
-    """The lab's /etc/network/interfaces (static stanzas only), per NIC: family, address, gateway."""
+    """The lab's /etc/network/interfaces (static and DHCP stanzas), per NIC: family, address,
+    gateway; a DHCP NIC has `dhcp` instead of an address."""
     nics: dict[str, dict[str, str]] = {}
     current: dict[str, str] | None = None
     for line in text.splitlines():
         words = line.split("#", 1)[0].split()
         if words[:1] == ["iface"] and words[1] != "lo":
             current = nics.setdefault(words[1], {"family": words[2]})
+            if words[3:4] == ["dhcp"]:
+                current["dhcp"] = "yes"
         elif words[:1] == ["iface"]:
             current = None
         elif current is not None and len(words) == 2 and words[0] in ("address", "gateway"):
@@ -310,15 +314,18 @@ def stack_files(stack: str, interfaces: str) -> dict[str, str]:
     if stack == "netplan":
         lines = ["network:", "  version: 2", "  renderer: networkd", "  ethernets:"]
         for name, nic in nics.items():
-            lines += [f"    {name}:", f"      addresses: [\"{nic['address']}\"]", "      accept-ra: false"]
+            address = "dhcp4: true" if "dhcp" in nic else f"addresses: [\"{nic['address']}\"]"
+            lines += [f"    {name}:", f"      {address}", "      accept-ra: false"]
             if "gateway" in nic:
                 lines.append(f"      routes: [{{to: default, via: \"{nic['gateway']}\"}}]")
         return {"/etc/netplan/50-xenlab.yaml": "\n".join(lines) + "\n", "/etc/network/interfaces": loopback}
     files = {"/etc/network/interfaces": loopback}
     for name, nic in nics.items():
-        address = nic["address"] + (f",{nic['gateway']}" if "gateway" in nic else "")
+        address = nic.get("address", "") + (f",{nic['gateway']}" if "gateway" in nic else "")
         ipv4, ipv6 = ((f"method=manual\naddress1={address}", "method=ignore") if nic["family"] == "inet"
                       else ("method=disabled", f"method=manual\naddress1={address}"))
+        if "dhcp" in nic:
+            ipv4, ipv6 = "method=auto", "method=ignore"
         files[f"/etc/NetworkManager/system-connections/{name}.nmconnection"] = (
             f"[connection]\nid={name}\ntype=ethernet\ninterface-name={name}\n\n[ipv4]\n{ipv4}\n\n[ipv6]\n{ipv6}\n")
     return files
