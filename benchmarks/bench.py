@@ -325,11 +325,18 @@ def main() -> int:
     hook = bench_hook(20)
     startup = bench_startup(max(5, args.repeats))
     watch = bench_watch(20 if args.quick else 40, 5.0 if args.quick else 30.0)
+    from stacks import bench_stacks  # benchmarks/stacks.py: each network stack's change to converged
+
+    stacks = bench_stacks(3 if args.quick else 10)
     found = versions()
     report = {"versions": found, "python": found["python"], "pyroute2": found["pyroute2"],
               "machine": platform.machine(), "cpus": os.cpu_count(), "guest": guest, "dom0": dom0,
-              "hook_seconds": hook, "startup_seconds": startup, "watch": watch, "ratios": ratios(guest, dom0)}
+              "hook_seconds": hook, "startup_seconds": startup, "watch": watch, "stacks": stacks,
+              "ratios": ratios(guest, dom0)}
     print(render(report))
+    from stacks import render as render_stacks
+
+    print(render_stacks(stacks))
     Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     print(f"\nwritten to {args.json}")
     return 0

@@ -43,6 +43,7 @@ class _Stack:
 
     def _start(self, lab: Lab, env: dict[str, str]) -> None:
         self.lab = lab
+        self.spawned: list[subprocess.Popen[bytes]] = []
         self.log_path = lab.workdir / f"{Path(self.daemon).name}.log"
         lab.run("guest", "ip", "link", "set", "lo", "up")
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **env}
@@ -81,6 +82,17 @@ class _Stack:
     def states(self) -> dict[str, str]:
         raise NotImplementedError
 
+    def spawn(self, *argv: str) -> subprocess.Popen[bytes]:
+        """Another program beside the daemon (its /run, bus and network namespace), logged to
+        the workdir and stopped with the daemon: networkd-dispatcher, say."""
+        log = open(self.lab.workdir / f"{Path(argv[0]).name}.log", "w")  # noqa: SIM115 (closed by the child's end)
+        process = subprocess.Popen(["nsenter", "-t", str(self.process.pid), "-m", "-n", "-r", "-w", *argv],
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+        log.close()
+        self.spawned.append(process)
+        return process
+
     def _wait_state(self, links: tuple[str, ...], state: str, timeout: float) -> None:
         """Until the daemon reports every link in `state`; on timeout, what it reports and logged."""
         try:
@@ -91,6 +103,10 @@ class _Stack:
 
     def stop(self) -> None:
         """The daemon and its bus (the bus forked away: found among the namespace's processes)."""
+        for process in self.spawned:
+            if process.poll() is None:
+                process.kill()
+            process.wait(10)
         pids = subprocess.run(["ip", "netns", "pids", self.lab.ns["guest"]], capture_output=True,
                               text=True).stdout.split()
         for pid in pids:

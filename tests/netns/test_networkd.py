@@ -272,6 +272,38 @@ def test_the_dispatcher_hooks_set_up_the_guest_and_do_nothing_while_watch_runs(s
         watcher.stop()
 
 
+@pytest.mark.skipif(not shutil.which("networkd-dispatcher"), reason="networkd-dispatcher is not installed here "
+                    "(the Debian 13 suite has it)")
+def test_the_real_networkd_dispatcher_runs_the_hook_at_start_and_after_reconfigure(stack):
+    """networkd-dispatcher itself, on networkd's bus: at its start (startup triggers, as at boot)
+    and after `networkctl reconfigure eth1` it runs the shipped hook from its state folders, and
+    the guest is set up and converged again without watch."""
+    networkd = stack.start_networkd(dropins=dropin())
+    scripts = stack.workdir / "networkd-dispatcher"
+    exports = " ".join(f"{key}='{value}'" for key, value in
+                       {**stack.hook_env(), "DOMUNET_DEFAULTS": "/nonexistent"}.items())
+    for state in ("routable", "degraded", "configured", "no-carrier", "off"):
+        (scripts / f"{state}.d").mkdir(parents=True)
+        wrapper = scripts / f"{state}.d" / "domunet"
+        wrapper.write_text(f"#!/bin/sh\nexport {exports}\nexec sh '{shipped('hooks/networkd-dispatcher/domunet')}'\n")
+        wrapper.chmod(0o755)
+    dispatcher = networkd.spawn("networkd-dispatcher", "-v", "--run-startup-triggers", "--script-dir", str(scripts))
+    log = stack.workdir / "networkd-dispatcher.log"
+    wait_until(lambda: len([line for line in owned(stack) if " lookup " in line]) >= 8,
+               f"set up by the hook at networkd-dispatcher's start\n{log.read_text()[-2000:]}")
+    wait_until(lambda: stack.domunet("plan").stdout == "", "the hook's runs done: nothing left to plan")
+    converged = owned(stack)
+    assert stack.answers() == dict.fromkeys(ALL, True)
+
+    seen = log.read_text().count("eth1")
+    networkd.networkctl("reconfigure", "eth1")
+    wait_until(lambda: log.read_text().count("eth1") > seen, "networkd-dispatcher saw eth1 change")
+    networkd.wait_configured(*(nic.guest for nic in NICS))
+    wait_until(lambda: owned(stack) == converged, f"converged again after reconfigure\n{log.read_text()[-2000:]}")
+    assert dispatcher.poll() is None, log.read_text()
+    assert stack.answers() == dict.fromkeys(ALL, True)
+
+
 @pytest.mark.parametrize(("action", "called"), [
     ("hostname", False), ("pre-up", False), ("connectivity-change", False), ("vpn-up", False),
     ("up", True), ("down", True), ("dhcp4-change", True), ("dhcp6-change", True), ("reapply", True),
