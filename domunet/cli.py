@@ -99,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
         verb(name, text).add_argument("interfaces", nargs="*", metavar="IFACE")
     status = verb("status", "show per interface what domunet does and what the kernel does")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    doctor = verb("doctor", "why does an address not answer? each step a reply takes, checked; the cause and "
+                            "its fix (read-only)")
+    doctor.add_argument("addresses", nargs="*", metavar="ADDRESS", help="default: every managed address")
+    doctor.add_argument("--json", action="store_true", help="every step, machine-readable")
+    doctor.add_argument("--probe", action="store_true", help="also send one echo to each gateway")
     verb("watch", "follow the kernel's changes and converge after each (a long-running service)")
     verb("lab", "demo: build a Xen-like lab in network namespaces, run domunet, clean up")
     verb("ifupdown", "the ifupdown hook's entry point: reads IFACE, MODE, IF_* from the environment")
@@ -127,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     dom0_status = action("status", "every vif dom0 routes: its addresses, routes, proxy entries, and whether "
                                    "the kernel still matches its record")
     dom0_status.add_argument("--json", action="store_true", help="machine-readable output")
+    dom0_doctor = action("doctor", "why does a guest address not answer? each step from the uplink to the vif, "
+                                   "checked; the cause and its fix (read-only)")
+    dom0_doctor.add_argument("targets", nargs="*", metavar="VIF|ADDRESS",
+                             help="default: every guest address of every online vif")
+    dom0_doctor.add_argument("--json", action="store_true", help="every step, machine-readable")
     action("serve", "run dom0's service in the foreground (domunet-dom0.service runs it): vif-domunet "
                     "hands each vif to it over dom0.sock in the state directory")
     hotplug = action("hotplug", "the Xen hotplug entry point (hooks/xen/vif-domunet)")
@@ -173,6 +183,8 @@ def _dom0(args: argparse.Namespace) -> int:
             finally:
                 engine.view.close()
         return EXIT_OK
+    if args.action == "doctor":
+        return _dom0_doctor(args)
     with Kernel() as kernel:
         dom0 = _dom0_engine(kernel, args)
         if args.action == "online":
@@ -201,6 +213,29 @@ def _dom0(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dom0_doctor(args: argparse.Namespace) -> int:
+    from domunet.core import xenstore
+    from domunet.core.kernel import Kernel
+    from domunet.dom0 import doctor
+
+    vifs, addresses = doctor.parse_targets(args.targets)
+    with Kernel() as kernel:
+        evidence = doctor.gather(_dom0_engine(kernel, args), xenstore.read if xenstore.available() else None)
+    return _verdicts(doctor.walk_all(evidence, vifs, addresses), args.json,
+                     "nothing to check: no vif is online through vif-domunet here")
+
+
+def _verdicts(verdicts: list[Any], as_json: bool, nothing: str) -> int:
+    """Either doctor's output; exit 0 when every address passes, 1 when a problem was found."""
+    from domunet.core.diagnosis import render
+
+    if as_json:
+        print(json.dumps({"addresses": [v.as_dict() for v in verdicts]}, indent=2))
+    else:
+        print(render(verdicts) if verdicts else nothing)
+    return EXIT_OK if all(v.failed is None for v in verdicts) else EXIT_FAILED
+
+
 def _dom0_table(rows: list[dict[str, Any]], serving: bool) -> str:
     """`domunet dom0 status` for a terminal: one line per vif."""
     lines = [f"service: {'running' if serving else 'not running (vif-domunet works in-process)'}",
@@ -225,6 +260,8 @@ def _run(args: argparse.Namespace) -> int:
         return _ifupdown(args)
     if args.verb == "changed":
         return _changed(args)
+    if args.verb == "doctor":
+        return _doctor(args)
     if args.verb == "watch":
         from domunet.guest import watch
 
@@ -274,6 +311,21 @@ def _changed(args: argparse.Namespace) -> int:
         log.info("%s: domunet watch runs and follows it: nothing to do", args.what or "changed")
         return EXIT_OK
     return _guest(args, "setup", [])
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    """The guest's doctor (2, bad usage, is the edge's: a UsageError)."""
+    from domunet.core.kernel import Kernel
+    from domunet.guest import doctor
+    from domunet.guest.pipeline import load_config
+
+    addresses = doctor.parse_addresses(args.addresses)
+    config = load_config(args.config, args.state_dir)
+    with Kernel() as kernel:
+        evidence = doctor.gather(kernel, config, args.state_dir, addresses, probe=args.probe)
+    wanted = addresses or doctor.managed_addresses(evidence.facts, evidence.desired)
+    return _verdicts([doctor.walk(evidence, address) for address in wanted], args.json,
+                     "nothing to check: domunet manages no interface here (name an address to check it)")
 
 
 def _guest(args: argparse.Namespace, verb: str, names: list[str], stanza: Any = None) -> int:

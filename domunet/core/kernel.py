@@ -39,6 +39,12 @@ DUMP_REQUEST = _dump_request()
 FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
 RTN_UNICAST = 1
 FR_ACT_TO_TBL = 1
+FIB_RULE_INVERT = 0x2
+#: What a rule does when it sends to no table (FR_ACT_*), as `ip rule` says it.
+_RULE_ACTIONS = {2: "goto", 3: "nop", 6: "blackhole", 7: "unreachable", 8: "prohibit"}
+#: Neighbour states (NUD_*), the one to report first when several bits are set.
+_NUD = ((0x20, "FAILED"), (0x01, "INCOMPLETE"), (0x02, "REACHABLE"), (0x04, "STALE"), (0x08, "DELAY"),
+        (0x10, "PROBE"), (0x80, "PERMANENT"), (0x40, "NOARP"))
 SCOPE_UNIVERSE = 0
 SCOPE_LINK = 253
 IFF_UP = 0x1
@@ -292,6 +298,73 @@ class Kernel:
         except NetlinkError as error:
             return f"none ({error.args[-1] if error.args else error})"
         return self._name(answer[0].get_attr("RTA_OIF")) if answer else "none"
+
+    def lookup(self, dst: IPAddress, src: IPAddress) -> tuple[str, int | None, IPAddress | None]:
+        """The kernel's route lookup for a packet from src (one of this host's addresses) to dst:
+        (the interface it leaves by, or "none (why)"; the table that answered; the next hop)."""
+        try:
+            answer = _listed(self._ipr.route("get", dst=str(dst), src=str(src), family=FAMILY[dst.version]))
+        except NetlinkError as error:
+            return f"none ({error.args[-1] if error.args else error})", None, None
+        if not answer:
+            return "none", None, None
+        gateway = answer[0].get_attr("RTA_GATEWAY")
+        return (self._name(answer[0].get_attr("RTA_OIF")), _attr(answer[0], "RTA_TABLE", answer[0]["table"]),
+                ipaddress.ip_address(gateway) if gateway else None)
+
+    def address_states(self) -> dict[tuple[str, str], tuple[int, int | None]]:
+        """Each address's kernel flags (IFA_F_*) and preferred lifetime in seconds (None: forever),
+        by (interface, address)."""
+        names = {link.index: link.name for link in self.links(refresh=True).values()}
+        states = {}
+        for msg in self.address_messages():
+            address = address_of(msg)
+            if address is None or msg["index"] not in names:
+                continue
+            info = msg.get_attr("IFA_CACHEINFO")
+            preferred = info["ifa_preferred"] if info else None
+            states[(names[msg["index"]], str(address.ip))] = (
+                _attr(msg, "IFA_FLAGS", msg["flags"]), None if preferred in (None, 0xFFFFFFFF) else preferred)
+        return states
+
+    def rule_details(self, version: int) -> list[dict[str, Any]]:
+        """Every rule of one family, whatever it selects and does (a VPN's, a container runtime's,
+        ours), sorted by priority: priority, table (None unless it sends to one), src, iif, oif,
+        fwmark, fwmask, invert, proto, and `text` as `ip rule` would say it."""
+        rules = []
+        for msg in self._dump(f"the IPv{version} rules", self._ipr.get_rules, family=FAMILY[version]):
+            src, dst = msg.get_attr("FRA_SRC"), msg.get_attr("FRA_DST")
+            fwmark = msg.get_attr("FRA_FWMARK")
+            rule: dict[str, Any] = {
+                "priority": _attr(msg, "FRA_PRIORITY", 0),
+                "table": _attr(msg, "FRA_TABLE", msg["table"]) if msg["action"] == FR_ACT_TO_TBL else None,
+                "src": ipaddress.ip_network(f"{src}/{msg['src_len']}") if src else None,
+                "dst": ipaddress.ip_network(f"{dst}/{msg['dst_len']}") if dst else None,
+                "iif": msg.get_attr("FRA_IIFNAME"), "oif": msg.get_attr("FRA_OIFNAME"),
+                "fwmark": fwmark, "fwmask": _attr(msg, "FRA_FWMASK", 0xFFFFFFFF) if fwmark is not None else None,
+                "invert": bool(msg["flags"] & FIB_RULE_INVERT), "proto": _attr(msg, "FRA_PROTOCOL", 0),
+            }
+            words = [f"{rule['priority']}:", *(["not"] if rule["invert"] else []),
+                     f"from {rule['src']}" if src else "from all", *([f"to {rule['dst']}"] if dst else [])]
+            if fwmark is not None:
+                words.append(f"fwmark {fwmark:#x}/{rule['fwmask']:#x}")
+            words += [f"{word} {rule[word]}" for word in ("iif", "oif") if rule[word]]
+            words.append(f"lookup {rule['table']}" if rule["table"] is not None
+                         else _RULE_ACTIONS.get(msg["action"], "other"))
+            rule["text"] = " ".join(words)
+            rules.append(rule)
+        return sorted(rules, key=lambda r: r["priority"])
+
+    def neighbour_state(self, name: str, address: IPAddress) -> str | None:
+        """The neighbour entry for address on interface name: its state (REACHABLE, STALE, FAILED
+        ...), or None when there is none."""
+        index = self._index(name)
+        messages = self._dump(f"the neighbours of {name}", self._ipr.get_neighbours, family=FAMILY[address.version])
+        for msg in messages:
+            if msg["ifindex"] == index and msg.get_attr("NDA_DST") == str(address):
+                state = msg["state"]
+                return next((text for bit, text in _NUD if state & bit), f"{state:#x}")
+        return None
 
     # --- writes: one object, one request ---------------------------------------------------
 

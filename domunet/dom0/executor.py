@@ -506,13 +506,21 @@ class Dom0:
         return rows
 
     def reconcile(self) -> int:
-        """Re-add what the kernel drops behind our back (proxy entries when the uplink was down)."""
+        """Re-add what the kernel drops behind our back (proxy entries when the uplink was down,
+        a route someone deleted), as each vif's record says it."""
         nftables.require("reconcile")
         with self.locked():
             self.kernel.forget_links()
             self._loaded = None  # the whole table, whatever was loaded before
             records = self.records()
+            links = self.kernel.links(refresh=True)
+            present = {(r.dev, r.dst) for version in (4, 6) for r in self.kernel.routes(version, TABLE_MAIN)}
             for record in records:
+                for entry in record.routes if record.vif in links else []:
+                    route = entry.route(record.vif)
+                    if (route.dev, route.dst) not in present:
+                        log.info("%s: route %s was gone; added again", record.vif, entry.destination)
+                        self.kernel.add_route(route)
                 for text in record.proxies:
                     try:
                         self.kernel.add_proxy(record.uplink, ipaddress.ip_address(text))

@@ -2,7 +2,8 @@
 
 From a guarded vif, only its listed source addresses (and IPv6 link-local and `::`, which
 neighbour discovery and DAD need, and a DHCP client's broadcast from 0.0.0.0 before it has a
-lease, which a DHCP server in dom0 needs) enter; everything else is dropped before routing. The sets
+lease, which a DHCP server in dom0 needs) enter; everything else is dropped before routing, and
+its vif and source kept an hour in a dynamic set (spoofed4, spoofed6) for `dom0 doctor`. The sets
 are rebuilt from domunet's records in one transaction, so the result never depends on the
 order in which vifs came and went.
 
@@ -29,6 +30,8 @@ table inet {TABLE} {{
     set guarded {{ type ifname; }}
     set allowed4 {{ type ifname . ipv4_addr; flags interval; }}
     set allowed6 {{ type ifname . ipv6_addr; flags interval; }}
+    set spoofed4 {{ type ifname . ipv4_addr; flags dynamic,timeout; timeout 1h; size 4096; }}
+    set spoofed6 {{ type ifname . ipv6_addr; flags dynamic,timeout; timeout 1h; size 4096; }}
     chain antispoof {{ type filter hook prerouting priority raw; policy accept; }}
     chain guestinput {{ type filter hook input priority filter; policy accept; }}
 }}
@@ -47,6 +50,8 @@ table inet {TABLE} {{
         ip6 saddr fe80::/10 accept
         ip6 saddr :: accept
         meta nfproto ipv6 iifname . ip6 saddr @allowed6 accept
+        meta nfproto ipv4 update @spoofed4 {{ iifname . ip saddr }}
+        meta nfproto ipv6 update @spoofed6 {{ iifname . ip6 saddr }}
         counter drop
     }}
 }}
@@ -143,6 +148,18 @@ def guarded_now() -> dict[str, list[IPNetwork]]:
                 except ValueError:
                     continue
     return guarded
+
+
+def spoofed_now() -> list[tuple[str, str]]:
+    """(vif, source) of what the guard dropped in the last hour, as its dynamic sets hold them:
+    a guest that sends from addresses it was not given (`domunet dom0 doctor` names them)."""
+    found = []
+    for name in ("spoofed4", "spoofed6"):
+        code, output, _ = run(f"list set inet {TABLE} {name}\n", "dom0's anti-spoofing")
+        if code == 0 and "elements = {" in output:
+            elements = output.split("elements = {", 1)[1].split("}", 1)[0]
+            found += [(vif, text) for vif, text in _ELEMENT.findall(elements)]
+    return found
 
 
 def load(text: str) -> None:
