@@ -145,8 +145,8 @@ def test_lab_without_its_programs_names_them_and_builds_nothing(cli_lab):
     assert "netns add" not in (calls.read_text() if calls.exists() else "")
 
 
-@pytest.mark.parametrize("args", [*GUEST_VERBS, ["ifupdown"], ["changed", "eth1"],
-                                  ["dom0", "offline", "--vif", "vif1.0"]], ids=" ".join)
+@pytest.mark.parametrize("args", [*GUEST_VERBS, ["ifupdown"], ["changed", "eth1"], ["doctor"],
+                                  ["dom0", "offline", "--vif", "vif1.0"], ["dom0", "doctor"]], ids=" ".join)
 def test_without_the_python_libraries_names_the_debian_package(cli_lab, args):
     before = snapshot(cli_lab)
     result = run(cli_lab, "dom0" if args[0] == "dom0" else "guest", *args, flags=["-S"], env=START)
@@ -175,7 +175,7 @@ def test_hotplug_with_an_unusable_state_directory(cli_lab, command, code):
     assert snapshot(cli_lab) == before
 
 
-@pytest.mark.parametrize("args", [*GUEST_VERBS, ["ifupdown"], ["changed", "eth1"]], ids=" ".join)
+@pytest.mark.parametrize("args", [*GUEST_VERBS, ["ifupdown"], ["changed", "eth1"], ["doctor"]], ids=" ".join)
 def test_a_config_with_bytes_that_are_not_utf8(cli_lab, args):
     before = snapshot(cli_lab)
     result = run(cli_lab, "guest", *args, config=str(cli_lab.workdir / "bad.conf"), env=START)
@@ -193,6 +193,8 @@ HOSTILE = [
     (["dom0", "online", "--vif", "vif1.0", "--ip", b"192.0.2.\xff"], "--ip: "),
     (["dom0", "offline", "--vif", "vif1.0;reboot"], "--vif: "),
     (["dom0", "offline", "--vif", b"vif\xff"], "--vif: "),
+    (["doctor", HUGE], "ADDRESS argument"), (["doctor", "192.0.2.1;reboot"], "ADDRESS argument"),
+    (["dom0", "doctor", HUGE], "neither a vif name nor an IP address"),
 ]
 
 
@@ -204,7 +206,7 @@ def test_hostile_arguments(cli_lab, args, fragment):
     assert snapshot(cli_lab) == before
 
 
-@pytest.mark.parametrize("args", [["setup"], ["status"], ["dom0", "reconcile"]], ids=" ".join)
+@pytest.mark.parametrize("args", [["setup"], ["status"], ["doctor"], ["dom0", "reconcile"]], ids=" ".join)
 def test_a_10kb_config_or_state_path(cli_lab, args):
     before = snapshot(cli_lab)
     role = "dom0" if args[0] == "dom0" else "guest"

@@ -15,7 +15,8 @@ VERBS = [
     ["setup"], ["setup", "eth0"], ["teardown"], ["teardown", "eth1"], ["plan"], ["plan", "eth0"], ["status"],
     ["status", "--json"], ["lab"], ["ifupdown"],
     ["dom0", "online", "--vif", "vif1.0", "--ip", "192.0.2.5"], ["dom0", "offline", "--vif", "vif1.0"],
-    ["dom0", "reconcile"], ["dom0", "hotplug", "online"],
+    ["dom0", "reconcile"], ["dom0", "hotplug", "online"], ["doctor"], ["doctor", "192.0.2.5", "--json", "--probe"],
+    ["dom0", "doctor"], ["dom0", "doctor", "vif1.0", "--json"],
 ]
 
 

@@ -371,3 +371,35 @@ def test_a_dhcp_lease_on_a_hot_plugged_vif_is_followed_granted_renewed_and_chang
         dom0.run("xl", "network-detach", guest.name, "5", check=False, timeout=180)
     gone = guest.until(f"! ip rule | grep -q 'from {second} ' && ! ip rule | grep -q enX5", timeout=90)
     assert gone["rc"] == 0, domunet_lines(guest)
+
+
+def test_doctor_on_both_sides_passes_on_the_healthy_guest_and_names_a_deleted_rule_and_route(dom0, each_guest):
+    """`domunet doctor` in the guest and `domunet dom0 doctor` in dom0, on real Xen (the real
+    xenstore's hotplug-status, netfront's NICs): every address passes; a domunet rule deleted in
+    the guest (watch stopped, else it puts it back at once) and the vif's route deleted in dom0
+    are named, with the command that fixes each; that command fixes it."""
+    guest, address = each_guest, ADDRESSES[each_guest.name]["enX1"]
+    domid = dom0.run("xl", "domid", guest.name)["stdout"].strip()
+    healthy = guest.until("domunet doctor", timeout=120)
+    assert healthy["rc"] == 0, healthy
+    shown = json.loads(dom0.run("domunet", "dom0", "doctor", "--json", f"vif{domid}.1")["stdout"])
+    assert [a["ok"] for a in shown["addresses"]] == [True], shown
+    assert "hotplug-status connected" in json.dumps(shown)
+
+    guest.run("systemctl", "stop", "domunet-watch.service")
+    try:
+        guest.sh(f"ip rule del from {address}")
+        found = json.loads(guest.run("domunet", "doctor", "--json", address, check=False)["stdout"])
+        assert found["addresses"][0]["cause"] == "rule-missing", found
+        assert "domunet setup" in guest.run("domunet", "doctor", address, check=False)["stdout"]
+        guest.run("domunet", "setup")
+    finally:
+        guest.run("systemctl", "start", "domunet-watch.service")
+    assert guest.run("domunet", "doctor", address, check=False)["rc"] == 0
+
+    dom0.run("ip", "route", "del", f"{address}/32", "dev", f"vif{domid}.1")
+    found = json.loads(dom0.run("domunet", "dom0", "doctor", "--json", address, check=False)["stdout"])
+    assert found["addresses"][0]["cause"] == "route-missing", found
+    dom0.run("domunet", "dom0", "reconcile")
+    assert dom0.run("domunet", "dom0", "doctor", address, check=False)["rc"] == 0
+    assert answers(dom0, address), f"{guest.name}: {address} silent after dom0 reconcile"
