@@ -10,8 +10,9 @@ from pathlib import Path
 import domunet
 from tests.labs import package_root
 
-PURE = ["domunet.core.model", "domunet.core.config", "domunet.core.state", "domunet.guest.plan",
-        "domunet.guest.diff", "domunet.guest.render", "domunet.guest.status", "domunet.guest.watch"]
+PURE = ["domunet.core.model", "domunet.core.config", "domunet.core.state", "domunet.core.diagnosis",
+        "domunet.guest.plan", "domunet.guest.diff", "domunet.guest.render", "domunet.guest.status",
+        "domunet.guest.watch"]
 PACKAGE = Path(domunet.__file__).resolve().parent  # the source tree's, or the unpacked package's
 
 
