@@ -519,8 +519,12 @@ class Dom0:
                 for entry in record.routes if record.vif in links else []:
                     route = entry.route(record.vif)
                     if (route.dev, route.dst) not in present:
-                        log.info("%s: route %s was gone; added again", record.vif, entry.destination)
-                        self.kernel.add_route(route)
+                        try:
+                            self.kernel.add_route(route)
+                            log.info("%s: route %s was gone; added again", record.vif, entry.destination)
+                        except KernelError as error:  # one vif's route costs that route, not the others
+                            log.warning("%s: route %s was gone and cannot be added again: %s", record.vif,
+                                        entry.destination, error)
                 for text in record.proxies:
                     try:
                         self.kernel.add_proxy(record.uplink, ipaddress.ip_address(text))
