@@ -299,18 +299,18 @@ class Kernel:
             return f"none ({error.args[-1] if error.args else error})"
         return self._name(answer[0].get_attr("RTA_OIF")) if answer else "none"
 
-    def lookup(self, dst: IPAddress, src: IPAddress) -> tuple[str, int | None, IPAddress | None]:
+    def lookup(self, dst: IPAddress, src: IPAddress) -> tuple[str, IPAddress | None]:
         """The kernel's route lookup for a packet from src (one of this host's addresses) to dst:
-        (the interface it leaves by, or "none (why)"; the table that answered; the next hop)."""
+        the interface it leaves by (or "none (why)") and the next hop. Not the table: for IPv4 the
+        kernel reports main whichever rule chose the route (domunet.guest.doctor works that out)."""
         try:
             answer = _listed(self._ipr.route("get", dst=str(dst), src=str(src), family=FAMILY[dst.version]))
         except NetlinkError as error:
-            return f"none ({error.args[-1] if error.args else error})", None, None
+            return f"none ({error.args[-1] if error.args else error})", None
         if not answer:
-            return "none", None, None
+            return "none", None
         gateway = answer[0].get_attr("RTA_GATEWAY")
-        return (self._name(answer[0].get_attr("RTA_OIF")), _attr(answer[0], "RTA_TABLE", answer[0]["table"]),
-                ipaddress.ip_address(gateway) if gateway else None)
+        return self._name(answer[0].get_attr("RTA_OIF")), ipaddress.ip_address(gateway) if gateway else None
 
     def address_states(self) -> dict[tuple[str, str], tuple[int, int | None]]:
         """Each address's kernel flags (IFA_F_*) and preferred lifetime in seconds (None: forever),

@@ -46,8 +46,8 @@ class Evidence:
     #: (family, table) -> the table has a route for a reply to the probe destination (a rule into
     #: a table without one lets the lookup go on to the next rule)
     covers: Mapping[tuple[int, int], bool]
-    #: address -> the kernel's lookup of a reply from it: (leaves by, table, next hop)
-    lookups: Mapping[str, tuple[str, int | None, IPAddress | None]]
+    #: address -> the kernel's lookup of a reply from it: (leaves by, next hop)
+    lookups: Mapping[str, tuple[str, IPAddress | None]]
     #: (interface, gateway) -> neighbour state, None when there is no entry
     neighbours: Mapping[tuple[str, str], str | None]
     #: interface -> effective IPv4 rp_filter (the higher of all's and the interface's)
@@ -196,7 +196,7 @@ def _rules_step(evidence: Evidence, interface: Interface, ip: IPAddress, managed
     anything = [r for r in evidence.owned.rules if r.table == managed.table] + \
         [r for r in evidence.owned.routes if r.table == managed.table]
     if not anything:
-        leaves = evidence.lookups.get(str(ip), ("?", None, None))[0]
+        leaves = evidence.lookups.get(str(ip), ("?", None))[0]
         strict = evidence.rp_filter.get(interface.name, 0) == 1
         if ip.version == 4 and strict and leaves != interface.name:
             return Step("rule", False, f"domunet has not set {interface.name} up: replies from {ip} leave by {leaves}, "
@@ -244,7 +244,7 @@ def _catches(rule: Mapping[str, Any], ip: IPAddress, evidence: Evidence) -> bool
 
 
 def _leaves_step(evidence: Evidence, interface: Interface, ip: IPAddress, managed: ManagedInterface | None) -> Step:
-    leaves, _, hop = evidence.lookups.get(str(ip), ("?", None, None))
+    leaves, hop = evidence.lookups.get(str(ip), ("?", None))
     found = f"a reply from {ip} leaves by {leaves}" + (f" via {hop}" if hop else "")
     if managed is not None:
         ours = min((r.priority for r in _ours_for(evidence.owned.rules, ip, interface.name, managed.table)),
