@@ -375,13 +375,19 @@ def test_a_dhcp_lease_on_a_hot_plugged_vif_is_followed_granted_renewed_and_chang
 
 def test_doctor_on_both_sides_passes_on_the_healthy_guest_and_names_a_deleted_rule_and_route(dom0, each_guest):
     """`domunet doctor` in the guest and `domunet dom0 doctor` in dom0, on real Xen (the real
-    xenstore's hotplug-status, netfront's NICs): every address passes; a domunet rule deleted in
+    xenstore's hotplug-status, netfront's NICs): every address passes, and with --probe dom0
+    answers the echo to the gateway through netfront and the vif; a domunet rule deleted in
     the guest (watch stopped, else it puts it back at once) and the vif's route deleted in dom0
     are named, with the command that fixes each; that command fixes it."""
     guest, address = each_guest, ADDRESSES[each_guest.name]["enX1"]
     domid = dom0.run("xl", "domid", guest.name)["stdout"].strip()
     healthy = guest.until("domunet doctor", timeout=120)
     assert healthy["rc"] == 0, healthy
+    probed = json.loads(guest.run("domunet", "doctor", "--json", "--probe")["stdout"])
+    gateways = [step["found"] for verdict in probed["addresses"] for step in verdict["steps"]
+                if step["check"] == "neighbour" and not step["found"].startswith("no IPv")]
+    assert all(verdict["ok"] for verdict in probed["addresses"]), probed
+    assert gateways and all(found.endswith(", answered an echo") for found in gateways), probed
     shown = json.loads(dom0.run("domunet", "dom0", "doctor", "--json", f"vif{domid}.1")["stdout"])
     assert [a["ok"] for a in shown["addresses"]] == [True], shown
     assert "hotplug-status connected" in json.dumps(shown)
