@@ -167,7 +167,7 @@ def _dom0_engine(kernel: Any, args: argparse.Namespace) -> Any:
 
 def _dom0(args: argparse.Namespace) -> int:
     from domunet.core.kernel import Kernel
-    from domunet.dom0.request import VifRequest, check_ifname, parse_addresses
+    from domunet.dom0.request import VifRequest, check_ifname, parse_addresses, vif_key
 
     if args.action == "hotplug":
         return _hotplug(args)
@@ -190,7 +190,7 @@ def _dom0(args: argparse.Namespace) -> int:
         if args.action == "online":
             vif = check_ifname(args.vif, "--vif")
             request = VifRequest(
-                key=vif, vif=vif, guest=parse_addresses(args.ip, "--ip"),
+                key=vif_key(vif), vif=vif, guest=parse_addresses(args.ip, "--ip"),
                 uplink=check_ifname(args.uplink, "--uplink") if args.uplink else None,
                 rename=check_ifname(args.vifname, "--vifname") if args.vifname else None,
             )
@@ -323,9 +323,9 @@ def _doctor(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.state_dir)
     with Kernel() as kernel:
         evidence = doctor.gather(kernel, config, args.state_dir, addresses, probe=args.probe)
-    wanted = addresses or doctor.managed_addresses(evidence.facts, evidence.desired)
+    wanted = addresses or doctor.every_address(config, evidence.facts)
     return _verdicts([doctor.walk(evidence, address) for address in wanted], args.json,
-                     "nothing to check: domunet manages no interface here (name an address to check it)")
+                     "nothing to check: no interface here holds a routed address (name an address to check it)")
 
 
 def _guest(args: argparse.Namespace, verb: str, names: list[str], stanza: Any = None) -> int:

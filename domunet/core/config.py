@@ -43,7 +43,7 @@ DOM0_INPUTS = ("restricted", "open")
 DEFAULT_FWMARK_MASK = 0x03FF0000
 
 #: Interface names as admins write them (the kernel allows more, shells and tools do not).
-_IFNAME_GLOB = re.compile(r"^[A-Za-z0-9_.@+*?\[\]!-]{1,64}$")
+_IFNAME_GLOB = re.compile(r"[A-Za-z0-9_.@+*?\[\]!-]{1,64}")
 
 
 
@@ -154,7 +154,7 @@ def _ip(value: Any, version: int) -> IPAddress | None:
 def _ifname(value: Any, pattern: re.Pattern[str] = IFNAME) -> str | None:
     if _check_none(value):
         return None
-    if not isinstance(value, str) or not pattern.match(value) or value in (".", ".."):
+    if not isinstance(value, str) or not pattern.fullmatch(value) or value in (".", ".."):
         raise _Invalid(f"{value!r} is not an interface name")
     return value
 

@@ -55,11 +55,11 @@ DEFAULT6 = ipaddress.IPv6Network("::/0")
 #: Interface names as domunet accepts them everywhere (config, stanzas, IFACE, vif, vifname,
 #: uplink): what admins and the toolstack write; the kernel allows more, shells and tools do not.
 IFNAME_CHARS = r"[A-Za-z0-9_.@+-]"
-IFNAME = re.compile(rf"^{IFNAME_CHARS}{{1,15}}$")
+IFNAME = re.compile(rf"{IFNAME_CHARS}{{1,15}}")
 
 
 def valid_ifname(name: object) -> bool:
-    return isinstance(name, str) and IFNAME.match(name) is not None and name not in (".", "..")
+    return isinstance(name, str) and IFNAME.fullmatch(name) is not None and name not in (".", "..")
 
 
 def parse_address(text: str) -> IPAddress:

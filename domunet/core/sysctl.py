@@ -30,8 +30,8 @@ def ipv6_enabled() -> bool:
     return read("net/ipv6/conf/all/disable_ipv6") == "0"
 
 
-_SAVED_KEY = re.compile(rf"^net/ipv[46]/(ip_forward|conf/{IFNAME_CHARS}{{1,15}}/[a-z_]{{1,32}})$")
-_SAVED_VALUE = re.compile(r"^-?\d{1,10}$")
+_SAVED_KEY = re.compile(rf"net/ipv[46]/(ip_forward|conf/{IFNAME_CHARS}{{1,15}}/[a-z_]{{1,32}})")
+_SAVED_VALUE = re.compile(r"-?\d{1,10}")
 
 
 def saved_values(data: object) -> dict[str, str]:
@@ -40,7 +40,7 @@ def saved_values(data: object) -> dict[str, str]:
     if not isinstance(data, dict):
         raise ValueError("not a mapping")
     for key, value in data.items():
-        if not isinstance(key, str) or not _SAVED_KEY.match(key) or not isinstance(value, str) \
-                or not _SAVED_VALUE.match(value):
+        if not isinstance(key, str) or not _SAVED_KEY.fullmatch(key) or not isinstance(value, str) \
+                or not _SAVED_VALUE.fullmatch(value):
             raise ValueError(f"{str(key)[:60]!r} = {str(value)[:20]!r}")
     return dict(data)

@@ -27,18 +27,17 @@ from domunet.core.errors import ConfigError, KernelError, ObjectExists, ObjectMi
 from domunet.core.kernel import Kernel
 from domunet.core.lock import locked
 from domunet.core.model import DEFAULT_STATE_DIR, PROTO_DOM0, TABLE_MAIN, IPNetwork, Route
-from domunet.core.state import Layout, read_saved_sysctls, set_aside, write_json
+from domunet.core.state import Layout, check_dir, read_saved_sysctls, set_aside, write_json
 from domunet.dom0 import guard
 from domunet.dom0.records import (
     HostRoute,
     Unusable,
     VifRecord,
-    keys_for,
     plan_online,
     read_records,
     save_record,
 )
-from domunet.dom0.request import VifRequest, check_guest_networks, domain_of
+from domunet.dom0.request import VifRequest, check_guest_networks, domain_of, keys_for
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +87,9 @@ class Dom0:
     # --- records ---------------------------------------------------------------------------
 
     def locked(self) -> AbstractContextManager[None]:
-        """Hotplug scripts for several vifs run at once: serialise them."""
+        """Hotplug scripts for several vifs run at once: serialise them. The state directory
+        itself must be root's too, not only the dom0/ folder made in it (dom0.sock lives there)."""
+        check_dir(self.layout.root)
         return locked(str(self.dir))
 
     def _path(self, key: str) -> Path:
@@ -103,6 +104,10 @@ class Dom0:
         if self.view is not None and self._known is not None and self._mark() == self._known[2]:
             self.unusable = list(self._known[1])
             return list(self._known[0]), self.unusable
+        # the records are not (or no longer) as this engine left them: another run changed them
+        # (vif-domunet in-process, beside this service), and the anti-spoofing table with them;
+        # what this engine loaded last is not the kernel's table: the next load is whole
+        self._known, self._loaded = None, None
         records, self.unusable = read_records(self.layout, self._records_cache)
         return records, self.unusable
 

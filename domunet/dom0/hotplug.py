@@ -52,7 +52,7 @@ def handle_many(calls: Sequence[Call], engine: Callable[[], Any]) -> list[str | 
             try:
                 online[index] = request_from_hotplug(call.env, backend_reader(call.env.get("XENBUS_PATH", "")))
             except Exception as error:  # noqa: BLE001 (libxl must hear `error` whatever failed)
-                results[index] = _report_failure(call, error)
+                results[index] = report_failure(call, error)
     if offline:
         _offline([calls[index] for index in offline], engine)
     if online:
@@ -63,14 +63,14 @@ def handle_many(calls: Sequence[Call], engine: Callable[[], Any]) -> list[str | 
             outcomes = [error] * len(online)
         for index, outcome in zip(online, outcomes):
             if isinstance(outcome, BaseException):
-                results[index] = _report_failure(calls[index], outcome)
+                results[index] = report_failure(calls[index], outcome)
             else:
                 path = calls[index].env.get("XENBUS_PATH", "")
                 try:
                     xenstore.write_many({**{f"{path}/{key}": value for key, value in published_keys(outcome).items()},
                                          f"{path}/hotplug-status": "connected"})
                 except Exception as error:  # noqa: BLE001 (libxl must hear `error`; dom0 is as before)
-                    results[index] = _report_failure(calls[index], error, undo=True, engine=engine)
+                    results[index] = report_failure(calls[index], error, undo=True, engine=engine)
     return results
 
 
@@ -90,7 +90,7 @@ def _offline(calls: Sequence[Call], engine: Callable[[], Any]) -> None:
                 log.error("offline %s: %s", call.env.get("vif"), error)
 
 
-def _report_failure(call: Call, error: BaseException, undo: bool = False,
+def report_failure(call: Call, error: BaseException, undo: bool = False,
                     engine: Callable[[], Any] | None = None) -> str:
     """Tell libxl (hotplug-error, then hotplug-status error) and the log; with `undo`, the vif's
     online is undone first (it was done, but libxl could not be told so)."""
@@ -168,7 +168,7 @@ def request_from_hotplug(env: Mapping[str, str], read: Callable[[str], str | Non
 def hotplug_key(env: Mapping[str, Any]) -> str:
     """Records are keyed by the xenstore backend path (stable across renames), else by vif."""
     path = env.get("XENBUS_PATH") or ""
-    match = XENBUS_PATH_PATTERN.match(path)
+    match = XENBUS_PATH_PATTERN.fullmatch(path)
     if match:
         return f"xen-{match.group(1)}-{match.group(2)}"
     return check_ifname(env.get("vif"), "vif")

@@ -15,13 +15,22 @@ import _socket
 import os
 import sys
 
-#: A service busy with a boot storm answers later; one vif takes well under a second.
-ANSWER_TIMEOUT = 120.0
+#: libxl gives a hotplug script 40 s (LIBXL_HOTPLUG_TIMEOUT), then kills it and fails the vif. The
+#: client's budget (docs/reliability.md, "The hotplug time budget"): connect, then the service's
+#: "queued" within ACK_WITHIN (its reader never waits on the work or on other callers: a hung or
+#: stopped service is found out here), then the answer within ANSWER_WITHIN. A request the service
+#: cannot start within START_WITHIN of reading it is answered "late", untouched, and done in-process.
+CONNECT_TIMEOUT = 1.0
+ACK_WITHIN = 5.0
+START_WITHIN = 10.0
+ANSWER_WITHIN = 20.0
 MAX_ANSWER = 64 * 1024
 #: The parts of libxl's environment the work reads (the rest of it is the service's own).
 ENVIRONMENT = ("vif", "XENBUS_PATH", "netdev")
 #: What `hand_over` returns when the caller must do the work itself.
 NO_SERVICE, GONE = "no service", "gone"
+#: The service's first line to a caller that asked for it: it has the request and will answer.
+QUEUED = b'{"queued":true}\n'
 
 
 def socket_path(env: dict[str, str]) -> str:
@@ -40,26 +49,82 @@ def message(command: str, settings: list[str], env: dict[str, str]) -> bytes:
     pairs = dict(s.split("=", 1) for s in settings if "=" in s)
     fields = ",".join(f"{_string(k)}:{_string(v)}" for k, v in pairs.items())
     values = ",".join(f"{_string(name)}:{_string(env.get(name) or '')}" for name in ENVIRONMENT)
-    text = f'{{"op":"hotplug","command":{_string(command)},"settings":{{{fields}}},"env":{{{values}}}}}\n'
+    text = (f'{{"op":"hotplug","command":{_string(command)},"settings":{{{fields}}},"env":{{{values}}},'
+            f'"ack":true,"start_within":{START_WITHIN}}}\n')
     return text.encode("utf-8", "surrogateescape")
+
+
+def unsafe_directory(path: str) -> str | None:
+    """Why dom0.sock in this state directory must not be trusted (None: it may): the directory must
+    be root's and writable by root only, as every other path demands (domunet.core.state.check_dir)."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None  # nothing listens there: the in-process way makes and checks the directory
+    if info.st_mode & 0o170000 != 0o040000:  # S_ISDIR, without importing stat
+        return f"{path} is not a directory"
+    if os.geteuid() == 0 and (info.st_uid != 0 or info.st_mode & 0o022):
+        return f"{path} is not root's alone (owner uid {info.st_uid}, mode {info.st_mode & 0o7777:o})"
+    return None
+
+
+def unsafe_server(client: _socket.socket) -> str | None:
+    """Why the listener on dom0.sock is not the dom0 service (None: it is): it must be root, in
+    this network namespace (a service of another namespace would configure that one's vifs)."""
+    credentials = client.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+    pid, uid = (int.from_bytes(credentials[i:i + 4], sys.byteorder) for i in (0, 4))
+    if uid != 0:
+        return f"its listener is uid {uid}, not root"
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/ns/net"), os.stat("/proc/self/ns/net")
+    except OSError as error:
+        return f"cannot tell its listener's network namespace ({error.strerror})"
+    if (theirs.st_dev, theirs.st_ino) != (ours.st_dev, ours.st_ino):
+        return "its listener is in another network namespace"
+    return None
+
+
+def _line(client: _socket.socket, data: bytes, timeout: float) -> tuple[bytes, bytes]:
+    """The next line the service sends (and what came after it); b"" at its end of stream.
+    The timeout is per read: the server is root's own service (unsafe_server)."""
+    client.settimeout(timeout)
+    while b"\n" not in data and len(data) <= MAX_ANSWER and (chunk := client.recv(65536)):
+        data += chunk
+    line, _, rest = data.partition(b"\n")
+    return (line + b"\n" if line else b""), rest
 
 
 def hand_over(command: str, settings: list[str], env: dict[str, str]) -> int | str:
     """The exit status when the service did the call; NO_SERVICE or GONE when it did not (GONE:
     it took the call and went away before it answered, and may have done part of it)."""
+    path = socket_path(env)
+    if unsafe_directory(os.path.dirname(path)):
+        return NO_SERVICE  # the in-process way refuses the directory, in the one line it says
     client = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
-        client.settimeout(ANSWER_TIMEOUT)
-        client.connect(socket_path(env))
+        client.settimeout(CONNECT_TIMEOUT)
+        client.connect(path)
+        unsafe = unsafe_server(client)
     except OSError:
         client.close()
+        return NO_SERVICE
+    if unsafe:
+        client.close()
+        sys.stderr.write(f"vif-domunet: dom0.sock not used: {unsafe}\n")
         return NO_SERVICE
     try:
         client.sendall(message(command, settings, env))
         client.shutdown(_socket.SHUT_WR)
-        data = b""
-        while len(data) <= MAX_ANSWER and (chunk := client.recv(65536)):
-            data += chunk
+        try:
+            queued, rest = _line(client, b"", ACK_WITHIN)
+        except TimeoutError:
+            sys.stderr.write(f"vif-domunet: the dom0 service did not take the call within {ACK_WITHIN:.0f} s "
+                             "(hung or stopped?): doing it in-process\n")
+            return NO_SERVICE  # it never started: a late reader finds this caller gone and drops it
+        if queued != QUEUED:
+            data = queued + rest  # a service that answers at once (a refusal, a malformed request)
+        else:
+            data, rest = _line(client, rest, ANSWER_WITHIN)
     except OSError:
         return GONE
     finally:
@@ -73,8 +138,8 @@ def hand_over(command: str, settings: list[str], env: dict[str, str]) -> int | s
         ok, kind, error = bool(answer["ok"]), answer.get("kind"), str(answer.get("error") or "")
     except (ValueError, KeyError, TypeError, AttributeError):
         return GONE  # no answer, or not one this client understands: it may have done part of it
-    if not ok and kind == "refused":
-        return NO_SERVICE  # another network namespace: not this service's vifs
+    if not ok and kind in ("refused", "late"):
+        return NO_SERVICE  # not this service's vifs, or not started in time: untouched
     if error:
         sys.stderr.write(f"vif-domunet: {command} {env.get('vif', '')}: {error[:400]}\n")
     if ok:

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from domunet.core.errors import UsageError
 from domunet.core.model import (
-    IFNAME_CHARS,
     METRIC6,
     PROTO_DOM0,
     TABLE_MAIN,
@@ -30,7 +28,7 @@ from domunet.core.model import (
 )
 from domunet.core.state import Layout, read_folder, write_json
 from domunet.core.sysctl import saved_values
-from domunet.dom0.request import VifRequest, check_ifname, check_xenbus_path
+from domunet.dom0.request import RECORD_KEY, VifRequest, check_ifname, check_xenbus_path
 
 log = logging.getLogger(__name__)
 
@@ -123,15 +121,12 @@ def plan_online(request: VifRequest, uplink: str, uplink_addresses: list[IPInter
     return record
 
 
-_RECORD_KEY = re.compile(rf"^(xen-\d{{1,5}}-\d{{1,5}}|{IFNAME_CHARS}{{1,15}})$")
-
-
 def record_from(data: object) -> VifRecord:
     """A record as read back, checked as strictly as online's own input (ValueError if not)."""
     if not isinstance(data, dict):
         raise ValueError("not a mapping")
     record = VifRecord(**data)
-    if not isinstance(record.key, str) or not _RECORD_KEY.match(record.key):
+    if not isinstance(record.key, str) or not RECORD_KEY.fullmatch(record.key):
         raise ValueError(f"key {record.key!r}")
     for name in (record.vif, record.uplink, *([record.original_name] if record.original_name else [])):
         check_ifname(name, "record")
@@ -215,8 +210,3 @@ def save_record(layout: Layout, record: VifRecord) -> None:
     write_json(layout.vif_record(record.key), record.as_json())
 
 
-def keys_for(name: str) -> set[str]:
-    """Record keys an offline by this name means: the key itself, and for a vif named as Xen names
-    them (vifD.N) its hotplug key xen-D-N (so `domunet dom0 offline --vif vif1.1` finds it)."""
-    match = re.match(r"^vif(\d{1,5})\.(\d{1,5})$", name)
-    return {name, f"xen-{match.group(1)}-{match.group(2)}"} if match else {name}

@@ -10,10 +10,14 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from domunet.core.errors import UsageError
-from domunet.core.model import IPInterface, IPNetwork, parse_network, valid_ifname
+from domunet.core.model import IFNAME_CHARS, IPInterface, IPNetwork, parse_network, valid_ifname
 
 MAX_ADDRESSES = 256
-XENBUS_PATH_PATTERN = re.compile(r"^backend/vif/(\d{1,5})/(\d{1,5})$")
+XENBUS_PATH_PATTERN = re.compile(r"backend/vif/(\d{1,5})/(\d{1,5})")
+#: A vif's record key: libxl's backend path as xen-DOMID-DEVID, else an interface name (a vif that
+#: is not Xen's). Checked with fullmatch everywhere: `$` would let a trailing newline through.
+RECORD_KEY_XEN = re.compile(r"xen-(\d{1,5})-(\d{1,5})")
+RECORD_KEY = re.compile(rf"xen-\d{{1,5}}-\d{{1,5}}|{IFNAME_CHARS}{{1,15}}")
 
 
 def check_ifname(value: str | None, what: str) -> str:
@@ -23,7 +27,7 @@ def check_ifname(value: str | None, what: str) -> str:
 
 
 def check_xenbus_path(value: str) -> str:
-    if not XENBUS_PATH_PATTERN.match(value):
+    if not XENBUS_PATH_PATTERN.fullmatch(value):
         raise UsageError(f"XENBUS_PATH: {value!r} is not backend/vif/DOMID/DEVID")
     return value
 
@@ -52,14 +56,29 @@ def parse_addresses(text: str | None, what: str) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-_VIF_NAME = re.compile(r"^vif(\d{1,5})\.\d{1,5}(-emu)?$")
+_VIF_NAME = re.compile(r"vif(\d{1,5})\.(\d{1,5})(-emu)?")
+
+
+def vif_key(vif: str) -> str:
+    """One key per vif, whichever entry point brings it online: Xen's vifD.N is keyed xen-D-N, as
+    libxl's own calls are (its backend path), so that libxl's offline finds what `domunet dom0
+    online --vif vifD.N` made. Any other name (vifD.N-emu included) is its own key."""
+    match = _VIF_NAME.fullmatch(vif)
+    return f"xen-{match.group(1)}-{match.group(2)}" if match and not match.group(3) else vif
+
+
+def keys_for(key: str) -> set[str]:
+    """The record keys one vif may have been saved under: its key, and for a vif of Xen's the
+    other form (an offline by the name vifD.N; a record that 0.3's command line keyed vifD.N)."""
+    match = RECORD_KEY_XEN.fullmatch(key)
+    return {key, vif_key(key), *([f"vif{match.group(1)}.{match.group(2)}"] if match else [])}
 
 
 @functools.lru_cache(maxsize=4096)  # asked for every vif online, per request (the service)
 def domain_of(key: str, vif: str) -> int | None:
     """The guest domain a vif belongs to (from libxl's backend path, else its vifD.N name): one
     domain's PV vif and emulated NIC may carry the same address, two domains may not."""
-    match = re.match(r"^xen-(\d+)-\d+$", key) or _VIF_NAME.match(vif)
+    match = RECORD_KEY_XEN.fullmatch(key) or _VIF_NAME.fullmatch(vif)
     return int(match.group(1)) if match else None
 
 

@@ -7,30 +7,31 @@ a malformed one gets an answer with kind "usage" and changes nothing.
     {"op": "online", "request": {"key", "vif", "guest": [...], "uplink", "rename", "xenbus_path"}}
     {"op": "offline", "key": KEY, "vif": VIF or null}
     {"op": "hotplug", "command": "online" | "offline" | "add" | "remove", "settings": {KEY: VALUE},
-     "env": {"vif", "XENBUS_PATH", "netdev"}}  (vif-domunet's call as libxl made it: domunet.dom0.light)
+     "env": {"vif", "XENBUS_PATH", "netdev"}, "ack": true, "start_within": SECONDS}
+    (vif-domunet's call as libxl made it: domunet.dom0.light; with "ack", the service first sends
+    {"queued": true} once it has the request; a request it cannot start within start_within
+    seconds of reading it is answered with kind "late" and not done)
     answers: {"ok": true, "record": {...}} (online), {"ok": true, "found": bool} (offline),
              {"ok": true} (hotplug: hotplug-status is connected),
-             {"ok": false, "kind": "usage" | "failed" | "refused", "error": "one line"}
+             {"ok": false, "kind": "usage" | "failed" | "refused" | "late", "error": "one line"}
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from domunet.core.errors import UsageError
-from domunet.core.model import IFNAME_CHARS
 from domunet.dom0.hotplug import Call
 from domunet.dom0.light import ENVIRONMENT
-from domunet.dom0.request import VifRequest, check_ifname, check_xenbus_path, parse_addresses
+from domunet.dom0.request import RECORD_KEY, VifRequest, check_ifname, check_xenbus_path, parse_addresses
 
 MAX_REQUEST = 64 * 1024
-_KEY = re.compile(rf"^(xen-\d{{1,5}}-\d{{1,5}}|{IFNAME_CHARS}{{1,15}})$")
 
 #: An answer's kinds: the request was not valid, the work failed (dom0 is as before), or this
 #: service does not serve the caller (another network namespace): then the caller works in-process.
-USAGE, FAILED, REFUSED = "usage", "failed", "refused"
+#: "late": it could not be started within the caller's start_within (untouched: done in-process).
+USAGE, FAILED, REFUSED, LATE = "usage", "failed", "refused", "late"
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -45,6 +46,8 @@ def decode(data: bytes, limit: int = MAX_REQUEST) -> dict[str, Any]:
         message = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         raise UsageError(f"request is not JSON ({error})") from None
+    except RecursionError:  # 30,000 `[` are valid JSON the decoder cannot nest that deep
+        raise UsageError("request is nested too deeply") from None
     if not isinstance(message, dict):
         raise UsageError("request is not a JSON object")
     return message
@@ -59,7 +62,7 @@ def _name(value: Any, what: str) -> str | None:
 
 
 def _key(value: Any) -> str:
-    if not isinstance(value, str) or not _KEY.match(value):
+    if not isinstance(value, str) or not RECORD_KEY.fullmatch(value):
         raise UsageError(f"key: {str(value)[:40]!r} is not a hotplug key or interface name")
     return value
 

@@ -36,7 +36,7 @@ from domunet.guest.published import discover as discover_xen
 
 log = logging.getLogger(__name__)
 
-_NODENAME = re.compile(r"^device/vif/(\d{1,5})$")
+_NODENAME = re.compile(r"device/vif/(\d{1,5})")
 
 
 def xen_devid(name: str, sysfs: Path = Path("/sys/class/net")) -> int | None:
@@ -45,7 +45,7 @@ def xen_devid(name: str, sysfs: Path = Path("/sys/class/net")) -> int | None:
         nodename = (sysfs / name / "device" / "nodename").read_text().strip()
     except OSError:
         return None
-    match = _NODENAME.match(nodename)
+    match = _NODENAME.fullmatch(nodename)
     return int(match.group(1)) if match else None
 
 

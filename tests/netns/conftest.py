@@ -2,11 +2,13 @@
 
 import os
 import shutil
+import signal
 import sys
 
 import pytest
 
-from tests.labs import Lab
+from tests.dom0service import Service
+from tests.labs import NICS, Lab
 from tests.shipped import shipped
 
 if os.geteuid() != 0 or shutil.which("ip") is None:
@@ -40,3 +42,21 @@ def write_config(lab, text):
     path = lab.workdir / "custom.conf"
     path.write_text(text)
     return str(path)
+
+
+@pytest.fixture
+def service(lab):
+    """Start `domunet dom0 serve` in the lab's dom0 (any number of times); each is killed at the end."""
+    lab.sysctl("dom0", [f"net/ipv4/conf/{dev}/rp_filter=0"
+                        for dev in ("all", "default", "eth0", *(n.vif for n in NICS))])
+    started = []
+
+    def start():
+        started.append(Service(lab))
+        return started[-1]
+
+    yield start
+    for running in started:
+        if running.process.poll() is None:
+            running.process.send_signal(signal.SIGCONT)  # a test that left it stopped
+        running.stop(signal.SIGKILL)

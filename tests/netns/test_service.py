@@ -14,80 +14,11 @@ import threading
 
 import pytest
 
+from tests.dom0service import ask
 from tests.labs import NICS, Monitor, dom0_dump, package_root, wait_until
 from tests.shipped import shipped
 
 ALL = [nic.address for nic in NICS]
-
-
-class Service:
-    """`domunet -v dom0 serve` in the lab's dom0, its stderr collected."""
-
-    def __init__(self, lab):
-        self.lab = lab
-        self.socket = lab.state_dir / "dom0.sock"
-        env = {**os.environ, **lab.xen_env(0), "PYTHONPATH": package_root()}
-        argv = ["ip", "netns", "exec", lab.ns["dom0"], sys.executable, "-m", "domunet", "-v",
-                "--config", str(lab.workdir / "empty.conf"), "--state-dir", str(lab.state_dir), "dom0", "serve"]
-        (lab.workdir / "empty.conf").write_text("")
-        self.process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
-        self.lines = []
-        threading.Thread(target=self._read, daemon=True).start()
-        wait_until(lambda: any("serving on" in line for line in self.lines) or self.process.poll() is not None,
-                   "the service listening")
-        assert self.process.poll() is None, "\n".join(self.lines)
-
-    def _read(self):
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            self.process.wait(30)
-        return self.process.returncode
-
-    def served(self, vif):
-        return any(f"{vif}: online:" in line for line in self.lines)
-
-
-@pytest.fixture
-def service(lab):
-    lab.sysctl("dom0", [f"net/ipv4/conf/{dev}/rp_filter=0"
-                        for dev in ("all", "default", "eth0", *(n.vif for n in NICS))])
-    started = []
-
-    def start():
-        started.append(Service(lab))
-        return started[-1]
-
-    yield start
-    for running in started:
-        running.stop(signal.SIGKILL)
-
-
-def ask(lab, role, data, uid=None):
-    """Send raw bytes to dom0.sock from a namespace (as root, or as uid); the answer, parsed."""
-    code = f"""
-import json, os, socket, sys
-if {uid!r} is not None:
-    os.setgid({uid!r} or 0); os.setuid({uid!r})
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-try:
-    s.connect({str(lab.state_dir / "dom0.sock")!r})
-except OSError as error:
-    print(json.dumps({{"connect": error.strerror}})); sys.exit()
-s.sendall(sys.stdin.buffer.read())
-s.shutdown(socket.SHUT_WR)
-data = b""
-while chunk := s.recv(65536):
-    data += chunk
-sys.stdout.write(data.decode())
-"""
-    result = subprocess.run(["ip", "netns", "exec", lab.ns[role], sys.executable, "-c", code], input=data,
-                            capture_output=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def test_vif_domunet_hands_every_vif_to_the_service_and_offline_leaves_dom0_as_before(lab, service, domunet):
@@ -248,13 +179,26 @@ def test_vifs_that_arrive_together_are_one_batch_and_all_come_online(lab, servic
 
 
 def test_a_service_killed_mid_batch_leaves_every_vif_online_and_the_next_reconciles_to_the_records(lab, service):
-    """The kill lands after the batch's first vif is done: the callers left without an answer do
-    their vif in-process; the next service reconciles; dom0 then holds exactly what the records say."""
+    """The kill lands after the batch's vifs are done and before their callers are answered: the
+    service is held at its first hotplug-status write (a stand-in xenstore-write that waits while a
+    file exists), so the race is won every time, on a busy machine too. The callers left without an
+    answer do their vif in-process; the next service reconciles; dom0 then holds exactly what the
+    records say."""
     before = dom0_dump(lab)
+    hold, seen = lab.workdir / "hold", lab.workdir / "hold.seen"
+    write = lab.bin / "xenstore-write"
+    original = write.read_text()
+    write.write_text(f'#!/bin/sh\ncase "$*" in *hotplug-status*) [ -e "{hold}" ] && touch "{seen}"\n'
+                     f'    while [ -e "{hold}" ]; do sleep 0.05; done ;; esac\n' + original.split("\n", 1)[1])
+    hold.touch()
     running = service()
-    threads, results = _online_together(lab, running, [(nic.vif, devid) for devid, nic in enumerate(NICS)])
-    wait_until(lambda: any(": online:" in line for line in running.lines), "the batch's first vif online")
-    running.stop(signal.SIGKILL)
+    try:
+        threads, results = _online_together(lab, running, [(nic.vif, devid) for devid, nic in enumerate(NICS)])
+        wait_until(seen.exists, "the service writing its batch's first hotplug-status")
+        running.stop(signal.SIGKILL)
+    finally:
+        hold.unlink()
+        write.write_text(original)
     for thread in threads:
         thread.join(120)
     assert {vif: r.returncode for vif, r in results.items()} == {nic.vif: 0 for nic in NICS}

@@ -16,12 +16,36 @@ def test_the_light_clients_message_is_the_json_the_service_reads(vif):
     message = wire.decode(data)
     assert message == {"op": "hotplug", "command": "online",
                        "settings": {"type_if": "vif", "script": "vif-domunet"},
-                       "env": {"vif": vif, "XENBUS_PATH": "backend/vif/1/0", "netdev": ""}}
+                       "env": {"vif": vif, "XENBUS_PATH": "backend/vif/1/0", "netdev": ""},
+                       "ack": True, "start_within": light.START_WITHIN}
     assert wire.parse_hotplug(message).env["vif"] == vif
 
 
-def test_the_light_client_knows_the_services_ok_answer():
+def test_the_light_client_knows_the_services_ok_and_queued_answers():
     assert wire.encode({"ok": True}) == light.OK
+    assert wire.encode({"queued": True}) == light.QUEUED
+
+
+def test_a_request_nested_too_deeply_is_a_usage_error_not_a_crash():
+    """Round 3's C4: 30,000 `[` (under the size limit) raised RecursionError past the decoder."""
+    with pytest.raises(UsageError, match="nested too deeply"):
+        wire.decode(b"[" * 30000 + b"1" + b"]" * 30000 + b"\n")
+
+
+@pytest.mark.parametrize("key", ["xen-9-0\n", "vif1.0\n", "xen-1-0 ", "../x"])
+def test_a_key_with_a_trailing_newline_or_anything_else_is_refused(key):
+    """Round 3's C6: `$` let a trailing newline through (a record file with a newline in its name)."""
+    with pytest.raises(UsageError, match="key"):
+        wire.parse_offline({"op": "offline", "key": key, "vif": None})
+
+
+@pytest.mark.parametrize("vif, key", [("vif3.1", "xen-3-1"), ("vif3.1-emu", "vif3.1-emu"), ("eth7", "eth7")])
+def test_one_key_per_vif_whichever_entry_point_brings_it_online(vif, key):
+    """Round 3's C5: the command line keyed vifD.N, libxl's offline looks for xen-D-N."""
+    from domunet.dom0.request import keys_for, vif_key
+
+    assert vif_key(vif) == key
+    assert vif in keys_for(key) and key in keys_for(vif)
 
 
 @pytest.mark.parametrize("message, says", [
