@@ -22,7 +22,7 @@ from domunet.core.lock import watch_running
 from domunet.core.model import PROTO, Facts, Interface, IPAddress, ManagedInterface, Route, Rule, State
 from domunet.guest.discover import discover, xen_facts
 from domunet.guest.pipeline import remembered_blocks
-from domunet.guest.plan import plan, within_reach
+from domunet.guest.plan import ignored, plan, within_reach
 from domunet.guest.status import PROBES
 
 log = logging.getLogger(__name__)
@@ -55,16 +55,28 @@ class Evidence:
     watch: bool
     #: gateway -> answered one echo (--probe only)
     probes: Mapping[str, bool] = field(default_factory=dict)
+    #: interfaces the config's `ignore` names
+    ignored: frozenset[str] = frozenset()
 
 
 def parse_addresses(texts: Sequence[str]) -> list[str]:
+    """The addresses asked about, each once. A link-local address (with or without a %zone) is
+    refused, whatever the zone: it answers on its own link only, and doctor follows replies that
+    are routed."""
     found = []
     for text in texts:
         try:
-            found.append(str(ipaddress.ip_address(text)))
+            ip = ipaddress.ip_address(text)
         except ValueError:
             raise UsageError(f"ADDRESS argument {text[:80]!r} is not an IP address") from None
-    return found
+        if "%" in text:
+            raise UsageError(f"ADDRESS argument {text[:80]!r} has a %zone id: doctor checks routed addresses, "
+                             "not link-local ones (give the address without it)")
+        if ip.is_link_local:
+            raise UsageError(f"ADDRESS argument {text[:80]!r} is link-local: it answers on its own link "
+                             "only (doctor checks routed addresses; give a global one)")
+        found.append(str(ip))
+    return list(dict.fromkeys(found))
 
 
 def gather(kernel: Kernel, config: Config, state_dir: str, addresses: Sequence[str], probe: bool = False) -> Evidence:
@@ -73,7 +85,7 @@ def gather(kernel: Kernel, config: Config, state_dir: str, addresses: Sequence[s
     facts, owned = discover(kernel, xen)
     desired = plan(config, facts)
     owned = within_reach(owned, config, remembered_blocks(state_dir))
-    wanted = addresses or managed_addresses(facts, desired)
+    wanted = addresses or every_address(config, facts)
     lookups = {a: kernel.lookup(PROBES[ipaddress.ip_address(a).version], ipaddress.ip_address(a))
                for a in wanted if _holder(facts, a) is not None}
     neighbours: dict[tuple[str, str], str | None] = {}
@@ -92,13 +104,14 @@ def gather(kernel: Kernel, config: Config, state_dir: str, addresses: Sequence[s
     covers = {(v, r["table"]): any(PROBES[v] in route.dst for route in kernel.routes(v, r["table"]))
               for v in (4, 6) for r in rules[v] if r["table"] not in (None, TABLE_LOCAL)}
     return Evidence(facts, desired, owned, kernel.address_states(), rules, covers, lookups, neighbours, rp_filter,
-                    watch_running(state_dir), probes)
+                    watch_running(state_dir), probes, frozenset(i.name for i in facts.interfaces if ignored(config, i)))
 
 
-def managed_addresses(facts: Facts, desired: State) -> list[str]:
-    """With no argument: every address of every interface domunet manages (or would)."""
-    names = {m.name for m in desired.managed}
-    return [str(a.ip) for i in facts.interfaces if i.name in names for a in i.addresses if not a.ip.is_link_local]
+def every_address(config: Config, facts: Facts) -> list[str]:
+    """With no argument: every routed address of every interface but loopback, up or down,
+    managed, held or not: exactly the addresses an admin asks about are the ones that fail."""
+    return list(dict.fromkeys(str(a.ip) for i in facts.interfaces if not i.loopback for a in i.addresses
+                              if not a.ip.is_link_local and not a.ip.is_loopback))
 
 
 def _echo(gateway: IPAddress, interface: str) -> bool:
@@ -149,18 +162,32 @@ def walk(evidence: Evidence, address: str) -> Verdict:
     steps = [_address_step(evidence, interface, ip)]
     if managed is None:
         held = evidence.desired.held.get(interface.name)
-        steps.append(Step("managed", held is None,
-                          f"{interface.name} is held as it is: {held}" if held else
-                          f"{interface.name} is not managed (no other NIC shares its subnet, no IPv6 gateway): "
-                          "replies use the main table", "held" if held else None,
-                          "correct the fact named above, then domunet setup" if held else None))
-        steps.append(_leaves_step(evidence, interface, ip, None))
+        if held:
+            steps.append(Step("managed", False, f"{interface.name} is held as it is: {held}", "held",
+                              "correct the fact named above, then domunet setup"))
+        elif interface.name in evidence.ignored:
+            steps.append(Step("managed", True, f"{interface.name} is ignored (`ignore` in the config): its "
+                                               "replies follow the main table"))
+        else:
+            steps.append(Step("managed", True, f"{interface.name} is not managed (no other NIC shares its subnet, "
+                                               "no IPv6 gateway): replies use the main table"))
+        if not held and interface.name not in evidence.ignored:
+            steps.append(_leaves_step(evidence, interface, ip, None) if _outward(evidence, interface) else
+                         Step("lookup", True, f"{interface.name} is not a Xen NIC and carries no default route "
+                                              "(a bridge, tunnel or container link): its replies are main's to route"))
     else:
         steps += [_rules_step(evidence, interface, ip, managed), _table_step(evidence, interface, ip, managed),
                   _leaves_step(evidence, interface, ip, managed), _neighbour_step(evidence, interface, ip, managed),
                   _state_step(evidence, managed)]
     steps.append(_xenstore_step(evidence, interface, ip, managed))
     return Verdict(address, interface.name, tuple(steps))
+
+
+def _outward(evidence: Evidence, interface: Interface) -> bool:
+    """Whether replies from this NIC's addresses must leave by it: a Xen NIC (dom0's guard and
+    rp_filter judge the source), or the NIC of one of main's default routes."""
+    return interface.xen_devid is not None or interface.name in evidence.facts.xen \
+        or any(route.dev == interface.name for route in evidence.facts.main_defaults)
 
 
 def _address_step(evidence: Evidence, interface: Interface, ip: IPAddress) -> Step:

@@ -155,6 +155,46 @@ def test_an_address_on_no_interface_and_bad_usage(routed):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_without_arguments_a_nic_that_is_down_is_walked_and_fails(routed):
+    """Round 3's B: with eth1 down, doctor listed eth0 and eth2 only and exited 0."""
+    set_up(routed)
+    routed.run("guest", "ip", "link", "set", "eth1", "down")
+    code, verdicts, text = doctor(routed)
+    assert code == 1, text
+    assert sorted(verdicts) == sorted(ALL)
+    assert verdicts["192.168.0.201"]["cause"] == "link-down" and verdicts["192.168.0.201"]["interface"] == "eth1"
+    assert "ip link set eth1 up" in text
+
+
+def test_without_arguments_a_held_nic_and_an_unmanaged_one_are_walked(routed):
+    """Round 3's B: a NIC held for a bad config value was not listed; an unmanaged one neither. Both
+    are walked now, with their verdict and why; a bridge's address is walked and passes."""
+    config = routed.workdir / "held.conf"
+    config.write_text((routed.workdir / "domunet.conf").read_text() + "[[eth2]]\ngateway = 2001:db8::1\n")
+    routed.batch("guest", ["link add br9 type bridge", "addr add 10.77.0.1/24 dev br9", "link set br9 up"])
+    assert routed.domunet("setup", config=str(config)).returncode == 0
+    before = routed.dump()
+    as_json = routed.domunet("doctor", "--json", config=str(config))
+    assert routed.dump() == before
+    verdicts = {a["address"]: a for a in json.loads(as_json.stdout)["addresses"]}
+    assert as_json.returncode == 1
+    assert sorted(verdicts) == sorted([*ALL, "10.77.0.1"])
+    assert verdicts["192.168.0.202"]["cause"] == "held" and "gateway" in verdicts["192.168.0.202"]["found"]
+    assert verdicts["10.77.0.1"]["ok"], verdicts["10.77.0.1"]
+    assert "not managed" in verdicts["10.77.0.1"]["steps"][1]["found"]
+    assert all(verdicts[a]["ok"] for a in ALL if a != "192.168.0.202")
+
+
+def test_an_address_given_twice_is_walked_once_and_every_zone_is_refused_alike(routed):
+    set_up(routed)
+    code, verdicts, text = doctor(routed, "192.168.0.201", "192.168.0.201")
+    assert code == 0 and text.count("192.168.0.201") == 1
+    for zoned in ("fe80::1%lo", "fe80::1%eth0", "fe80::1", "2001:db8:4309:2388::50%eth3"):
+        result = routed.domunet("doctor", zoned)
+        assert result.returncode == 2, (zoned, result.stdout)
+        assert "link-local" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
 def test_doctor_runs_as_its_installed_command_does(routed):
     set_up(routed)
     result = routed.run("guest", str(routed.bin / "domunet"), "--config", str(routed.workdir / "domunet.conf"),
