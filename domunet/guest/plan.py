@@ -95,7 +95,8 @@ def allocate_tables(config: Config, interfaces: list[Interface], foreign: frozen
     return tables
 
 
-def _ignored(config: Config, interface: Interface) -> bool:
+def ignored(config: Config, interface: Interface) -> bool:
+    """Loopback, or a name the config's `ignore` matches: never domunet's."""
     return interface.loopback or any(fnmatch.fnmatchcase(interface.name, p) for p in config.ignore)
 
 
@@ -156,7 +157,7 @@ def _usable(config: Config, facts: Facts) -> list[Interface]:
     usable = []
     for interface in facts.interfaces:
         settings = config.for_interface(interface.name)
-        if _ignored(config, interface) or settings.manage == "no":
+        if ignored(config, interface) or settings.manage == "no":
             continue
         if not interface.up:
             log.info("%s: link is down, not managed", interface.name)
@@ -323,6 +324,7 @@ def _coexistence(config: Config, facts: Facts, candidates: list[_Candidate], tab
                                 for network, _ in c.interface.networks_of(v)]
     covered += [host_network(g) for c in candidates for g in (c.gateway, c.gateway6) if g is not None]
     taken = {(r.table, r.dst, r.metric) for r in planned}
+    tunnels = full_tunnels(facts.main_routes, managed)
     exempt: dict[IPNetwork, Route] = {}
     mirrored: list[Route] = []
     stands_for: dict[Route | Rule, Route] = {}
@@ -349,9 +351,12 @@ def _coexistence(config: Config, facts: Facts, candidates: list[_Candidate], tab
                     stands_for[copy] = route
             continue
         inside = [n for n in covered if n.version == dst.version and n.subnet_of(dst)]  # type: ignore[arg-type]
-        if dst.prefixlen <= 1:
-            passed_over.append((route, "half of a default (a VPN's redirect-gateway): the NICs' tables keep "
-                                       "their defaults for their own addresses"))
+        share = tunnels.get((route.dev, route.version))
+        if share is not None and route.proto != PROTO_KERNEL and not _private(dst):
+            passed_over.append((route, f"{route.dev} takes over the default (its routes cover {share:.0%} of the "
+                                       f"{'IPv4' if route.version == 4 else 'IPv6 global unicast'} space: a "
+                                       "full-tunnel VPN): replies from managed addresses leave by their NIC, "
+                                       "what the guest itself starts still follows main"))
             continue
         pieces = _around(dst, inside)
         if pieces is None:
@@ -370,6 +375,46 @@ def _coexistence(config: Config, facts: Facts, candidates: list[_Candidate], tab
 
 #: A covering prefix is split around the managed subnets into at most this many `lookup main` rules.
 MAX_PIECES = 64
+
+#: An unmanaged device whose routes in main cover at least this share of the address space that
+#: replies go to (all of IPv4; IPv6's global unicast 2000::/3) has taken over the default: a VPN's
+#: full tunnel (OpenVPN's def1, a WireGuard client's "all but private" AllowedIPs, `::/2`).
+#: A bridge, a container network or a site behind a tunnel covers a tiny share (10.0.0.0/8 is
+#: 0.4 %); the smallest full tunnel seen covers 86 % (WireGuard's list).
+FULL_TUNNEL_SHARE = 0.25
+_REPLY_SPACE = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("2000::/3")}
+#: Where a tunnel's own networks live (its peers, a site behind it): these keep main even on a
+#: full tunnel, as do the device's own link routes.
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                                                     "100.64.0.0/10", "fc00::/7"))
+
+
+def _private(prefix: IPNetwork) -> bool:
+    return any(prefix.version == p.version and prefix.subnet_of(p) for p in _PRIVATE)  # type: ignore[arg-type]
+
+
+def full_tunnels(routes: Iterable[Route], managed: set[str]) -> dict[tuple[str, int], float]:
+    """Pure: (device, family) -> the share of the reply space its main routes cover, for every
+    unmanaged device that takes over the default (at least FULL_TUNNEL_SHARE). Whatever the route
+    set looks like (two halves, 30 prefixes, one /2), what counts is how much of the Internet a
+    device's routes send into it together."""
+    by_device: dict[tuple[str, int], list[IPNetwork]] = defaultdict(list)
+    for route in routes:
+        if route.dev and route.dev not in managed and route.table == TABLE_MAIN:
+            by_device[(route.dev, route.version)].append(route.dst)
+    shares = {}
+    for key, prefixes in by_device.items():
+        space = _REPLY_SPACE[key[1]]
+        covered = 0
+        for prefix in ipaddress.collapse_addresses(prefixes):  # type: ignore[type-var]
+            if prefix.subnet_of(space):  # type: ignore[arg-type]
+                covered += prefix.num_addresses
+            elif space.subnet_of(prefix):  # type: ignore[arg-type]
+                covered += space.num_addresses
+        share = covered / space.num_addresses
+        if share >= FULL_TUNNEL_SHARE:
+            shares[key] = share
+    return shares
 
 
 def _around(prefix: IPNetwork, managed: list[IPNetwork]) -> list[IPNetwork] | None:

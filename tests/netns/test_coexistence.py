@@ -6,6 +6,7 @@ an admin's static route 10.98.0.0/16 via the peer. Each check is real traffic th
 rp_filter, before and after `domunet setup`.
 """
 
+import json
 import shutil
 import subprocess
 import sys
@@ -13,8 +14,9 @@ import uuid
 
 import pytest
 
-from tests.labs import NICS, OUTSIDE4
+from tests.labs import NICS, OUTSIDE4, OUTSIDE6
 from tests.netns.test_guest import assert_ok
+from tests.vpns import OPENVPN_DEF1_IPV6, WIREGUARD_HALVES6, WIREGUARD_PUBLIC4
 
 GUEST4 = [nic.address for nic in NICS if nic.version == 4]
 GUEST6 = [nic.address for nic in NICS if nic.version == 6]
@@ -279,3 +281,84 @@ def test_connection_marks_in_process_and_with_the_nft_program_are_the_same(route
         assert guest_state(lab) == before
     assert states["in-process"] == states["command"]
     assert "table inet domunet-guest" in states["command"]
+
+
+# --- issue 34 (A): VPN clients that send "everything" into a tunnel -------------------------------
+
+#: shared/FACTS.md's shapes, as ip commands in the guest, through the tunnel's stand-in wg0
+VPN_SHAPES = {
+    "wireguard exclude private IPs": [f"route add {p} dev wg0" for p in WIREGUARD_PUBLIC4 + WIREGUARD_HALVES6],
+    "openvpn redirect-gateway def1 ipv6": [f"route add {p} dev wg0" for p in OPENVPN_DEF1_IPV6],
+    "::/2 dev wg0": ["-6 route add ::/2 dev wg0"],
+    "wg-quick full tunnel": ["route add default dev wg0 table 51820", "-6 route add default dev wg0 table 51820",
+                             "rule add not fwmark 51820 table 51820", "rule add table main suppress_prefixlength 0",
+                             "-6 rule add not fwmark 51820 table 51820",
+                             "-6 rule add table main suppress_prefixlength 0"],
+}
+
+#: the families whose traffic the guest starts each shape sends into the tunnel through main (wg-quick's
+#: goes there by its own table, which `ip route get` without a mark does not show the same way)
+INTO_THE_TUNNEL = {"wireguard exclude private IPs": (4, 6), "openvpn redirect-gateway def1 ipv6": (4, 6),
+                   "::/2 dev wg0": (6,), "wg-quick full tunnel": ()}
+
+
+def _bring_up(lab, commands):
+    for command in commands:
+        lab.run("guest", "ip", *command.split())
+
+
+def _sent_into_the_tunnel(lab, neighbours, family):
+    """Packets the guest itself starts (no source chosen) towards the outside host: how many
+    reach the tunnel's far end. A real tunnel has no neighbours to resolve; the stand-in's far end
+    is given as the outside host's neighbour on wg0, so that every packet sent there arrives."""
+    mac = json.loads(neighbours.run("peer", "ip", "-j", "link", "show", "eth0").stdout)[0]["address"]
+    target = OUTSIDE4 if family == 4 else OUTSIDE6
+    lab.run("guest", "ip", "neigh", "replace", target, "lladdr", mac, "dev", "wg0", "nud", "permanent")
+
+    def received():
+        shown = json.loads(neighbours.run("peer", "ip", "-s", "-j", "link", "show", "eth0").stdout)
+        return shown[0]["stats64"]["rx"]["packets"]
+    before = received()
+    lab.run("guest", "ping", f"-{family}", "-n", "-q", "-c", "3", "-i", "0.2", "-W", "1", target, check=False)
+    return received() - before
+
+
+@pytest.mark.parametrize("shape", sorted(VPN_SHAPES))
+def test_a_full_tunnel_vpn_keeps_every_address_answering_and_still_carries_what_the_guest_starts(
+        routed_lab, domunet, neighbours, shape):
+    """Measured on 62adf90: WireGuard's exclude-private list left 1 of 4 addresses answering, OpenVPN's
+    def1 ipv6 and ::/2 killed the IPv6 address. A reply from a managed address leaves by its NIC; the
+    guest's own traffic (no source bound) still goes into the tunnel; the bridge, the tunnel's peer
+    network and the static route behind it keep working, by ping and TCP."""
+    lab = routed_lab
+    _bring_up(lab, VPN_SHAPES[shape])
+    assert_ok(domunet("setup"))
+    assert lab.answers() == dict.fromkeys(GUEST4 + GUEST6, True)
+    paths = neighbours.paths()
+    # the container's own traffic to the Internet is the guest's: an IPv4 tunnel carries it (as it
+    # should; the lab's tunnel peer does not NAT it onward)
+    assert paths.pop("container -> outside (NAT)") is (shape == "::/2 dev wg0")
+    assert all(paths.values()), paths
+    assert neighbours.tcp("peer", BEHIND_PEER, "guest", BEHIND_PEER, source=GUEST4[1])
+    assert neighbours.tcp("guest", GUEST4[2], "ctr", GUEST4[2])
+    for family in INTO_THE_TUNNEL[shape]:
+        assert _sent_into_the_tunnel(lab, neighbours, family) >= 3, family
+        via = lab.run("guest", "ip", f"-{family}", "route", "get", OUTSIDE4 if family == 4 else OUTSIDE6).stdout
+        assert "dev wg0" in via, via
+    planned = domunet("plan")
+    assert_ok(planned)
+    assert planned.stdout == ""
+    status = domunet("status")
+    assert "takes over the default" in status.stdout or "quick" in shape, status.stdout
+
+
+def test_a_full_tunnel_brought_up_after_setup_is_followed_by_the_next_run(routed_lab, domunet, neighbours):
+    """The VPN comes up on a guest domunet already set up (the usual order): the next run (watch's,
+    or the hook's) removes nothing it should keep and adds no rule for the tunnel's takeover."""
+    lab = routed_lab
+    assert_ok(domunet("setup"))
+    _bring_up(lab, VPN_SHAPES["openvpn redirect-gateway def1 ipv6"])
+    assert_ok(domunet("setup"))
+    rules = lab.run("guest", "ip", "-6", "rule").stdout + lab.run("guest", "ip", "-4", "rule").stdout
+    assert "to 2000::/4" not in rules and "to 0.0.0.0/1" not in rules and "to 10.99.0.0/16" in rules
+    assert lab.answers() == dict.fromkeys(GUEST4 + GUEST6, True)

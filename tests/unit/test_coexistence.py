@@ -2,10 +2,13 @@
 
 import ipaddress
 
+import pytest
+
 from domunet.core import config
 from domunet.core.model import PROTO_KERNEL, TABLE_MAIN, Route, Rule
-from domunet.guest.plan import plan
+from domunet.guest.plan import full_tunnels, plan
 from tests.unit.factories import lab_guest
+from tests.vpns import OPENVPN_DEF1_IPV6, WIREGUARD_HALVES6, WIREGUARD_PUBLIC4
 
 LAB_CONFIG = b"[interfaces]\n[[eth3]]\ngateway6 = 2001:db8:4309:2388::2\n"
 
@@ -80,11 +83,49 @@ def test_a_route_that_covers_a_managed_subnet_keeps_main_for_the_rest_of_it():
     assert wide not in dict(state.passed_over)
 
 
-def test_a_vpn_default_in_two_halves_leaves_the_nics_their_defaults():
-    halves = route("0.0.0.0/1", "tun0", proto=4), route("128.0.0.0/1", "tun0", proto=4)
-    state = planned(*halves)
-    assert not main_rules(state)
-    assert all("redirect-gateway" in reason for _, reason in state.passed_over)
+#: The route shapes real VPN clients make in main (shared/FACTS.md): WireGuard clients' "exclude
+#: private IPs" AllowedIPs, OpenVPN's `redirect-gateway def1 ipv6`, one /2.
+VPN_SHAPES = {
+    "wireguard-exclude-private": [route(p, "wg0", proto=3) for p in WIREGUARD_PUBLIC4 + WIREGUARD_HALVES6],
+    "openvpn-def1-ipv6": [route(p, "tun0", proto=3) for p in OPENVPN_DEF1_IPV6],
+    "slash-2": [route("::/2", "wg0", proto=3)],
+}
+
+
+@pytest.mark.parametrize("shape", sorted(VPN_SHAPES))
+def test_a_full_tunnel_gets_no_lookup_main_rule_that_would_send_replies_into_it(shape):
+    """Issue 34 (A): a reply from a managed address to a client on the Internet must leave by its
+    NIC; `lookup main` for a full tunnel's routes sent it into the tunnel (1 of 4 answered)."""
+    routes = VPN_SHAPES[shape]
+    state = planned(*routes, TUNNEL, DOCKER)
+    rules = main_rules(state)
+    kept = {r for r in routes if str(r.dst) == "fc00::/7"}  # OpenVPN's ULA route: a private network, kept
+    # the tunnel's peers, the bridge (and a private network behind the tunnel) keep main
+    assert sorted(rules) == sorted(["10.99.0.0/16", "172.17.0.0/16", *(str(r.dst) for r in kept)])
+    passed = dict(state.passed_over)
+    assert all("takes over the default" in passed[r] for r in routes if r not in kept)
+    assert all(str(r.dst) in rules for r in kept)
+
+
+def test_the_share_a_devices_routes_cover_tells_a_full_tunnel_from_a_site_route():
+    assert full_tunnels(VPN_SHAPES["wireguard-exclude-private"], set())[("wg0", 4)] > 0.85
+    assert full_tunnels(VPN_SHAPES["openvpn-def1-ipv6"], set()) == {("tun0", 4): 1.0, ("tun0", 6): 1.0}
+    assert full_tunnels(VPN_SHAPES["slash-2"], set()) == {("wg0", 6): 1.0}
+    sites = [route("10.0.0.0/8", "wg0", proto=3), route("192.168.0.0/16", "br1"), route("2001:db8::/32", "wg0"),
+             route("198.51.100.0/24", "wg0", proto=3), DOCKER, TUNNEL, STATIC]
+    assert full_tunnels(sites, set()) == {}
+    assert full_tunnels(VPN_SHAPES["slash-2"], {"wg0"}) == {}  # a managed NIC is never a tunnel
+
+
+def test_a_full_tunnels_own_link_and_private_sites_keep_main():
+    """What lives behind the tunnel (its own subnet, a private site routed through it) still gets
+    `lookup main`: replies to a VPN peer go back into the tunnel."""
+    own = route("10.8.0.0/24", "tun0")
+    site = route("10.20.0.0/16", "tun0", via="10.8.0.1", proto=4)
+    public_site = route("198.51.100.0/24", "tun0", via="10.8.0.1", proto=4)
+    state = planned(*VPN_SHAPES["openvpn-def1-ipv6"], own, site, public_site)
+    assert {"10.8.0.0/24", "10.20.0.0/16"} <= set(main_rules(state))
+    assert "takes over the default" in dict(state.passed_over)[public_site]
 
 
 def test_main_exclude_and_coexistence_off():
