@@ -169,6 +169,8 @@ def read_json(path: str | Path) -> Any:
         return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as error:
         raise CorruptState(f"{path}: not valid JSON ({error})") from None
+    except RecursionError:  # valid JSON nested deeper than the decoder goes (round 3)
+        raise CorruptState(f"{path}: not valid JSON (nested too deeply)") from None
 
 
 def set_aside(path: str | Path, reason: str) -> None:

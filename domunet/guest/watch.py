@@ -33,6 +33,8 @@ SETTLE = 0.05
 MAX_DELAY = 0.5
 #: After a failed run: retry after this, doubling up to RETRY_MAX, until a run succeeds.
 RETRY_FIRST, RETRY_MAX = 2.0, 60.0
+#: Runs in a row that each found domunet's nftables table changed again; then one run RETRY_FIRST later.
+MAX_RECHECKS = 5
 
 Echoes = Counter  # (action, Route | Rule) -> how many of our own changes still to hear about
 
@@ -111,9 +113,12 @@ class Watch:
         #: SIGHUP ends that: the echo of a rolled-back run is just another event).
         self.retry_in: float | None = None
         self.not_before: float | None = None
-        #: A run changed one of domunet's nftables tables: its own change and someone else's (a
-        #: `flush ruleset` meanwhile) look alike, so one more run tells them apart.
+        #: A run saw one of domunet's nftables tables change: its own change and someone else's (a
+        #: `flush ruleset` meanwhile) look alike, so one more run tells them apart. That run, if it
+        #: changes nothing, is heard of by nobody; if it has to put the table back (another flush
+        #: came), it rechecks in turn: a flush during a recheck is never lost (round 3).
         self.recheck = False
+        self.rechecks = 0
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
@@ -175,7 +180,7 @@ class Watch:
     def _backing_off(self) -> bool:
         return self.not_before is not None and time.monotonic() < self.not_before
 
-    def _run_once(self, recheck: bool = False) -> None:
+    def _run_once(self) -> None:
         self._run_called_for()  # echoes of the last run still queued are consumed, not run for
         started = time.monotonic()
         try:
@@ -191,12 +196,18 @@ class Watch:
             self.echoes.clear()
             self._nft_touched()  # its own nftables changes (and their undoing) are no news
             return
-        self.recheck = self._nft_touched() and not recheck
+        self.recheck = self._nft_touched()
         self.retry_in = self.not_before = None
         self.runs += 1
         self.echoes = echoes_of(changes)
         log.info("converged: %d change(s) in %.1f ms (run %d)", len(changes),
                  (time.monotonic() - started) * 1000, self.runs)
+        self.rechecks = self.rechecks + 1 if self.recheck else 0
+        if self.rechecks > MAX_RECHECKS:  # someone rewrites it as fast as domunet does: no loop of runs
+            log.warning("nftables table %s keeps changing under domunet: checking again in %.0f s",
+                        ", ".join(sorted(self.tables)), RETRY_FIRST)
+            self.recheck, self.rechecks = False, 0
+            self.not_before = time.monotonic() + RETRY_FIRST
 
     def _do_reload(self) -> None:
         self.reloading = False
@@ -217,7 +228,7 @@ class Watch:
                 self._run_once()
                 continue
             if self.recheck:
-                self._run_once(recheck=True)
+                self._run_once()
                 continue
             timeout = None if self.not_before is None else max(0.0, self.not_before - time.monotonic())
             if not self._wait(timeout):

@@ -424,6 +424,29 @@ def test_a_bridge_covering_the_managed_subnet_keeps_the_rest_of_its_prefix(route
 
 # --- N11: priority_base and table_base changed ----------------------------------------------------
 
+@pytest.mark.parametrize("content", [b"garbage", b'[["x", 1]]', b"[[1, 2]]", b'{"a": 1}', b"[" * 30000 + b"]" * 30000,
+                                     b"\xff\xfe"], ids=["text", "strings", "out-of-range", "mapping", "deep", "bytes"])
+def test_a_corrupt_blocks_json_is_set_aside_and_every_verb_goes_on(routed_lab, domunet, content):
+    """Round 3 (issue 34): the remembered blocks file, corrupt in every way: set aside with one
+    warning, every verb goes on from the kernel (nothing of domunet's lost: its block is the
+    config's), teardown leaves the kernel as before."""
+    lab = routed_lab
+    before = lab.dump()
+    assert_ok(domunet("setup"))
+    path = lab.state_dir / "blocks.json"
+    for verb in ("plan", "status", "setup", "doctor"):
+        path.write_bytes(content)
+        result = domunet(verb)
+        assert result.returncode == 0, (verb, result.stderr)
+        assert "Traceback" not in result.stderr and "internal error" not in result.stderr, result.stderr
+    assert (lab.state_dir / "blocks.json.corrupt").exists()
+    assert domunet("plan").stdout == ""
+    assert lab.answers() == dict.fromkeys(ALL, True)
+    assert_ok(domunet("teardown"))
+    assert lab.dump() == before
+
+
+
 def test_changing_the_bases_moves_everything_and_teardown_leaves_nothing(routed_lab, domunet):
     lab = routed_lab
     before = lab.dump()

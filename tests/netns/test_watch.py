@@ -276,3 +276,29 @@ def test_one_watch_at_a_time_and_teardown_warns_that_watch_will_undo_it(routed_l
     assert second.returncode == 2 and "another domunet watch is running" in second.stderr
     result = domunet("teardown")
     assert result.returncode == 0 and "systemctl stop domunet-watch" in result.stderr
+
+
+def test_a_flood_of_foreign_nftables_changes_and_flush_loops_end_converged(routed_lab, domunet, watch):
+    """Round 3 (issue 34): watch follows nf_tables' notifications for its connection-mark table.
+    500 transactions on another program's table cause no run of their own, and 20 `nft flush ruleset`
+    in a row end with watch's table back and nothing left to do: no storm, no give-up."""
+    lab = routed_lab
+    lab.sysctl("guest", ["net/ipv4/ip_forward=1", "net/ipv6/conf/all/forwarding=1"])
+    watcher = watch()
+    listed = lambda: "domunet-guest" in lab.run("guest", "nft", "list", "tables").stdout  # noqa: E731
+    watcher.until(listed, "the connection-mark table")
+    watcher.settle()
+    before = watcher.runs()
+    lab.run("guest", "nft", "add table inet other; add set inet other s { type ipv4_addr; }")
+    flood = ("for n in $(seq 1 250); do nft add element inet other s { 10.1.0.$n } && "
+             "nft delete element inet other s { 10.1.0.$n } || exit 1; done")
+    lab.run("guest", "sh", "-c", flood, timeout=300)  # 500 transactions, each notified on its own
+    watcher.settle(quiet=1.0)
+    assert watcher.runs() - before <= 1, watcher.lines[-10:]  # another program's table is not domunet's
+    for _ in range(20):
+        lab.run("guest", "nft", "flush", "ruleset")
+    watcher.until(listed, "the connection-mark table put back after the last flush")
+    watcher.settle(quiet=1.0)
+    assert watcher.runs() - before <= 22, watcher.lines[-10:]  # a run per flush at most, no storm
+    assert domunet("plan").stdout == ""
+    assert watcher.process.poll() is None
