@@ -154,3 +154,57 @@ def test_a_spoofed_ipv6_source_behind_extension_headers_or_in_fragments_is_dropp
     spoofed, given = at_router()
     assert given >= 3  # the same packet from the vif's own address is forwarded whole
     assert spoofed == 0
+
+
+def arp_claim(address, mac):
+    """A gratuitous ARP reply: `address` is at `mac` (what a guest sends to take an address)."""
+    ip = ipaddress.ip_address(address).packed
+    return struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + mac + ip + b"\xff" * 6 + ip
+
+
+def na_claim(source, target, mac):
+    """An unsolicited neighbour advertisement with the override flag: `target` is at `mac`."""
+    src, dst = ipaddress.ip_address(source).packed, ipaddress.ip_address("ff02::1").packed
+    body = struct.pack("!BBHI", 136, 0, 0, 0x20000000) + ipaddress.ip_address(target).packed + b"\x02\x01" + mac
+    pseudo = src + dst + struct.pack("!I3xB", len(body), 58)
+    body = body[:2] + struct.pack("!H", _checksum(pseudo + body)) + body[4:]
+    return struct.pack("!IHBB", 0x60000000, len(body), 58, 255) + src + dst + body
+
+
+def test_arp_and_ndp_claims_for_another_vifs_and_dom0s_addresses_change_nothing(guarded, domunet):
+    """A guest that claims, on its vif1.1, vif1.2's and vif1.3's addresses and dom0's own (gratuitous
+    ARP, unsolicited NAs with override, from its link-local address, which the guard lets through as
+    neighbour discovery must): dom0 still routes each address by its own vif, every address still
+    answers from outside, and the provider router still resolves them to dom0."""
+    lab = guarded
+    assert domunet("setup").returncode == 0
+    assert lab.answers() == dict.fromkeys([nic.address for nic in NICS], True)
+    nic = NICS[1]
+    mac = _mac(lab.run("guest", "cat", f"/sys/class/net/{nic.guest}/address").stdout.strip())
+    link_local = json.loads(lab.run("guest", "ip", "-6", "-j", "addr", "show", "dev", nic.guest, "scope", "link")
+                            .stdout)[0]["addr_info"][0]["local"]
+    dom0_own = ["192.168.0.100", "2001:db8:4309:2388::2"]
+    claims = [arp_claim(a, mac) for a in (NICS[2].address, "192.168.0.1", dom0_own[0])]
+    claims += [na_claim(link_local, t, mac) for t in (NICS[3].address, dom0_own[1])]
+    frames = []
+    broadcast = {4: b"\xff" * 6, 6: bytes.fromhex("333300000001")}
+    for claim in claims * 3:
+        kind, dst = (b"\x08\x06", broadcast[4]) if claim[:2] == b"\x00\x01" else (b"\x86\xdd", broadcast[6])
+        frames.append((dst + mac + kind + claim).hex())
+
+    def received():
+        return json.loads(lab.run("dom0", "ip", "-s", "-j", "link", "show", nic.vif).stdout)[0]["stats64"]["rx"]
+
+    before = received()["packets"]
+    result = subprocess.run(["ip", "netns", "exec", lab.ns["guest"], sys.executable, "-c", SENDER, nic.guest],
+                            input="\n".join(frames) + "\n", text=True, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert received()["packets"] - before >= len(frames)  # every claim reached dom0's vif
+    for other in (NICS[2], NICS[3]):
+        via = lab.run("dom0", "ip", "route", "get", other.address).stdout
+        assert f"dev {other.vif}" in via, via
+    assert lab.answers() == dict.fromkeys([nic.address for nic in NICS], True)
+    uplink = lab.run("dom0", "cat", "/sys/class/net/eth0/address").stdout.strip()
+    for address in (NICS[2].address, NICS[3].address):
+        known = lab.run("rtr", "ip", "neigh", "show", address).stdout
+        assert uplink in known, (address, known)

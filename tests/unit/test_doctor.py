@@ -48,6 +48,11 @@ def test_arguments_are_checked_before_anything_is_read():
     assert doctor.parse_addresses(["192.0.2.1", "2001:db8::1"]) == ["192.0.2.1", "2001:db8::1"]
     with pytest.raises(UsageError, match="ADDRESS argument 'eth0' is not an IP address"):
         doctor.parse_addresses(["eth0"])
+    assert doctor.parse_addresses(["192.0.2.1", "192.0.2.1", "2001:DB8::1", "2001:db8::1"]) == [
+        "192.0.2.1", "2001:db8::1"]  # each address once, however it is written
+    for zoned in ("fe80::1%lo", "fe80::1%eth0", "fe80::1", "2001:db8::1%eth0"):
+        with pytest.raises(UsageError, match="link-local"):
+            doctor.parse_addresses([zoned])
     assert parse_targets(["vif1.0", "192.0.2.5"]) == ({"vif1.0"}, {"192.0.2.5"})
     with pytest.raises(UsageError, match="neither a vif name nor an IP address"):
         parse_targets(["vif1.0;reboot"])
