@@ -194,7 +194,7 @@ class Service:
                 log.info("refused a caller: %s", refusal)
             connection.setblocking(False)
             reading[connection.fileno()] = _Caller(connection, refusal, time.monotonic() + REQUEST_TIMEOUT)
-            self.being_read += refusal is None
+        self._count(reading)
 
     def _complete(self, caller: _Caller) -> _Queued | None:
         """A caller's request is in: refuse it, answer its mistake, or take it (and say so)."""
@@ -240,7 +240,7 @@ class Service:
                 del reading[fd]
                 if (taken := self._complete(caller)) is not None:
                     group.append(taken)
-        self.being_read = sum(1 for c in reading.values() if not c.refusal)  # before the worker looks
+        self._count(reading)  # before the worker looks
         if group:
             self.queue.put(group)
 
@@ -251,6 +251,9 @@ class Service:
                 log.warning("a caller did not send its request within %.0f s: dropped", REQUEST_TIMEOUT)
                 del reading[fd]
                 caller.connection.close()
+        self._count(reading)
+
+    def _count(self, reading: dict[int, _Caller]) -> None:
         self.being_read = sum(1 for c in reading.values() if not c.refusal)
 
     def run(self, listener: socket.socket, wake: int) -> None:
@@ -279,23 +282,24 @@ class Service:
 
     # --- the worker ------------------------------------------------------------------------
 
+    def _gather(self, first: list[_Queued]) -> tuple[list[_Queued], bool]:
+        """The batch: this group, every group waiting, and those of callers still being read
+        for up to GATHER; and whether the reader has stopped (its None came)."""
+        batch, until = list(first), time.monotonic() + GATHER
+        while len(batch) < MAX_BATCH:
+            wait = until - time.monotonic() if self.being_read else 0.0
+            try:
+                group = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if group is None:
+                return batch, True
+            batch += group
+        return batch, False
+
     def _work(self) -> None:
         while (first := self.queue.get()) is not None:
-            batch = list(first)
-            stop = False
-            gather_until = time.monotonic() + GATHER
-            while len(batch) < MAX_BATCH:
-                wait = gather_until - time.monotonic() if self.being_read else 0
-                try:
-                    group = self.queue.get(timeout=wait) if wait > 0 else self.queue.get_nowait()
-                except queue.Empty:
-                    if self.being_read and time.monotonic() < gather_until:
-                        continue
-                    break
-                if group is None:
-                    stop = True
-                    break
-                batch += group
+            batch, stop = self._gather(first)
             try:
                 self.serve_batch(batch)
             except Exception:  # noqa: BLE001 (a bug: logged; the callers' connections close, they go in-process)
