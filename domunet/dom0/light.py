@@ -105,9 +105,14 @@ def hand_over(command: str, settings: list[str], env: dict[str, str]) -> int | s
         client.settimeout(CONNECT_TIMEOUT)
         client.connect(path)
         unsafe = unsafe_server(client)
+    except TimeoutError:
+        client.close()
+        sys.stderr.write(f"vif-domunet: the dom0 service did not accept within {CONNECT_TIMEOUT:.0f} s "
+                         "(its backlog is full): doing it in-process\n")
+        return NO_SERVICE
     except OSError:
         client.close()
-        return NO_SERVICE
+        return NO_SERVICE  # none listens: the in-process way, silently (the service is optional)
     if unsafe:
         client.close()
         sys.stderr.write(f"vif-domunet: dom0.sock not used: {unsafe}\n")

@@ -39,6 +39,10 @@ REQUEST_TIMEOUT = 2.0
 MAX_BATCH = 64
 #: At most this many callers being read at once; more wait in the listen backlog.
 MAX_READING = 256
+#: The listen backlog: every caller of a storm (and of a root flood beside it) connects at once and
+#: waits its turn there, instead of blocking in connect past the client's CONNECT_TIMEOUT (the
+#: kernel caps it at net.core.somaxconn, 4096 by default).
+BACKLOG = 4096
 #: While callers that connected are still sending, the worker waits this long for them to join
 #: its batch (a boot storm's calls connect together; under load, their bytes come a little later).
 GATHER = 0.1
@@ -353,7 +357,7 @@ def listen(layout: Layout) -> socket.socket:
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
-        listener.listen(64)
+        listener.listen(BACKLOG)
     except OSError as error:
         listener.close()
         raise UsageError(f"cannot listen on {path}: {error.strerror}") from None

@@ -195,7 +195,7 @@ print(answers)
     nic, result = _online(lab)
     assert flood.wait(120) == 0
     assert flood.stdout.read().strip() == "200"
-    assert result.returncode == 0 and running.served(nic.vif), result.stderr
+    assert result.returncode == 0 and running.served(nic.vif), "\n".join([result.stderr, *running.lines])
     assert lab.vif_hotplug("offline", nic.vif, 1).returncode == 0
 
 
