@@ -79,18 +79,6 @@ def default_network(version: int) -> IPNetwork:
     return DEFAULT4 if version == 4 else DEFAULT6
 
 
-def main_route_of_ours(route: Route) -> bool:
-    """Could domunet have made this main-table route? Only by shape: its temporary host routes,
-    and the IPv6 default and /128 via dom0. Anything else in main that carries its protocol (an
-    IPv4 default made by hand with `proto 213`) is the admin's, and counts as main's own."""
-    if route.multipath:  # never made by domunet; another program's next hop merged into its own
-        return False
-    host = route.dst.prefixlen == route.dst.max_prefixlen
-    if route.proto == PROTO_TEMP:
-        return host
-    return route.proto == PROTO and route.version == 6 and (host or route.dst.prefixlen == 0)
-
-
 def host_network(address: IPAddress) -> IPNetwork:
     return ipaddress.ip_network(address)
 

@@ -18,19 +18,8 @@ import netifaces
 from domunet.core import nftables, sysctl, xenstore
 from domunet.core.errors import KernelError
 from domunet.core.kernel import Kernel
-from domunet.core.model import (
-    PROTO,
-    PROTO_TEMP,
-    TABLE_DEFAULT,
-    TABLE_LOCAL,
-    TABLE_MAIN,
-    Facts,
-    Interface,
-    IPInterface,
-    State,
-    main_route_of_ours,
-    valid_ifname,
-)
+from domunet.core.model import TABLE_MAIN, Facts, Interface, IPInterface, State, valid_ifname
+from domunet.guest.owned import foreign_tables, main_route_of_ours, owned_state
 from domunet.guest.published import Published
 from domunet.guest.published import discover as discover_xen
 
@@ -117,20 +106,12 @@ def discover(kernel: Kernel, xen: Published | None = None) -> tuple[Facts, State
         if error.errno != errno.EAFNOSUPPORT:
             raise
         log.warning("IPv6 is not available in this kernel (ipv6.disable=1?): IPv4 only")
-    ours = (PROTO, PROTO_TEMP)
     main = [r for r in routes if r.table == TABLE_MAIN and not main_route_of_ours(r)]
     main_defaults = tuple(r for r in main if r.dst.prefixlen == 0)
     main_routes = tuple(r for r in main if r.dst.prefixlen != 0 and not r.multipath)
-    owned = State(
-        routes=frozenset(r for r in routes if r.proto in ours and not r.multipath),
-        rules=frozenset(r for r in rules if r.proto in ours),
-    )
-    special = (TABLE_DEFAULT, TABLE_MAIN, TABLE_LOCAL)
-    foreign_tables = frozenset(r.table for r in routes if r.proto not in ours and r.table not in special) \
-        - {r.table for r in routes if r.proto in ours}  # a table domunet holds already stays its own
     forwarding = frozenset(v for v, key in ((4, "net/ipv4/ip_forward"), (6, "net/ipv6/conf/all/forwarding"))
                            if sysctl.read(key) == "1")
     facts = Facts(interfaces=tuple(interfaces), main_defaults=main_defaults, main_routes=main_routes,
                   xen=(discover_xen(interfaces) if xen is None else xen).vifs, forwarding=forwarding,
-                  nft=bool(forwarding) and nftables.available(), foreign_tables=foreign_tables)
-    return facts, owned
+                  nft=bool(forwarding) and nftables.available(), foreign_tables=foreign_tables(routes))
+    return facts, owned_state(routes, rules)

@@ -19,10 +19,11 @@ from domunet.core.diagnosis import Step, Verdict
 from domunet.core.errors import UsageError
 from domunet.core.kernel import Kernel
 from domunet.core.lock import watch_running
-from domunet.core.model import PROTO, Facts, Interface, IPAddress, ManagedInterface, Route, Rule, State
+from domunet.core.model import Facts, Interface, IPAddress, ManagedInterface, Route, Rule, State
 from domunet.guest.discover import discover, xen_facts
+from domunet.guest.owned import foreign_rule, within_reach
 from domunet.guest.pipeline import remembered_blocks
-from domunet.guest.plan import ignored, plan, within_reach
+from domunet.guest.plan import ignored, plan
 from domunet.guest.status import PROBES
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,7 @@ def _leaves_step(evidence: Evidence, interface: Interface, ip: IPAddress, manage
         ours = min((r.priority for r in _ours_for(evidence.owned.rules, ip, interface.name, managed.table)),
                    default=None)
         above = [r for r in evidence.rules[ip.version] if ours is not None and r["priority"] < ours
-                 and r["table"] not in (TABLE_LOCAL, managed.table) and r["proto"] != PROTO
+                 and r["table"] not in (TABLE_LOCAL, managed.table) and foreign_rule(r)
                  and _catches(r, ip, evidence)]
         if above:
             rule = above[0]

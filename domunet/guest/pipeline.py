@@ -21,7 +21,8 @@ from domunet.guest.diff import Change, Scope, after, diff, scope_for
 from domunet.guest.discover import discover, xen_facts
 from domunet.guest.ifupdown import HookCall, load_hints, save_hints
 from domunet.guest.names import table_names_after, write_table_names
-from domunet.guest.plan import Block, blocks_in_use, plan, within_reach
+from domunet.guest.owned import Block, blocks_in_use, within_reach
+from domunet.guest.plan import plan
 from domunet.guest.published import Published
 
 log = logging.getLogger(__name__)

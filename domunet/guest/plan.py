@@ -13,7 +13,7 @@ import ipaddress
 import logging
 import zlib
 from collections import defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Iterable
 
 from domunet.core.config import TABLE_SLOTS, Config, InterfaceConfig
@@ -33,17 +33,13 @@ from domunet.core.model import (
     VifFacts,
     default_network,
     host_network,
-    main_route_of_ours,
 )
+from domunet.guest.owned import FIRST_INTERFACE_PRIORITY, MARK_PRIORITY
 
 log = logging.getLogger(__name__)
 
 #: Slots below this are for Xen vif device ids; MAC-derived slots use the rest.
 XEN_SLOTS = 256
-#: Rule priorities: priority_base holds the main-table exemptions, interfaces start here after it.
-FIRST_INTERFACE_PRIORITY = 10
-#: ...and priority_base + 1 the connection-mark rules (after the exemptions, before every NIC's own).
-MARK_PRIORITY = 1
 
 
 @dataclass(frozen=True)
@@ -494,73 +490,3 @@ def plan(config: Config, facts: Facts) -> State:
     return State(routes=frozenset(routes), rules=frozenset(rules), managed=tuple(managed),
                  stands_for=stands_for, passed_over=tuple(passed_over), marks=marks, fwmask=config.fwmark_mask,
                  held=held)
-
-
-#: A block of tables and rule priorities: (table_base, priority_base).
-Block = tuple[int, int]
-
-
-def block_of(config: Config) -> Block:
-    return (config.table_base, config.priority_base)
-
-
-def _as_block(config: Config, block: Block) -> Config:
-    return config if block == block_of(config) else replace(config, table_base=block[0], priority_base=block[1])
-
-
-def blocks_in_use(objects: Iterable[Route | Rule], config: Config, earlier: Iterable[Block]) -> list[Block]:
-    """Pure: the blocks to remember after a run: this config's, and every earlier one that still
-    holds objects of domunet's shapes (a NIC left as it is, a teardown of some NICs only)."""
-    objects = list(objects)
-    kept = [block_of(config)]
-    for block in earlier:
-        if block in kept:
-            continue
-        shaped = _as_block(config, block)
-        if any(_in_reach(obj, shaped) and not _in_reach(obj, config) for obj in objects):
-            kept.append(block)
-    return kept
-
-
-def _in_reach(obj: Route | Rule, config: Config) -> bool:
-    return _route_in_reach(obj, config) if isinstance(obj, Route) else _rule_in_reach(obj, config)
-
-
-def within_reach(owned: State, config: Config, earlier: Iterable[Block] = ()) -> State:
-    """Of the objects that carry domunet's protocols, those its plan could have made, by shape:
-    routes in its tables; in main only the temporary host routes and the IPv6 default and /128
-    via dom0 (never an IPv4 default: main's default route is never removed); rules in its priority
-    block that look like its own (`to PREFIX lookup main` at priority_base, `fwmark` at +1, `from`
-    or `oif` rules into its tables). Anything else with these numbers (made by hand, by another
-    tool) is left alone. `earlier`: blocks an earlier config used (priority_base or table_base
-    changed since): what is left there is domunet's too, and goes."""
-    configs = [config, *(_as_block(config, block) for block in earlier if block != block_of(config))]
-    routes = frozenset(r for r in owned.routes if any(_route_in_reach(r, c) for c in configs))
-    rules = frozenset(r for r in owned.rules if any(_rule_in_reach(r, c) for c in configs))
-    left = len(owned.routes) - len(routes) + len(owned.rules) - len(rules)
-    if left:
-        log.info("leaving alone %d route(s) or rule(s) with domunet's protocol that it would not make", left)
-    return State(routes=routes, rules=rules)
-
-
-def _ours(table: int, config: Config) -> bool:
-    return config.table_base <= table < config.table_base + TABLE_SLOTS
-
-
-def _route_in_reach(route: Route, config: Config) -> bool:
-    if _ours(route.table, config):
-        return True
-    return route.table == TABLE_MAIN and main_route_of_ours(route)
-
-
-def _rule_in_reach(rule: Rule, config: Config) -> bool:
-    base = config.priority_base
-    if rule.table == TABLE_MAIN:
-        return rule.priority == base and rule.dst is not None and not (rule.src or rule.oif or rule.fwmark)
-    if not _ours(rule.table, config):
-        return False
-    if rule.fwmark is not None:
-        return rule.priority == base + MARK_PRIORITY and not (rule.src or rule.dst or rule.oif)
-    last = base + FIRST_INTERFACE_PRIORITY + 2 * TABLE_SLOTS
-    return base + FIRST_INTERFACE_PRIORITY <= rule.priority < last and rule.dst is None \
-        and (rule.src is None) != (rule.oif is None)

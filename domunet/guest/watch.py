@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from domunet.core.errors import ConfigError, DomunetError
-from domunet.core.model import ADD, PROTO, PROTO_TEMP, REMOVE, TABLE_LOCAL, TABLE_MAIN, Action, Route, Rule
+from domunet.core.model import ADD, REMOVE, TABLE_LOCAL, TABLE_MAIN, Action, Route, Rule
 from domunet.core.systemd import notify
 from domunet.guest.diff import Change
+from domunet.guest.owned import carries_protocol, temporary
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,9 @@ def matters(event: Event, echoes: Echoes) -> bool:
         return True
     if obj is None:
         return False
-    if obj.proto == PROTO_TEMP:
+    if temporary(obj):
         return False  # made and removed within one run of ours
-    if obj.proto == PROTO:
+    if carries_protocol(obj):
         key = (event.action, obj)
         if echoes[key] > 0:
             echoes[key] -= 1

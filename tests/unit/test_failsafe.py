@@ -93,7 +93,7 @@ def test_an_earlier_block_is_within_reach_and_remembered_while_it_holds_somethin
 
     from domunet.core.config import Config
     from domunet.core.model import Rule, State
-    from domunet.guest.plan import blocks_in_use, within_reach
+    from domunet.guest.owned import blocks_in_use, within_reach
 
     old, new = Config(), replace(Config(), table_base=5000, priority_base=20000)
     rule = Rule(4, 10000 + 10, 1000, src=ipaddress.ip_network("192.168.0.201/32"))

@@ -149,7 +149,7 @@ def test_a_bad_gateway_from_xenstore_names_its_xenstore_path(published, why):
 
 def test_only_objects_of_domunets_own_shapes_are_within_reach():
     from domunet.core.model import PROTO_TEMP, TABLE_MAIN, Rule, State
-    from domunet.guest.plan import within_reach
+    from domunet.guest.owned import within_reach
 
     net = ipaddress.ip_network
     desired = plan(LAB_CONFIG, lab_guest())

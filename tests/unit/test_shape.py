@@ -104,3 +104,31 @@ print(json.dumps({"documented import": IPRoute is pyroute2.iproute.linux.IPRoute
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"documented import": True, "platform": True, "stand-in lab": False,
                                          "kernel uses it": True}
+
+
+def _modules() -> list[tuple[str, Path]]:
+    return [(".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts), p) for p in sorted(PACKAGE.rglob("*.py"))]
+
+
+OWNERSHIP = {"carries_protocol", "temporary", "main_route_of_ours", "owned_state", "foreign_tables", "foreign_rule",
+             "within_reach", "blocks_in_use", "block_of", "in_table_block"}
+
+
+def test_ownership_is_decided_in_guest_owned_alone():
+    """Issue 35: "is this domunet's?" has one home. No other module defines an ownership predicate
+    or compares anything with the guest's protocols (making an object with proto=PROTO is fine)."""
+    found = []
+    for module, path in _modules():
+        if module == "domunet.guest.owned":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name in OWNERSHIP:
+                found.append(f"{module} defines {node.name}")
+            if isinstance(node, ast.Compare):
+                names = {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+                if names & {"PROTO", "PROTO_TEMP", "PROTOCOLS"}:
+                    found.append(f"{module}:{node.lineno} compares with domunet's protocol")
+    assert found == []
+    from domunet.guest import owned
+
+    assert OWNERSHIP <= set(vars(owned))
