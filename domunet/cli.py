@@ -172,8 +172,8 @@ def _dom0(args: argparse.Namespace) -> int:
     if args.action == "hotplug":
         return _hotplug(args)
     if args.action == "serve":
-        from domunet.core.kernel import KernelView
         from domunet.dom0 import service
+        from domunet.dom0.view import KernelView
 
         with Kernel() as kernel:
             engine = _dom0_engine(kernel, args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Mapping, Union
+from typing import Any, Callable, Literal, Mapping, Union
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
@@ -188,12 +188,25 @@ class Route:
         """A route without a gateway: it makes gateways reachable, so it goes in first."""
         return self.gateway is None
 
+    def words(self, command: bool = False, quote: Callable[[str], str] = str) -> list[str]:
+        """The route as `ip route` words: what log lines and reports say, and with `command` what
+        `domunet plan` prints (protocol, scope, metric: what `ip route add` needs)."""
+        words = ["default" if self.dst.prefixlen == 0 else str(self.dst)]
+        if self.gateway is not None:
+            words += ["via", str(self.gateway)]
+        words += ["dev", quote(self.dev), "table", table_name(self.table)]
+        if command:
+            words += ["proto", str(self.proto)]
+            if self.version == 4 and self.gateway is None:
+                words += ["scope", "link"]
+            if self.metric:
+                words += ["metric", str(self.metric)]
+        if self.src is not None:
+            words += ["src", str(self.src)]
+        return words
+
     def describe(self) -> str:
-        via = f" via {self.gateway}" if self.gateway else ""
-        src = f" src {self.src}" if self.src else ""
-        dst = "default" if self.dst.prefixlen == 0 else str(self.dst)
-        table = "main" if self.table == TABLE_MAIN else self.table
-        return f"{dst}{via} dev {self.dev} table {table}{src}"
+        return " ".join(self.words())
 
 
 @dataclass(frozen=True, order=True)
@@ -211,17 +224,31 @@ class Rule:
     fwmask: int | None = None
     proto: int = PROTO
 
+    def words(self, command: bool = False, quote: Callable[[str], str] = str) -> list[str]:
+        """The rule as `ip rule` words (with `command`, its protocol too: what `ip rule add` takes)."""
+        words = rule_words(self.priority, self.src, self.dst, self.fwmark, self.fwmask, self.oif,
+                           f"lookup {table_name(self.table)}", quote=quote)
+        return words + ["proto", str(self.proto)] if command else words
+
     def describe(self) -> str:
-        parts = [f"priority {self.priority}"]
-        parts.append(f"from {self.src}" if self.src else "from all")
-        if self.dst:
-            parts.append(f"to {self.dst}")
-        if self.fwmark is not None:
-            parts.append(f"fwmark {self.fwmark:#x}/{self.fwmask if self.fwmask is not None else 0xFFFFFFFF:#x}")
-        if self.oif:
-            parts.append(f"oif {self.oif}")
-        parts.append(f"lookup {'main' if self.table == TABLE_MAIN else self.table}")
-        return " ".join(parts)
+        return " ".join(self.words())
+
+
+def table_name(table: int) -> str:
+    return "main" if table == TABLE_MAIN else str(table)
+
+
+def rule_words(priority: int, src: Any, dst: Any, fwmark: int | None, fwmask: int | None, oif: str | None,
+               action: str, iif: str | None = None, invert: bool = False,
+               quote: Callable[[str], str] = str) -> list[str]:
+    """Any rule as `ip rule` says it (one text form: domunet's own rules and the kernel's others)."""
+    words = ["priority", str(priority), *(["not"] if invert else []), "from", str(src) if src else "all"]
+    if dst:
+        words += ["to", str(dst)]
+    if fwmark is not None:
+        words += ["fwmark", f"{fwmark:#x}/{fwmask if fwmask is not None else 0xFFFFFFFF:#x}"]
+    words += [word for name, value in (("iif", iif), ("oif", oif)) if value for word in (name, quote(value))]
+    return words + action.split()
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import logging
 import os
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from domunet.core import nftables, sysctl
 from domunet.core.errors import ConfigError, KernelError, ObjectExists, ObjectMissing, UsageError
@@ -38,6 +38,9 @@ from domunet.dom0.records import (
     save_record,
 )
 from domunet.dom0.request import VifRequest, check_guest_networks, domain_of, keys_for
+
+if TYPE_CHECKING:
+    from domunet.dom0.view import KernelView
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +68,9 @@ class Dom0:
         #: The anti-spoofing table as this engine last loaded it (then only the changes are sent);
         #: None: unknown, load it whole.
         self._loaded: dict[str, list[IPNetwork]] | None = None
-        #: dom0's own addresses and default routes kept current from change events (a
-        #: core.kernel.KernelView: the service sets it); else dumped.
-        self.view: Any = None
+        #: dom0's own addresses and default routes kept current from change events (the service
+        #: sets one); else dumped.
+        self.view: KernelView | None = None
 
     @classmethod
     def from_config(cls, kernel: Kernel, config_path: str | None, state_dir: str, offline: bool = False) -> Dom0:

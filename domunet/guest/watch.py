@@ -17,16 +17,24 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from domunet.core.decode import route_from, rule_from
 from domunet.core.errors import ConfigError, DomunetError
+from domunet.core.events import (
+    RTM_DELADDR,
+    RTM_DELLINK,
+    RTM_DELROUTE,
+    RTM_DELRULE,
+    RTM_NEWADDR,
+    RTM_NEWLINK,
+    RTM_NEWROUTE,
+    RTM_NEWRULE,
+)
 from domunet.core.model import ADD, REMOVE, TABLE_LOCAL, TABLE_MAIN, Action, Route, Rule
 from domunet.core.systemd import notify
 from domunet.guest.diff import Change
 from domunet.guest.owned import carries_protocol, temporary
 
 log = logging.getLogger(__name__)
-
-RTM_NEWLINK, RTM_DELLINK, RTM_NEWADDR, RTM_DELADDR = 16, 17, 20, 21
-RTM_NEWROUTE, RTM_DELROUTE, RTM_NEWRULE, RTM_DELRULE = 24, 25, 32, 33
 
 #: A burst is over after this much quiet...
 SETTLE = 0.05
@@ -83,12 +91,12 @@ def event_from(message: Any, kernel: Any) -> Event | None:
     if kind in (RTM_NEWADDR, RTM_DELADDR):
         return Event("address", action)
     if kind in (RTM_NEWROUTE, RTM_DELROUTE):
-        route = kernel.route_from(message)
+        route = route_from(message, kernel.name_of)
         if route is None or route.table == TABLE_LOCAL:
             return None
         return Event("route", action, route)
     if kind in (RTM_NEWRULE, RTM_DELRULE):
-        rule = kernel.rule_from(message)
+        rule = rule_from(message)
         return None if rule is None else Event("rule", action, rule)
     return None
 
@@ -103,7 +111,7 @@ class Watch:
         self.kernel = kernel
         self.converge = converge
         self.reload = reload
-        #: nf_tables notifications (kernel.NftEvents), and the tables of domunet's they are about.
+        #: nf_tables notifications (core.events.NftEvents), and the tables of domunet's they are about.
         self.nft_events = nft_events
         self.tables = tables
         self.echoes: Echoes = Counter()
@@ -253,7 +261,8 @@ class Watch:
 def run(config_path: str | None, state_dir: str) -> None:
     """`domunet watch`: a bad config at start is an error (exit 2); later, SIGHUP re-reads it."""
     from domunet.core import config as configuration
-    from domunet.core.kernel import Events, Kernel, NftEvents
+    from domunet.core.events import Events, NftEvents
+    from domunet.core.kernel import Kernel
     from domunet.core.lock import watching
     from domunet.guest import pipeline
 

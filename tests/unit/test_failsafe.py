@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from domunet.core.errors import ApplyError
-from domunet.core.kernel import nft_tables_deleted_from
+from domunet.core.events import nft_tables_deleted_from
 from domunet.core.model import ADD, Route
 from domunet.core.state import set_aside
 from domunet.guest.apply import apply
