@@ -1,7 +1,7 @@
-"""Command line: verbs, output, and the one place where errors become exit codes.
+"""Command line: verbs, output, and the one place where errors become exit codes (exit_code).
 
 Exit codes: 0 done; 1 failed to apply (what this run changed was rolled back);
-2 bad usage or bad config (nothing was changed).
+2 bad usage or bad config (nothing was changed); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import logging
 import os
 from typing import Any, NoReturn, Sequence
 
-from domunet.core.errors import DomunetError, UsageError, exit_status
+from domunet.core.errors import ConfigError, DomunetError, MissingTool, UsageError
 from domunet.core.model import DEFAULT_STATE_DIR
 from domunet.core.state import Layout
 from domunet.logs import MAX_MESSAGE, OneLine, one_line, setup_logging  # noqa: F401 (MAX_MESSAGE: tests)
 
 log = logging.getLogger("domunet")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class _Parser(argparse.ArgumentParser):
@@ -147,15 +147,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def _hotplug(args: argparse.Namespace) -> int:
     """libxl's contract (domunet.dom0.hotplug): exit 1 when online failed, after hotplug-status error.
-    The dom0 service does the work when it runs (domunet.dom0.light); else it is done here."""
-    from domunet.dom0 import client, light
+    The dom0 service does the work when it runs (domunet.dom0.client); else it is done here.
+    `args.handed`: domunet.entry asked the service already, and why it did not take the call."""
+    from domunet.dom0 import client, inprocess
 
     env = {**os.environ, "DOMUNET_STATE_DIR": args.state_dir}
-    handed = light.hand_over(args.command, args.settings, env)
-    if not isinstance(handed, str):
-        return handed
-    settings = dict(s.split("=", 1) for s in args.settings if "=" in s)
-    ok = client.run_hotplug(args.command, settings, env, args.config, args.state_dir, handed)
+    handed = args.handed
+    if handed is None:
+        answer = client.hand_over(args.command, args.settings, env)
+        if not isinstance(answer, str):
+            return answer
+        handed = answer
+    ok = inprocess.run_hotplug(args.command, client.settings_of(args.settings), env, args.config, args.state_dir,
+                               handed)
     return EXIT_OK if ok else EXIT_FAILED
 
 
@@ -198,16 +202,14 @@ def _dom0(args: argparse.Namespace) -> int:
         elif args.action == "offline":
             dom0.offline(check_ifname(args.vif, "--vif"))
         elif args.action == "status":
-            from domunet.dom0 import client
+            from domunet.dom0 import service
 
             rows = dom0.status()
-            serving = client.connect(Layout(args.state_dir))
-            if serving is not None:
-                serving.close()
+            serving = service.running(Layout(args.state_dir))
             if args.json:
-                print(json.dumps({"service": serving is not None, "vifs": rows}, indent=2))
+                print(json.dumps({"service": serving, "vifs": rows}, indent=2))
             else:
-                print(_dom0_table(rows, serving is not None))
+                print(_dom0_table(rows, serving))
         else:
             log.info("reconciled %d vif(s)", dom0.reconcile())
     return EXIT_OK
@@ -358,8 +360,11 @@ _MODULES = {"pyroute2": "python3-pyroute2", "netifaces": "python3-netifaces", "c
             "validate": "python3-configobj"}
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, handed: str | None = None) -> int:
+    """The command. `handed`: vif-domunet's call came through domunet.entry, which asked the dom0
+    service already (and why it did not take it)."""
     args = _merge_common(_parser().parse_args(argv))
+    args.handed = handed
     hotplug = getattr(args, "action", None) == "hotplug"
     if getattr(args, "action", None) == "serve":
         args.verbose = max(args.verbose, 1)  # a service's journal says what it did for each vif
@@ -367,20 +372,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.verbose, "vif-domunet" if hotplug else "domunet", syslog=hook)
     try:
         return _run(args)
-    except DomunetError as error:  # ApplyError, KernelError, ...: what this run changed is undone
+    except (Exception, KeyboardInterrupt) as error:
+        return exit_code(error)
+
+
+def exit_code(error: BaseException) -> int:
+    """The one place where an error becomes an exit code, said in one line first. 0 done; 1 the
+    work failed (what this run changed was rolled back); 2 bad usage, config or environment
+    (nothing was changed); 130 interrupted (Ctrl-C, SIGINT), as a shell reports it."""
+    if isinstance(error, DomunetError):  # ApplyError, KernelError, ...: what this run changed is undone
         log.error("%s", error)
-        return exit_status(error)
-    except ImportError as error:
-        package = _MODULES.get((error.name or "").split(".")[0])
-        if package is None:
-            raise
+        return EXIT_USAGE if isinstance(error, (UsageError, MissingTool, ConfigError)) else EXIT_FAILED
+    if isinstance(error, ImportError) and (package := _MODULES.get((error.name or "").split(".")[0])):
         log.error("needs the Python module %s, which is not installed: apt-get install %s", error.name, package)
         return EXIT_USAGE
-    except KeyboardInterrupt:
+    if isinstance(error, KeyboardInterrupt):
         log.error("interrupted")
-        return 130
-    except Exception as error:  # a bug: one line for the admin, the traceback with -vv
-        log.debug("internal error", exc_info=True)
-        log.error("internal error: %s: %s (run again with -vv for the details, and please report it)",
-                  type(error).__name__, error)
-        return EXIT_FAILED
+        return EXIT_INTERRUPTED
+    # a bug: one line for the admin, the traceback with -vv
+    log.debug("internal error", exc_info=error)
+    log.error("internal error: %s: %s (run again with -vv for the details, and please report it)",
+              type(error).__name__, error)
+    return EXIT_FAILED

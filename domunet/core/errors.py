@@ -1,7 +1,7 @@
 """Exceptions that carry a message an administrator can act on.
 
-They are turned into exit codes in one place only: exit_status() below, called at the CLI's
-edges (domunet.cli, and domunet.entry's light hotplug path).
+They are turned into exit codes in one place only: domunet.cli.exit_code, the command's edge
+(domunet.entry's hotplug fallback goes through it too).
 """
 
 from __future__ import annotations
@@ -50,9 +50,3 @@ class GatewayRefused(KernelError):
 
 class ApplyError(DomunetError):
     """Applying failed part-way; what this run added was rolled back (exit 1)."""
-
-
-def exit_status(error: DomunetError) -> int:
-    """The exit code for an error that reached the command line: 2 when nothing was changed
-    because the call, the environment or the config is wrong; 1 when the work itself failed."""
-    return 2 if isinstance(error, (UsageError, MissingTool, ConfigError)) else 1

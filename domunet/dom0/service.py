@@ -29,7 +29,7 @@ from domunet.core.errors import DomunetError, UsageError
 from domunet.core.lock import held_alone
 from domunet.core.state import Layout, check_dir
 from domunet.core.systemd import notify
-from domunet.dom0 import hotplug, light, wire
+from domunet.dom0 import client, hotplug, wire
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Service:
     caller at once, each against its own deadline, and says "queued" as soon as a request is in;
     and a worker thread that does the queued requests, all that are waiting as one batch. No
     caller waits on another's bytes, and a hung batch cannot hide the service from its callers:
-    they stop waiting (light.ACK_WITHIN) and work in-process."""
+    they stop waiting (client.ACK_WITHIN) and work in-process."""
 
     def __init__(self, layout: Layout, engine: Any) -> None:
         self.layout = layout
@@ -218,7 +218,7 @@ class Service:
                                        else float("inf"))
         if message.get("ack") is True:
             try:
-                connection.send(light.QUEUED)  # one short line: the socket's buffer takes it whole
+                connection.send(client.QUEUED)  # one short line: the socket's buffer takes it whole
             except OSError:
                 log.warning("a caller went away before its request was queued (it does the work itself)")
                 connection.close()
@@ -341,6 +341,21 @@ def _hung_up(connection: socket.socket) -> bool:
         return any(events & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, events in poller.poll(0))
     finally:
         poller.unregister(connection)
+
+
+def running(layout: Layout, timeout: float = 5.0) -> bool:
+    """Does a service listen on dom0.sock (what `domunet dom0 status` says)?"""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(timeout)
+        probe.connect(str(layout.dom0_socket))
+        return True
+    except OSError as error:
+        if error.errno not in (errno.ENOENT, errno.ECONNREFUSED, errno.EACCES, errno.EPERM, errno.ENOTDIR):
+            log.info("cannot reach the dom0 service (%s)", error.strerror)
+        return False
+    finally:
+        probe.close()
 
 
 def listen(layout: Layout) -> socket.socket:

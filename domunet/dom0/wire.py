@@ -8,7 +8,7 @@ a malformed one gets an answer with kind "usage" and changes nothing.
     {"op": "offline", "key": KEY, "vif": VIF or null}
     {"op": "hotplug", "command": "online" | "offline" | "add" | "remove", "settings": {KEY: VALUE},
      "env": {"vif", "XENBUS_PATH", "netdev"}, "ack": true, "start_within": SECONDS}
-    (vif-domunet's call as libxl made it: domunet.dom0.light; with "ack", the service first sends
+    (vif-domunet's call as libxl made it: domunet.dom0.client; with "ack", the service first sends
     {"queued": true} once it has the request; a request it cannot start within start_within
     seconds of reading it is answered with kind "late" and not done)
     answers: {"ok": true, "record": {...}} (online), {"ok": true, "found": bool} (offline),
@@ -22,16 +22,13 @@ import json
 from typing import Any
 
 from domunet.core.errors import UsageError
+from domunet.dom0.client import ENVIRONMENT, FAILED, LATE, REFUSED, USAGE
 from domunet.dom0.hotplug import Call
-from domunet.dom0.light import ENVIRONMENT
 from domunet.dom0.request import RECORD_KEY, VifRequest, check_ifname, check_xenbus_path, parse_addresses
 
 MAX_REQUEST = 64 * 1024
 
-#: An answer's kinds: the request was not valid, the work failed (dom0 is as before), or this
-#: service does not serve the caller (another network namespace): then the caller works in-process.
-#: "late": it could not be started within the caller's start_within (untouched: done in-process).
-USAGE, FAILED, REFUSED, LATE = "usage", "failed", "refused", "late"
+__all__ = ["FAILED", "LATE", "REFUSED", "USAGE", "decode", "encode"]  # the kinds are the client's (it imports nothing)
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -129,7 +129,7 @@ def test_a_second_service_for_the_same_state_directory_is_refused(lab, service):
 def test_the_light_client_imports_nothing_but_itself():
     """While the service runs, this is all a vif's hotplug costs (issue 23): no pyroute2, argparse,
     logging, json, socket or re (the last three alone cost as much as the interpreter)."""
-    code = ("import sys; before = set(sys.modules); import domunet.entry, domunet.dom0.light; "
+    code = ("import sys; before = set(sys.modules); import domunet.entry, domunet.dom0.client; "
             "print(sorted(set(sys.modules) - before))")
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": package_root()})
@@ -139,7 +139,7 @@ def test_the_light_client_imports_nothing_but_itself():
     started_anyway = {"os", "os.path", "posixpath", "genericpath", "stat", "_stat", "_collections_abc", "__future__",
                       "errno"}
     assert set(eval(result.stdout)) - started_anyway == {
-        "domunet", "domunet.entry", "domunet.dom0", "domunet.dom0.light", "_socket"}
+        "domunet", "domunet.entry", "domunet.dom0", "domunet.dom0.client", "_socket"}
 
 
 def _online_together(lab, running, vifs):

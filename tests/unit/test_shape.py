@@ -132,3 +132,29 @@ def test_ownership_is_decided_in_guest_owned_alone():
     from domunet.guest import owned
 
     assert set(vars(owned)) >= OWNERSHIP
+
+
+def test_one_function_maps_exceptions_to_exit_codes():
+    """Issue 35: cli.exit_code is the one place an exception becomes an exit code: no `except`
+    clause anywhere in domunet/ returns an exit code of its own, and the 130 of an interrupt is
+    said there alone."""
+    found = []
+    for module, path in _modules():
+        tree = ast.parse(path.read_text(), str(path))
+        for handler in (n for n in ast.walk(tree) if isinstance(n, ast.ExceptHandler)):
+            for node in ast.walk(handler):
+                value = node.value if isinstance(node, ast.Return) else None
+                if (isinstance(value, ast.Constant) and type(value.value) is int) or \
+                        (isinstance(value, ast.Name) and value.id.startswith("EXIT_")):
+                    found.append(f"{module}:{node.lineno} returns {ast.unparse(value)} for an exception")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and node.value == 130 and module != "domunet.cli":
+                found.append(f"{module}:{node.lineno} says 130")
+            if isinstance(node, ast.Name) and node.id == "exit_status":
+                found.append(f"{module}:{node.lineno} uses exit_status")
+    assert found == []
+    from domunet import cli
+    from domunet.core.errors import ConfigError, KernelError, UsageError
+
+    assert [cli.exit_code(e) for e in (UsageError("u"), ConfigError("f", "k", "m"), KernelError("k"), KeyboardInterrupt(),
+                                       ZeroDivisionError())] == [2, 2, 1, 130, 1]

@@ -6,24 +6,24 @@ import ipaddress
 import pytest
 
 from domunet.core.errors import UsageError
-from domunet.dom0 import guard, light, wire
+from domunet.dom0 import client, guard, wire
 
 
 @pytest.mark.parametrize("vif", ["vif1.0", 'we"ird\\name', "tab\there\x01", "ünï"])
 def test_the_light_clients_message_is_the_json_the_service_reads(vif):
-    data = light.message("online", ["type_if=vif", "script=vif-domunet", "novalue"],
+    data = client.message("online", ["type_if=vif", "script=vif-domunet", "novalue"],
                          {"vif": vif, "XENBUS_PATH": "backend/vif/1/0", "PATH": "/bin"})
     message = wire.decode(data)
     assert message == {"op": "hotplug", "command": "online",
                        "settings": {"type_if": "vif", "script": "vif-domunet"},
                        "env": {"vif": vif, "XENBUS_PATH": "backend/vif/1/0", "netdev": ""},
-                       "ack": True, "start_within": light.START_WITHIN}
+                       "ack": True, "start_within": client.START_WITHIN}
     assert wire.parse_hotplug(message).env["vif"] == vif
 
 
 def test_the_light_client_knows_the_services_ok_and_queued_answers():
-    assert wire.encode({"ok": True}) == light.OK
-    assert wire.encode({"queued": True}) == light.QUEUED
+    assert wire.encode({"ok": True}) == client.OK
+    assert wire.encode({"queued": True}) == client.QUEUED
 
 
 def test_a_request_nested_too_deeply_is_a_usage_error_not_a_crash():
