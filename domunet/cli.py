@@ -202,9 +202,9 @@ def _dom0(args: argparse.Namespace) -> int:
         elif args.action == "offline":
             dom0.offline(check_ifname(args.vif, "--vif"))
         elif args.action == "status":
-            from domunet.dom0 import service
+            from domunet.dom0 import service, status
 
-            rows = dom0.status()
+            rows = status.rows(dom0)
             serving = service.running(Layout(args.state_dir))
             if args.json:
                 print(json.dumps({"service": serving, "vifs": rows}, indent=2))

@@ -51,8 +51,22 @@ def _counted(name: str, call: Callable[..., Any]) -> Callable[..., Any]:
     return step
 
 
+def _import_every_module() -> None:
+    """Every module of domunet, now: a step imported by name (`from ... import write_json`) in a
+    module that would otherwise be imported later, inside a function, is wrapped too."""
+    import importlib
+    import pkgutil
+
+    import domunet
+
+    for found in pkgutil.walk_packages(domunet.__path__, "domunet."):
+        if not found.name.endswith("__main__"):
+            importlib.import_module(found.name)
+
+
 def install() -> None:
     """Wrap every step, wherever domunet's modules hold a reference to it."""
+    _import_every_module()
     for name in KERNEL_STEPS:
         setattr(Kernel, name, _counted(f"Kernel.{name}", getattr(Kernel, name)))
     for module, name in ((nftables, "run"), (sysctl, "write"), (state, "write_json")):

@@ -1,14 +1,11 @@
 """dom0's executor: route, proxy and guard each guest address of a vif (vif-domunet's work).
 
-Its input is validated (domunet.dom0.request), what it did is recorded (domunet.dom0.records).
-
-online:  validate everything first; then, in this order: a record under /run (so that a
-         crash still leaves something for offline to undo), the vif's rename, anti-spoofing
-         (before the vif is up), sysctls, dom0's addresses on the vif, link up, a host route
-         per guest address, proxy NDP entries on the uplink. A failure undoes it all.
-offline: undoes exactly what the record says, tolerating what is already gone (a destroyed
-         guest's vif), then drops the anti-spoofing entries (after the vif is down).
-Proxy entries are shared: one is removed only when no other vif's record still lists it.
+Its input is validated (domunet.dom0.request), planned (records.plan_online, frozen) and what it
+did is recorded (domunet.dom0.records). One list of steps per vif (Dom0._steps): a record under
+/run (a crash still leaves offline what it needs), the rename, [anti-spoofing, before the vif is
+up], sysctls, dom0's addresses, link up, host routes, proxy NDP entries. online runs it forward
+(a failure runs back what it did), offline backward from the record, tolerating what is gone,
+then drops the anti-spoofing entries. A proxy entry another vif's record lists stays.
 """
 
 from __future__ import annotations
@@ -19,25 +16,28 @@ import ipaddress
 import logging
 import os
 from contextlib import AbstractContextManager
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from domunet.core import nftables, sysctl
 from domunet.core.errors import ConfigError, KernelError, ObjectExists, ObjectMissing, UsageError
 from domunet.core.kernel import Kernel
 from domunet.core.lock import locked
-from domunet.core.model import DEFAULT_STATE_DIR, PROTO_DOM0, TABLE_MAIN, IPNetwork, Route
-from domunet.core.state import Layout, check_dir, read_saved_sysctls, set_aside, write_json
+from domunet.core.model import DEFAULT_STATE_DIR, TABLE_MAIN, IPNetwork, Route
+from domunet.core.state import Layout, check_dir, set_aside, write_json
 from domunet.dom0 import guard
 from domunet.dom0.records import (
     HostRoute,
     Unusable,
+    VifPlan,
     VifRecord,
+    folder_mark,
     plan_online,
     read_records,
     save_record,
 )
 from domunet.dom0.request import VifRequest, check_guest_networks, domain_of, keys_for
+from domunet.dom0.sysctls import Dom0Sysctls
 
 if TYPE_CHECKING:
     from domunet.dom0.view import KernelView
@@ -45,6 +45,38 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 METRIC_TRIES = 8
+#: A vif's steps come in two stages: before the anti-spoofing update of the batch, and after it.
+BEFORE_GUARD, AFTER_GUARD = 0, 1
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing online does for a vif, and its opposite: online runs a vif's steps forward, a
+    failed online and offline run them backward (one list: the two cannot drift apart)."""
+
+    what: str
+    forward: Callable[[list[VifRecord], bool], object]  # (the other vifs' records, IPv6 on)
+    backward: Callable[[list[VifRecord]], object]
+    needs_vif: bool = True  # backward only while the vif exists (what is on it went with it)
+
+    def __str__(self) -> str:
+        return self.what
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every vif of a batch is checked against: main's defaults, IPv6 on, dom0's addresses."""
+
+    defaults: list[Route]
+    ipv6: bool
+    gateways: list[Any]
+    dom0: list[Any]
+
+
+def _unshared(record: VifRecord, others: list[VifRecord]) -> list[str]:
+    """Proxy entries are shared: one that another vif's record lists is theirs as well."""
+    shared = {p for r in others for p in r.proxies}
+    return [p for p in record.proxies if p not in shared]
 
 
 class Dom0:
@@ -54,6 +86,7 @@ class Dom0:
                  allow_prefixes: tuple[IPNetwork, ...] = (), input_policy: str = "restricted") -> None:
         self.kernel = kernel
         self.layout = Layout(state_dir)
+        self.sysctls = Dom0Sysctls(self.layout)
         self.dir = self.layout.dom0
         self.allow_prefixes = allow_prefixes
         self.input_policy = input_policy
@@ -95,16 +128,13 @@ class Dom0:
         check_dir(self.layout.root)
         return locked(str(self.dir))
 
-    def _path(self, key: str) -> Path:
-        return self.layout.vif_record(key)
-
     def records(self) -> list[VifRecord]:
         """The usable records. One that is not (a newer domunet's, a truncated file) stays where it
         is and keeps its vif guarded (see `unusable`); the rest go on."""
         return self._read()[0]
 
     def _read(self) -> tuple[list[VifRecord], list[Unusable]]:
-        if self.view is not None and self._known is not None and self._mark() == self._known[2]:
+        if self.view is not None and self._known is not None and folder_mark(self.layout) == self._known[2]:
             self.unusable = list(self._known[1])
             return list(self._known[0]), self.unusable
         # the records are not (or no longer) as this engine left them: another run changed them
@@ -114,25 +144,13 @@ class Dom0:
         records, self.unusable = read_records(self.layout, self._records_cache)
         return records, self.unusable
 
-    def _mark(self) -> tuple[int, int, int, bytes]:
-        """The records folder as it is now: its times and size, and the last run's token."""
-        info = os.stat(self.dir)
-        try:
-            token = self.layout.dom0_generation.read_bytes()[:64]
-        except OSError:
-            token = b""
-        return info.st_mtime_ns, info.st_ctime_ns, info.st_size, token
-
     def _changed(self, records: list[VifRecord]) -> None:
         """The records changed (under the lock): a new token for whoever reads them next; a service
         keeps them in memory, so its next request reads no record at all (500 vifs: 500 stats)."""
         self._known = None
         write_json(self.layout.dom0_generation, os.urandom(8).hex())
         if self.view is not None:
-            self._known = (list(records), list(self.unusable), self._mark())
-
-    def _save(self, record: VifRecord) -> None:
-        save_record(self.layout, record)
+            self._known = (list(records), list(self.unusable), folder_mark(self.layout))
 
     def _guarded(self, records: list[VifRecord]) -> dict[str, list[IPNetwork]]:
         """The vifs to guard and their allowed sources: every usable record's, and fail closed for
@@ -199,64 +217,61 @@ class Dom0:
                 self._offline_many([(request.key, request.vif)])
             if again:
                 records = self.records()  # read again only when the offline changed them
-            planned: dict[int, VifRecord] = {}
+            plans: dict[int, VifPlan] = {}
+            planned: dict[int, VifRecord] = {}  # what each vif's online did (its plan's intent at first)
             accepted = list(records)
             context = self._online_context(records)
             for index, request in enumerate(requests):
                 try:
                     if any(r.key == request.key for r in accepted[len(records):]):
                         raise UsageError(f"{request.vif}: online twice at once")
-                    planned[index] = self._plan(request, accepted, context)
+                    plans[index] = self._plan(request, accepted, context)
+                    planned[index] = plans[index].intent()
                     accepted.append(planned[index])
                 except Exception as error:  # noqa: BLE001 (this vif fails; the others go on)
                     outcomes[index] = error
-            undo: dict[int, list[Callable[[], None]]] = {index: [] for index in planned}
+            steps = {index: self._steps(plans[index], planned[index]) for index in planned}
+            done: dict[int, list[Step]] = {index: [] for index in planned}
             try:
-                for index in list(planned):
-                    try:
-                        self._begin(requests[index], planned[index], undo[index])
-                    except Exception as error:  # noqa: BLE001
-                        outcomes[index] = self._undo(planned.pop(index), undo.pop(index), error)
-                if planned:
-                    self._guard(records + list(planned.values()))
-                for index in list(planned):
-                    others = records + [r for i, r in planned.items() if i != index]
-                    try:
-                        self._finish(planned[index], others, context["ipv6"], undo[index])
-                        outcomes[index] = planned[index]
-                    except Exception as error:  # noqa: BLE001
-                        outcomes[index] = self._undo(planned.pop(index), undo.pop(index), error)
-                        self._guard_quietly(records + list(planned.values()))
+                for stage in (BEFORE_GUARD, AFTER_GUARD):
+                    if stage == AFTER_GUARD and planned:
+                        self._guard(records + list(planned.values()))
+                    for index in list(planned):
+                        others = records + [r for i, r in planned.items() if i != index]
+                        try:
+                            self._forward(steps[index][stage], others, context.ipv6, done[index])
+                        except Exception as error:  # noqa: BLE001 (this vif fails; the others go on)
+                            outcomes[index] = self._backward(planned.pop(index), done.pop(index), others, error)
+                            if stage == AFTER_GUARD:
+                                self._guard_quietly(records + list(planned.values()))
+                outcomes.update(planned)
                 if planned:
                     self._changed(records + list(planned.values()))  # part of the online: it fails with it
             except BaseException as error:  # the guard or the token failed, or an interrupt: the batch as before
                 for index in list(planned):
                     failed = error if isinstance(error, Exception) else KernelError("interrupted")
-                    outcomes[index] = self._undo(planned.pop(index), undo.pop(index), failed)
+                    others = records + [r for i, r in planned.items() if i != index]
+                    outcomes[index] = self._backward(planned.pop(index), done.pop(index), others, failed)
                 self._guard_quietly(records)
                 if not isinstance(error, Exception):
                     raise
             if not records and not planned:
-                self._restore_sysctls()
+                self.sysctls.restore_dom0()
             return [outcomes[index] for index in range(len(requests))]
 
-    def _online_context(self, records: list[VifRecord]) -> dict[str, Any]:
+    def _online_context(self, records: list[VifRecord]) -> _Context:
         """What every vif of a batch is checked against, read from the kernel once."""
-        if self.view:
-            defaults, addresses = self.view.now()
-        else:
-            defaults, addresses = self.kernel.main_defaults(), self.kernel.addresses()
-        return {"defaults": defaults, "ipv6": sysctl.ipv6_enabled(),
-                "gateways": [route.gateway for route in defaults if route.gateway is not None],
-                "dom0": addresses}
+        defaults, addresses = self.view.now() if self.view else (self.kernel.main_defaults(), self.kernel.addresses())
+        return _Context(defaults, sysctl.ipv6_enabled(), [r.gateway for r in defaults if r.gateway is not None],
+                        addresses)
 
-    def _plan(self, request: VifRequest, records: list[VifRecord], context: dict[str, Any]) -> VifRecord:
+    def _plan(self, request: VifRequest, records: list[VifRecord], context: _Context) -> VifPlan:
         """Check one vif's request against the kernel and the other vifs; what online will do."""
         if self.kernel.link(request.vif) is None:
             raise UsageError(f"vif {request.vif} does not exist")
         if request.rename and request.rename != request.vif and self.kernel.link(request.rename) is not None:
             raise UsageError(f"vifname {request.rename}: an interface of that name exists already")
-        uplink = request.uplink or next((route.dev for route in context["defaults"] if route.dev), None)
+        uplink = request.uplink or next((route.dev for route in context.defaults if route.dev), None)
         if not uplink:
             raise UsageError("no uplink: give gatewaydev/netdev, or give dom0 a default route")
         if self.kernel.link(uplink) is None:
@@ -270,20 +285,74 @@ class Dom0:
         if self.unusable:
             other_domains.update({vif: networks for vif, networks in self._guarded(others).items()
                                   if vif not in {r.vif for r in others} and networks})
-        check_guest_networks(request.rename or request.vif, request.guest, uplink_addresses, context["gateways"],
-                             other_domains, self.allow_prefixes, context["dom0"])
-        return plan_online(request, uplink, uplink_addresses, context["ipv6"])
+        check_guest_networks(request.rename or request.vif, request.guest, uplink_addresses, context.gateways,
+                             other_domains, self.allow_prefixes, context.dom0)
+        return plan_online(request, uplink, uplink_addresses, context.ipv6)
 
-    def _undo(self, record: VifRecord, undo: list[Callable[[], None]], error: Exception) -> Exception:
-        """Undo one vif's steps, newest first; the error it failed with."""
-        for step in reversed(undo):
-            try:
-                step()
-            except ObjectMissing:
-                pass  # e.g. IPv6 addresses go with the link
-            except Exception as failed:  # noqa: BLE001 (undo the rest, say what stayed)
-                log.error("%s: undo failed: %s", record.vif, failed)
+    # --- one vif's steps: online runs them forward, offline (and a failed online) backward ------
+
+    def _steps(self, plan: VifPlan | None, record: VifRecord) -> tuple[list[Step], list[Step]]:
+        """One vif's steps before and after the anti-spoofing update (the guard is in place before
+        the vif is up). Forward reads the plan and narrows the record to what it did; backward
+        undoes what the record says. `plan`: None for offline (backward only)."""
+        kernel, vif, original = self.kernel, record.vif, record.original_name
+        before = [Step("record", lambda others, ipv6: save_record(self.layout, record),
+                       lambda others: self.layout.vif_record(record.key).unlink(missing_ok=True), needs_vif=False)]
+        if original and original != vif:
+            before.append(Step("rename", lambda others, ipv6: kernel.set_link(original, up=False, rename=vif),
+                               lambda others: kernel.set_link(vif, rename=original)))
+        after = [
+            Step("forwarding", lambda others, ipv6: self.sysctls.set_dom0(record.uplink, ipv6),
+                 lambda others: others or self.sysctls.restore_dom0(), needs_vif=False),
+            Step("vif sysctls", lambda others, ipv6: self.sysctls.set_vif(record, ipv6),
+                 lambda others: self._each(record, "", record.vif_sysctls,
+                                           lambda key: sysctl.write(key, record.vif_sysctls[key]))),
+            Step("addresses", lambda others, ipv6: self._add_addresses(plan, record),
+                 lambda others: self._each(record, "address", record.dom0_addresses,
+                                           lambda t: kernel.remove_address(vif, ipaddress.ip_interface(t)))),
+            Step("link up", lambda others, ipv6: kernel.set_link(vif, up=True),
+                 lambda others: kernel.set_link(vif, up=False)),
+            Step("routes", lambda others, ipv6: self._add_routes(plan, record),
+                 lambda others: self._each(record, "route", record.routes,
+                                           lambda e: kernel.remove_route(e.route(vif)))),
+            Step("proxies", lambda others, ipv6: self._add_proxies(plan, record),
+                 lambda others: self._each(record, "proxy", _unshared(record, others),
+                                           lambda t: kernel.remove_proxy(record.uplink, ipaddress.ip_address(t))),
+                 needs_vif=False),
+            Step("done", lambda others, ipv6: self._done(record), lambda others: None, needs_vif=False),
+        ]
+        return before, after
+
+    @staticmethod
+    def _forward(steps: list[Step], others: list[VifRecord], ipv6: bool, done: list[Step]) -> None:
+        for step in steps:
+            done.append(step)  # before it runs: a step that fails half-way is undone too
+            step.forward(others, ipv6)
+
+    def _backward(self, record: VifRecord, steps: list[Step], others: list[VifRecord],
+                  error: Exception | None = None) -> Exception | None:
+        """Undo steps, newest first, each tolerating what is gone; a step that needs the vif is
+        skipped when the vif is gone (its addresses, routes and sysctls went with it). Returns
+        the error a failed online failed with (None: offline)."""
+        exists = self.kernel.link(record.vif) is not None
+        for step in reversed(steps):
+            if not step.needs_vif or exists:
+                self._each(record, "", [step], lambda undone: undone.backward(others), error is not None)
         return error
+
+    @staticmethod
+    def _each(record: VifRecord, what: str, items: Iterable[Any], undo: Callable[[Any], object],
+              online: bool = False) -> None:
+        """Undo for each item; what is already gone is fine, any other failure is said and the
+        rest still undone (offline undoes all it can, whatever one step does)."""
+        for item in items:
+            name = f"{what} {item}" if what else str(item)
+            try:
+                undo(item)
+            except ObjectMissing:
+                log.debug("%s: %s: already gone", record.vif, name)
+            except Exception as failed:  # noqa: BLE001
+                log.error("%s: %s: %s: %s", record.vif, "undo failed" if online else "offline", name, failed)
 
     def _guard_quietly(self, records: list[VifRecord]) -> None:
         try:
@@ -291,44 +360,33 @@ class Dom0:
         except Exception as error:  # noqa: BLE001 (while undoing: say it, undo the rest)
             log.error("cannot update the anti-spoofing table: %s", error)
 
-    def _begin(self, request: VifRequest, record: VifRecord, undo: list[Callable[[], None]]) -> None:
-        """Before the guard: the record (a crash leaves something for offline), the rename."""
-        self._save(record)
-        undo.append(lambda: self._path(record.key).unlink(missing_ok=True))
-        if request.rename and request.rename != request.vif:
-            self.kernel.set_link(request.vif, up=False, rename=request.rename)
-            undo.append(lambda: self.kernel.set_link(record.vif, rename=request.vif))
-
-    def _finish(self, record: VifRecord, others: list[VifRecord], ipv6: bool,
-                undo: list[Callable[[], None]]) -> None:
-        """After the guard: sysctls, dom0's addresses, link up, routes, proxy entries, the record."""
-        kernel, vif = self.kernel, record.vif
-        self._set_sysctls(record, others, ipv6, undo)
-        added: list[str] = []
-        for text in record.dom0_addresses:
-            address = ipaddress.ip_interface(text)
+    def _add_addresses(self, plan: VifPlan | None, record: VifRecord) -> None:
+        """dom0's addresses on the vif; one that is there already is not ours to remove later."""
+        assert plan is not None
+        record.dom0_addresses = []
+        for text in plan.dom0_addresses:
             try:
-                kernel.add_address(vif, address)
+                self.kernel.add_address(record.vif, ipaddress.ip_interface(text))
             except ObjectExists:
-                continue  # already there: not ours to remove later
-            added.append(text)
-            undo.append(lambda a=address: kernel.remove_address(vif, a))
-        record.dom0_addresses = added
-        kernel.set_link(vif, up=True)
-        undo.append(lambda: kernel.set_link(vif, up=False))
-        placed = []
-        for entry in record.routes:
-            route = self._add_route(vif, entry)
-            undo.append(lambda r=route: kernel.remove_route(r))
-            placed.append(entry.placed(route))
-        record.routes = placed
-        shared = {p for r in others for p in r.proxies}
-        for text in record.proxies:
-            kernel.add_proxy(record.uplink, ipaddress.ip_address(text))
-            if text not in shared:
-                undo.append(lambda t=text: kernel.remove_proxy(record.uplink, ipaddress.ip_address(t)))
-        self._save(record)
-        log.info("%s: online: %s routed via uplink %s", vif, " ".join(record.guest), record.uplink)
+                continue
+            record.dom0_addresses.append(text)
+
+    def _add_routes(self, plan: VifPlan | None, record: VifRecord) -> None:
+        assert plan is not None
+        record.routes = []
+        for entry in plan.routes:
+            record.routes.append(entry.placed(self._add_route(record.vif, entry)))
+
+    def _add_proxies(self, plan: VifPlan | None, record: VifRecord) -> None:
+        assert plan is not None
+        record.proxies = []
+        for text in plan.proxies:
+            self.kernel.add_proxy(record.uplink, ipaddress.ip_address(text))
+            record.proxies.append(text)
+
+    def _done(self, record: VifRecord) -> None:
+        save_record(self.layout, record)
+        log.info("%s: online: %s routed via uplink %s", record.vif, " ".join(record.guest), record.uplink)
 
     def _add_route(self, vif: str, entry: HostRoute) -> Route:
         """A host route to a guest address; when another device routes it already (an HVM
@@ -343,52 +401,6 @@ class Dom0:
                             vif, route.dst, route.metric + 1)
                 route = dataclasses.replace(route, metric=route.metric + 1)
         raise KernelError(f"{vif}: cannot route {route.dst}: {METRIC_TRIES} routes to it exist already")
-
-    def _set_sysctls(self, record: VifRecord, others: list[VifRecord], ipv6: bool,
-                     undo: list[Callable[[], None]]) -> None:
-        """Global ones keep their values from before the first vif; restored after the last."""
-        uplink, vif = record.uplink, record.vif
-        wanted = {"net/ipv4/ip_forward": "1", f"net/ipv4/conf/{uplink}/proxy_arp": "1"}
-        if ipv6:
-            if sysctl.read(f"net/ipv6/conf/{uplink}/accept_ra") == "1":
-                wanted[f"net/ipv6/conf/{uplink}/accept_ra"] = "2"  # keep taking RAs while forwarding
-            wanted.update({
-                "net/ipv6/conf/all/forwarding": "1",
-                f"net/ipv6/conf/{uplink}/proxy_ndp": "1",
-                "net/ipv6/conf/all/proxy_ndp": "1",  # unicast reachability probes check 'all'
-            })
-        saved = self._sysctl_origin()
-        fresh = {k: v for k in wanted if k not in saved and (v := sysctl.read(k)) is not None}
-        if fresh:
-            write_json(self.layout.dom0_sysctl_origin, {**saved, **fresh})
-        if not others:
-            undo.append(self._restore_sysctls)
-        for key, value in wanted.items():
-            sysctl.write(key, value)
-        # the vif: answer ARP for dom0's side; never take a router advertisement or a redirect
-        # from the guest (a guest's RA would otherwise install a default route in dom0)
-        per_vif = {f"net/ipv4/conf/{vif}/proxy_arp": "1", f"net/ipv4/conf/{vif}/accept_redirects": "0"}
-        if ipv6:
-            per_vif.update({f"net/ipv6/conf/{vif}/accept_ra": "0", f"net/ipv6/conf/{vif}/accept_redirects": "0"})
-        record.vif_sysctls = {}
-        for key, value in per_vif.items():
-            before = sysctl.read(key)
-            if before is None:
-                continue
-            record.vif_sysctls[key] = before
-            sysctl.write(key, value)
-
-    def _sysctl_origin(self) -> dict[str, str]:
-        """The sysctls' values before the first vif; a corrupt file is set aside (nothing to restore)."""
-        return read_saved_sysctls(self.layout.dom0_sysctl_origin)
-
-    def _restore_sysctls(self) -> None:
-        for key, value in self._sysctl_origin().items():
-            try:
-                sysctl.write(key, value)
-            except KernelError as error:
-                log.warning("could not restore %s: %s", key, error)
-        self.layout.dom0_sysctl_origin.unlink(missing_ok=True)
 
     # --- offline ---------------------------------------------------------------------------
 
@@ -429,7 +441,10 @@ class Dom0:
                 log.info("%s: offline: nothing recorded, nothing to undo", key)
                 found.append(held is not None)
                 continue
-            self._undo_vif(record, [r for r in records if r.key not in leaving])
+            before, after = self._steps(None, record)
+            # the online steps backward; the record itself goes after the guard's update
+            self._backward(record, before[1:] + after, [r for r in records if r.key not in leaving])
+            log.info("%s: offline: done", record.vif)
             found.append(True)
         others = [r for r in records if r.key not in leaving]
         if any(found):
@@ -438,80 +453,15 @@ class Dom0:
             except Exception as error:  # noqa: BLE001 (offline undoes all it can)
                 log.error("%s: offline: anti-spoofing: %s", " ".join(leaving), error)
         for key in leaving:
-            self._path(key).unlink(missing_ok=True)
+            self.layout.vif_record(key).unlink(missing_ok=True)
         if any(found) and not others:
-            self._restore_sysctls()
+            self.sysctls.restore_dom0()
         if any(found):
             try:
                 self._changed(others)
             except Exception as error:  # noqa: BLE001 (offline undoes all it can; the folder's times still tell)
                 log.error("%s: offline: %s", " ".join(leaving), error)
         return found
-
-    def _undo_vif(self, record: VifRecord, others: list[VifRecord]) -> None:
-        """One vif's kernel state as its record says, tolerating what is already gone (a destroyed
-        guest's vif); the anti-spoofing entries are dropped after, for all vifs of the batch."""
-        kernel, vif = self.kernel, record.vif
-        exists = kernel.link(vif) is not None
-
-        def attempt(what: str, step: Callable[[], None]) -> None:
-            try:
-                step()
-            except ObjectMissing:
-                log.debug("%s: %s: already gone", vif, what)
-            except Exception as error:  # noqa: BLE001 (offline undoes all it can, whatever one step does)
-                log.error("%s: offline: %s: %s", vif, what, error)
-
-        if exists:
-            attempt("link down", lambda: kernel.set_link(vif, up=False))
-        shared = {p for r in others for p in r.proxies}
-        for text in record.proxies:
-            if text not in shared:
-                attempt(f"proxy {text}",
-                        lambda t=text: kernel.remove_proxy(record.uplink, ipaddress.ip_address(t)))
-        if exists:
-            for entry in record.routes:
-                attempt(f"route {entry.destination}", lambda e=entry: kernel.remove_route(e.route(vif)))
-            for text in record.dom0_addresses:
-                attempt(f"address {text}",
-                        lambda t=text: kernel.remove_address(vif, ipaddress.ip_interface(t)))
-            for name, value in record.vif_sysctls.items():
-                attempt(name, lambda n=name, v=value: sysctl.write(n, v))
-            if record.original_name:
-                attempt("rename back", lambda: kernel.set_link(vif, rename=record.original_name))
-        log.info("%s: offline: done", vif)
-
-    def status(self) -> list[dict[str, Any]]:
-        """Every vif recorded (what a service knows: it records each vif it serves), what it was
-        given and made, and whether the kernel still has all of it; unusable records with why.
-        Read-only: no lock, nothing changed."""
-        records, unusable = self._read()
-        links = self.kernel.links(refresh=True)
-        routes = {(r.dev, r.dst, r.metric) for version in (4, 6)
-                  for r in self.kernel.routes(version, TABLE_MAIN) if r.proto == PROTO_DOM0}
-        proxies = {(name, str(address)) for version in (4, 6) for name, address in self.kernel.proxies(version)}
-        guarded = guard.guarded_now()
-        rows: list[dict[str, Any]] = []
-        for record in records:
-            missing = [] if record.vif in links else [f"the vif {record.vif}"]
-            for entry in record.routes:
-                route = entry.route(record.vif)
-                if (route.dev, route.dst, route.metric) not in routes:
-                    missing.append(f"route {entry.destination}")
-            missing += [f"proxy {p} on {record.uplink}" for p in record.proxies if (record.uplink, p) not in proxies]
-            allowed = guarded.get(record.vif)
-            if allowed is None:
-                missing.append("its anti-spoofing entry")
-            else:
-                missing += [f"allowed source {n}" for n in record.networks() if n not in allowed]
-            rows.append({"vif": record.vif, "key": record.key, "uplink": record.uplink, "guest": record.guest,
-                         "routes": [r.as_json() for r in record.routes], "proxies": record.proxies,
-                         "dom0_addresses": record.dom0_addresses, "kernel_matches": not missing,
-                         "missing": missing})
-        for held in unusable:
-            rows.append({"vif": held.salvaged.vif if held.salvaged else None, "key": held.key, "unusable": held.reason,
-                         "kernel_matches": None, "missing": []})
-        return rows
 
     def reconcile(self) -> int:
         """Re-add what the kernel drops behind our back (proxy entries when the uplink was down,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -91,7 +92,30 @@ class VifRecord:
         return {**asdict(self), "routes": [r.as_json() for r in self.routes]}
 
 
-def plan_online(request: VifRequest, uplink: str, uplink_addresses: list[IPInterface], ipv6: bool) -> VifRecord:
+@dataclass(frozen=True)
+class VifPlan:
+    """What online will do for one vif (plan_online's answer; never changed: what online did is
+    its record, VifRecord, which starts as the plan's intent)."""
+
+    key: str
+    vif: str
+    uplink: str
+    guest: tuple[str, ...]
+    dom0_addresses: tuple[str, ...] = ()
+    routes: tuple[HostRoute, ...] = ()
+    proxies: tuple[str, ...] = ()
+    original_name: str | None = None
+    xenbus_path: str | None = None
+
+    def intent(self) -> VifRecord:
+        """The record written before online changes anything: everything online may do (a crash
+        leaves offline all it needs); online then narrows it to what it did."""
+        return VifRecord(key=self.key, vif=self.vif, uplink=self.uplink, guest=list(self.guest),
+                         dom0_addresses=list(self.dom0_addresses), routes=list(self.routes),
+                         proxies=list(self.proxies), original_name=self.original_name, xenbus_path=self.xenbus_path)
+
+
+def plan_online(request: VifRequest, uplink: str, uplink_addresses: list[IPInterface], ipv6: bool) -> VifPlan:
     """Pure: what online must do for this vif, given dom0's uplink addresses."""
     vif = request.rename or request.vif
     guest = list(request.guest)
@@ -100,9 +124,9 @@ def plan_online(request: VifRequest, uplink: str, uplink_addresses: list[IPInter
         guest = [n for n in guest if n.version == 4]
         if not guest:
             raise UsageError(f"{vif}: only IPv6 guest addresses, and IPv6 is disabled in dom0")
-    record = VifRecord(key=request.key, vif=vif, uplink=uplink, guest=[str(n) for n in guest],
-                       original_name=request.vif if request.rename else None,
-                       xenbus_path=request.xenbus_path)
+    addresses: list[str] = []
+    routes: list[HostRoute] = []
+    proxies: list[str] = []
     for version in (4, 6):
         wanted = [n for n in guest if n.version == version]
         if not wanted:
@@ -111,14 +135,15 @@ def plan_online(request: VifRequest, uplink: str, uplink_addresses: list[IPInter
         if not own:
             raise UsageError(f"uplink {uplink} has no IPv{version} address to route the guest's "
                              f"{', '.join(map(str, wanted))} with")
-        record.dom0_addresses += [f"{a.ip}/{a.max_prefixlen}" for a in own]
-        record.routes += [HostRoute(str(n), str(own[0].ip)) for n in wanted]
-        singles = [n for n in wanted if n.version == 6 and n.prefixlen == n.max_prefixlen]
-        record.proxies += [str(n.network_address) for n in singles]
+        addresses += [f"{a.ip}/{a.max_prefixlen}" for a in own]
+        routes += [HostRoute(str(n), str(own[0].ip)) for n in wanted]
+        proxies += [str(n.network_address) for n in wanted if n.version == 6 and n.prefixlen == n.max_prefixlen]
         for prefix in (n for n in wanted if n.version == 6 and n.prefixlen < n.max_prefixlen):
             log.info("%s: prefix %s is routed, but gets no proxy NDP entries (only single addresses do)",
                      vif, prefix)
-    return record
+    return VifPlan(key=request.key, vif=vif, uplink=uplink, guest=tuple(str(n) for n in guest),
+                   dom0_addresses=tuple(addresses), routes=tuple(routes), proxies=tuple(proxies),
+                   original_name=request.vif if request.rename else None, xenbus_path=request.xenbus_path)
 
 
 def record_from(data: object) -> VifRecord:
@@ -210,3 +235,12 @@ def save_record(layout: Layout, record: VifRecord) -> None:
     write_json(layout.vif_record(record.key), record.as_json())
 
 
+def folder_mark(layout: Layout) -> tuple[int, int, int, bytes]:
+    """The records folder as it is now: its times and size, and the last run's token (a reader
+    that keeps records in memory knows from it whether anyone changed them since)."""
+    info = os.stat(layout.dom0)
+    try:
+        token = layout.dom0_generation.read_bytes()[:64]
+    except OSError:
+        token = b""
+    return info.st_mtime_ns, info.st_ctime_ns, info.st_size, token

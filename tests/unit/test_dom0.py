@@ -38,7 +38,7 @@ def test_hostile_or_malformed_addresses_are_rejected_naming_the_value(value, nam
 def test_online_plan_routes_every_address_and_proxies_only_single_ipv6_addresses():
     request = VifRequest("vif1.0", "vif1.0", (net("192.0.2.5/32"), net("2001:db8:4309:2388::50/128"),
                                               net("2001:db8:4309:2300::/64")))
-    record = plan_online(request, "eth0", UPLINK, ipv6=True)
+    record = plan_online(request, "eth0", UPLINK, ipv6=True).intent()
     assert record.dom0_addresses == ["192.168.0.100/32", "2001:db8:4309:2388::2/128"]
     assert [r.as_json() for r in record.routes] == [
         ["192.0.2.5/32", "192.168.0.100"], ["2001:db8:4309:2388::50/128", "2001:db8:4309:2388::2"],
@@ -48,7 +48,7 @@ def test_online_plan_routes_every_address_and_proxies_only_single_ipv6_addresses
 
 def test_ipv6_disabled_in_dom0_skips_ipv6_with_a_warning(caplog):
     request = VifRequest("vif1.0", "vif1.0", (net("192.0.2.5/32"), net("2001:db8::5/128")))
-    record = plan_online(request, "eth0", UPLINK, ipv6=False)
+    record = plan_online(request, "eth0", UPLINK, ipv6=False).intent()
     assert record.guest == ["192.0.2.5/32"] and record.proxies == []
     assert "IPv6 is disabled" in caplog.text
 
@@ -137,7 +137,7 @@ def test_a_record_reads_back_as_it_was_written(tmp_path):
     from domunet.dom0.records import HostRoute, read_records, save_record
 
     request = VifRequest("xen-1-0", "vif1.0", (net("192.0.2.5/32"),))
-    record = plan_online(request, "eth0", UPLINK, ipv6=True)
+    record = plan_online(request, "eth0", UPLINK, ipv6=True).intent()
     record.routes = [HostRoute("192.0.2.5/32", "192.168.0.100", 3)]  # as online places it
     layout = Layout(tmp_path)
     layout.dom0.mkdir()
@@ -159,14 +159,14 @@ def test_a_long_lived_reader_parses_only_the_records_that_changed(tmp_path, monk
     layout.dom0.mkdir()
     for devid in range(3):
         request = VifRequest(f"xen-1-{devid}", f"vif1.{devid}", (net(f"192.0.2.{5 + devid}/32"),))
-        save_record(layout, plan_online(request, "eth0", UPLINK, ipv6=True))
+        save_record(layout, plan_online(request, "eth0", UPLINK, ipv6=True).intent())
     reads = []
     real = state.read_json
     monkeypatch.setattr(state, "read_json", lambda path: reads.append(path.name) or real(path))
     cache = {}
     assert len(read_records(layout, cache)[0]) == 3 and len(reads) == 3
     assert len(read_records(layout, cache)[0]) == 3 and len(reads) == 3  # nothing read again
-    changed = plan_online(VifRequest("xen-1-1", "vif1.1", (net("192.0.2.99/32"),)), "eth0", UPLINK, ipv6=True)
+    changed = plan_online(VifRequest("xen-1-1", "vif1.1", (net("192.0.2.99/32"),)), "eth0", UPLINK, ipv6=True).intent()
     save_record(layout, changed)
     layout.vif_record("xen-1-2").unlink()
     found, _ = read_records(layout, cache)

@@ -102,7 +102,7 @@ def test_dom0_only_routes_proxies_and_admits_what_it_was_given(text):
         return
     tokens = {ipaddress.ip_network(t) for t in text.split()}
     assert set(given_networks) == tokens
-    record = plan_online(VifRequest("vif1.0", "vif1.0", given_networks), "eth0", UPLINK, ipv6=True)
+    record = plan_online(VifRequest("vif1.0", "vif1.0", given_networks), "eth0", UPLINK, ipv6=True).intent()
     singles = {str(n.network_address) for n in given_networks if n.version == 6 and n.prefixlen == 128}
     assert set(record.proxies) == singles
     assert {ipaddress.ip_network(r.destination) for r in record.routes} == tokens

@@ -156,5 +156,5 @@ def test_one_function_maps_exceptions_to_exit_codes():
     from domunet import cli
     from domunet.core.errors import ConfigError, KernelError, UsageError
 
-    assert [cli.exit_code(e) for e in (UsageError("u"), ConfigError("f", "k", "m"), KernelError("k"), KeyboardInterrupt(),
-                                       ZeroDivisionError())] == [2, 2, 1, 130, 1]
+    errors = (UsageError("u"), ConfigError("f", "k", "m"), KernelError("k"), KeyboardInterrupt(), ZeroDivisionError())
+    assert [cli.exit_code(e) for e in errors] == [2, 2, 1, 130, 1]
