@@ -1,4 +1,4 @@
-"""apply(changes, kernel): carry out a diff in its order, with an undo journal.
+"""apply(changes, kernel): carry out a diff in its order, into the run's one undo journal.
 
 It never decides what to change: that is plan and diff. It only knows how: the temporary
 main-table route for kernels that check a gateway through the main table, tolerance of
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import errno
 import logging
-from typing import Protocol, Sequence
+from dataclasses import dataclass
+from typing import Callable, Protocol, Sequence
 
 from domunet.core.errors import ApplyError, GatewayRefused, KernelError, ObjectExists, ObjectMissing
 from domunet.core.model import (
@@ -108,63 +109,110 @@ def _vanished(error: KernelError, change: Change) -> str | None:
     return None
 
 
+def forget(journal: Journal, names: Sequence[str], scope: Scope | None = None) -> None:
+    """The one way of a NIC that vanished during a run (found mid-apply, or after the run's
+    changes): what this run made for it is taken back, the rest of the run stands."""
+    if scope is None:
+        tables = {c.obj.table for c in journal.changes() if isinstance(c.obj, Route) and c.obj.dev in names
+                  and c.obj.table != TABLE_MAIN}
+        scope = Scope(frozenset(names), frozenset(tables))
+    undone, _ = journal.rollback(scope)
+    log.warning("%s: the interface vanished during this run; skipped it (%d change(s) undone)",
+                ", ".join(names), undone)
+
+
 def _scope_of(name: str, changes: Sequence[Change]) -> Scope:
     tables = {c.obj.table for c in changes
               if isinstance(c.obj, Route) and c.obj.dev == name and c.obj.table != TABLE_MAIN}
     return Scope(frozenset({name}), frozenset(tables))
 
 
-def apply(changes: Sequence[Change], kernel: Netlink, strategy: Strategy = STRATEGY_AUTO) -> list[Change]:
-    """Apply changes in order; on failure undo this run's changes in reverse and raise ApplyError.
+
+@dataclass(frozen=True)
+class Step:
+    """A change of a run that is not a route or a rule (the connection-mark table, a sysctl, a
+    state file), with how to take it back."""
+
+    what: str
+    undo: Callable[[], object]
+
+    def describe(self) -> str:
+        return self.what
+
+
+class Journal:
+    """One run's undo journal: its route and rule changes and its other steps, in the order they
+    were made. Whatever fails later in the run takes back everything in it, newest first."""
+
+    def __init__(self, kernel: Netlink, strategy: Strategy = STRATEGY_AUTO) -> None:
+        self.kernel, self.strategy = kernel, strategy
+        self.entries: list[Change | Step] = []
+
+    def step(self, what: str, undo: Callable[[], object]) -> None:
+        self.entries.append(Step(what, undo))
+
+    def changes(self) -> list[Change]:
+        return [entry for entry in self.entries if isinstance(entry, Change)]
+
+    def rollback(self, scope: Scope | None = None) -> tuple[int, int]:
+        """Undo the entries (only the route and rule changes of `scope`, when one is given),
+        newest first; keep going past failures and say them. (undone, how many there were)."""
+        chosen = [e for e in self.entries if scope is None or (isinstance(e, Change) and scope.covers(e.obj))]
+        self.entries = [e for e in self.entries if e not in chosen] if scope is not None else []
+        undone = 0
+        for entry in reversed(chosen):
+            try:
+                if isinstance(entry, Change):
+                    _do(self.kernel, entry.inverse(), self.strategy)
+                else:
+                    entry.undo()
+                undone += 1
+            except Exception as error:  # noqa: BLE001 (keep undoing the rest, and say what stayed)
+                what = entry.inverse().describe() if isinstance(entry, Change) else f"undo {entry.describe()}"
+                log.error("rollback: could not %s: %s", what, error)
+        return undone, len(chosen)
+
+    def failed(self, what: object = None) -> str:
+        """Take the whole run back; the one line that says so (after what failed, when given)."""
+        undone, count = self.rollback()
+        rolled = f"rolled back {undone} of {count} change(s) made by this run"
+        return rolled if what is None else f"{what}; {rolled}"
+
+
+def apply(changes: Sequence[Change], kernel: Netlink, strategy: Strategy = STRATEGY_AUTO,
+          journal: Journal | None = None) -> list[Change]:
+    """Apply changes in order, each into the run's journal; on failure take the whole run back
+    (the journal) and raise ApplyError. Returns the changes made by this call.
 
     An interface that vanishes while the run goes on is the one exception: what was made for
     it is undone, the rest of its changes skipped with a warning, and the others still done.
     """
-    journal: list[Change] = []
+    journal = journal if journal is not None else Journal(kernel, strategy)
+    done: list[Change] = []
     gone: list[Scope] = []
     for change in changes:
         if any(scope.covers(change.obj) for scope in gone):
             continue
         try:
             if _do(kernel, change, strategy):
-                journal.append(change)
+                journal.entries.append(change)
+                done.append(change)
                 log.info("%s", change.describe())
         except KernelError as error:
             name = _vanished(error, change)
             if name is not None:
                 scope = _scope_of(name, changes)
-                mine = [c for c in journal if scope.covers(c.obj)]
-                rollback(mine, kernel, strategy)
-                journal = [c for c in journal if not scope.covers(c.obj)]
+                forget(journal, [name], scope)
+                done = [c for c in done if not scope.covers(c.obj)]
                 gone.append(scope)
-                log.warning("%s: the interface vanished during this run; skipped it (%d change(s) undone)",
-                            name, len(mine))
                 continue
-            undone = rollback(journal, kernel, strategy)
             hint = ""
             if isinstance(error, ObjectExists):
                 hint = " (an object domunet did not make is in the way, or another domunet run was busy)"
-            raise ApplyError(
-                f"{error}{hint}; rolled back {undone} of {len(journal)} change(s) made by this run"
-            ) from None
+            raise ApplyError(journal.failed(f"{error}{hint}")) from None
         except BaseException as error:  # anything else: a bug, an interrupt, a socket gone bad
-            undone = rollback(journal, kernel, strategy)
-            done = f"rolled back {undone} of {len(journal)} change(s) made by this run"
             if isinstance(error, OSError):
-                raise ApplyError(f"cannot {change.describe()}: {error.strerror or error}; {done}") from None
-            log.error("%s failed (%s: %s); %s", change.describe(), type(error).__name__, error, done)
+                raise ApplyError(journal.failed(f"cannot {change.describe()}: {error.strerror or error}")) from None
+            log.error("%s failed (%s: %s); %s", change.describe(), type(error).__name__, error, journal.failed())
             raise
-    return journal
-
-
-def rollback(journal: Sequence[Change], kernel: Netlink, strategy: Strategy = STRATEGY_AUTO) -> int:
-    """Undo changes newest first; keep going past failures and report them."""
-    undone = 0
-    for change in reversed(journal):
-        undo = change.inverse()
-        try:
-            _do(kernel, undo, strategy)
-            undone += 1
-        except Exception as error:  # noqa: BLE001 (keep undoing the rest, and say what stayed)
-            log.error("rollback: could not %s: %s", undo.describe(), error)
-    return undone
+    return done

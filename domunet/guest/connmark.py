@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Callable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Mapping, NamedTuple
 
 from domunet.core import nftables, sysctl
 from domunet.core.errors import KernelError
 from domunet.core.state import Layout, read_saved_sysctls, write_json
+
+if TYPE_CHECKING:
+    from domunet.guest.apply import Journal
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,6 @@ class Marks:
 
     def __init__(self, state_dir: str) -> None:
         self.origin = Layout(state_dir).connmark_origin
-        self._undo: list[Callable[[], None]] = []  # how to take back the last converge
 
     def _saved(self) -> dict[str, str]:
         """The sysctl values before domunet set them; a corrupt file is set aside (nothing to put back)."""
@@ -107,55 +109,35 @@ class Marks:
         out += [f"sysctl -w {key.replace('/', '.')}={difference.saved[key]}" for key in difference.put_back]
         return out
 
-    def converge(self, marks: Mapping[str, int], mask: int) -> list[str]:
-        """Make it so; returns what was done. Nothing at all (not even an nft run) when there are
-        no marks and domunet never made any."""
+    def converge(self, marks: Mapping[str, int], mask: int, journal: Journal) -> list[str]:
+        """Make it so, each step into the run's journal (a later failure of the run takes them
+        back with its routes and rules); returns what was done. Nothing at all (not even an nft
+        run) when there are no marks and domunet never made any."""
         if not marks and not self.origin.exists():
             return []
         difference = self._difference(marks, mask)
-        self._undo = []
-        try:
-            done = self._converge(marks, difference, self._undo)
-        except BaseException:
-            self.rollback()
-            raise
-        for line in done:
-            log.info("%s", line)
-        return done
-
-    def rollback(self) -> None:
-        """Undo the last converge (the run failed after it): the table, the sysctls and the state
-        file as they were."""
-        for step in reversed(self._undo):
-            try:
-                step()
-            except Exception as error:  # noqa: BLE001 (undo the rest, say what stayed)
-                log.error("connection marks: could not undo a step: %s", error)
-        self._undo = []
-
-    def _converge(self, marks: Mapping[str, int], difference: _Difference, undo: list[Callable[[], None]]) -> list[str]:
         done = []
         if difference.table_differs:
             _replace_table(difference.wanted)
-            undo.append(lambda: _replace_table(difference.current))
+            journal.step("the connection-mark table", lambda: _replace_table(difference.current))
             done.append(f"connection marks: {_listed(marks)}" if marks else "connection marks removed")
         saved = dict(difference.saved)
         if self.origin.exists():
-            undo.append(lambda before=dict(difference.saved): self._save(before))
+            journal.step(str(self.origin), lambda before=dict(difference.saved): self._save(before))
         else:
-            undo.append(lambda: self.origin.unlink(missing_ok=True))
+            journal.step(str(self.origin), lambda: self.origin.unlink(missing_ok=True))
         for key, value in difference.turn_on.items():
             saved.setdefault(key, value)
             self._save(saved)
             sysctl.write(key, "1")
-            undo.append(lambda key=key, value=value: sysctl.write(key, value))
+            journal.step(key, lambda key=key, value=value: sysctl.write(key, value))
             done.append(f"{key.replace('/', '.')} = 1")
         for key in difference.put_back:
             before = sysctl.read(key)
             try:
                 sysctl.write(key, saved[key])
                 if before is not None:
-                    undo.append(lambda key=key, value=before: sysctl.write(key, value))
+                    journal.step(key, lambda key=key, value=before: sysctl.write(key, value))
                 done.append(f"{key.replace('/', '.')} = {saved[key]} (as before)")
             except KernelError:
                 log.info("%s: gone with its interface", key.replace("/", "."))
@@ -164,6 +146,8 @@ class Marks:
             self._save(saved)
         else:
             self.origin.unlink(missing_ok=True)
+        for line in done:
+            log.info("%s", line)
         return done
 
 

@@ -15,7 +15,7 @@ from domunet.core.kernel import Kernel
 from domunet.core.lock import locked, watch_running
 from domunet.core.model import REMOVE, State
 from domunet.core.state import CorruptState, Layout, read_json, set_aside, write_json
-from domunet.guest.apply import apply, rollback
+from domunet.guest.apply import Journal, apply, forget
 from domunet.guest.connmark import Marks
 from domunet.guest.diff import Change, Scope, after, diff, scope_for
 from domunet.guest.discover import discover, xen_facts
@@ -124,15 +124,6 @@ def _remember_blocks(state_dir: str, config: configuration.Config, owned: State,
         path.unlink(missing_ok=True)
 
 
-def _forget_vanished(kernel: Kernel, config: configuration.Config, names: list[str],
-                     blocks: list[Block]) -> list[Change]:
-    """Interfaces that went away during this run (after their routes were in): drop the rules
-    and routes made for them, so that nothing half-made stays."""
-    owned = within_reach(discover(kernel, Published())[1], config, blocks)
-    log.warning("%s: vanished during this run; removing what was made for it", ", ".join(names))
-    return apply(diff(State(), owned, scope_for(names, State(), owned)), kernel)
-
-
 def run(verb: str, config: configuration.Config, state_dir: str, names: Sequence[str] = (),
         stanza: HookCall | None = None, kernel: Kernel | None = None) -> Outcome:
     """One run of a verb. `stanza`: options of an interface coming up, kept for later runs only
@@ -177,8 +168,9 @@ def _run(job: Job, kernel: Kernel, xen: Published, again: bool = True) -> Outcom
     if verb is TEARDOWN and changes and watch_running(job.state_dir):
         log.warning("domunet watch is running and will set this up again at the next change: "
                     "systemctl stop domunet-watch first")
+    journal = Journal(kernel, config.gateway_strategy)
     try:
-        done = apply(changes, kernel, config.gateway_strategy)
+        done = apply(changes, kernel, config.gateway_strategy, journal)
     except ApplyError as error:
         now = discover(kernel, xen)[0].interfaces if again and verb.adds else facts.interfaces
         if now != facts.interfaces:
@@ -189,7 +181,7 @@ def _run(job: Job, kernel: Kernel, xen: Published, again: bool = True) -> Outcom
             log.warning("%s during this run (%s); converging with what is there now", what, error)
             return _run(dataclasses.replace(job, stanza=None), kernel, xen, again=False)
         raise
-    marked = _after_apply(job, kernel, desired, owned, done, blocks, marks)
+    marked = _after_apply(job, kernel, desired, owned, done, blocks, marks, journal)
     write_table_names(config.rt_tables_file, table_names_after(owned, done))
     log.info("%s: %d change(s)", verb.name, len(done) + len(marked))
     return Outcome(desired, done, marks=marked)
@@ -214,27 +206,27 @@ def _changes(job: Job, desired: State, owned: State, xen: Published) -> list[Cha
 
 
 def _after_apply(job: Job, kernel: Kernel, desired: State, owned: State, done: list[Change],
-                 blocks: list[Block], marks: Marks) -> list[str]:
-    """Connection marks, NICs that vanished meanwhile, the blocks file: if any of it fails, the
-    marks and this run's routes and rules go back too."""
+                 blocks: list[Block], marks: Marks, journal: Journal) -> list[str]:
+    """Connection marks, NICs that vanished meanwhile, the blocks file, into the run's journal:
+    if any of it fails, the whole run goes back (marks, routes and rules)."""
     config, verb = job.config, job.verb
     marked: list[str] = []
     try:
         if verb.adds or not job.names:
-            marked = marks.converge(desired.marks, desired.fwmask)
+            marked = marks.converge(desired.marks, desired.fwmask, journal)
         # a NIC that vanished while this run made something for it: what was made goes (a run that
         # made nothing leaves that to the next one, and to ifdown: it costs a link dump)
         gone = sorted({m.name for m in desired.managed} - set(kernel.links(refresh=True))) if done or marked else []
         if gone:
-            done += _forget_vanished(kernel, config, gone, blocks)
+            forget(journal, gone)
+            done[:] = journal.changes()
         _remember_blocks(job.state_dir, config, owned, done, blocks)
+    except ApplyError:
+        raise  # the journal is taken back already (apply did it, and says so)
     except BaseException as error:  # whatever failed after the routes and rules: they go back too
-        marks.rollback()
-        rolled = f"rolled back {rollback(done, kernel, config.gateway_strategy)} of {len(done)} change(s) " \
-                 "made by this run"
         if isinstance(error, (DomunetError, OSError)):
             what = error if isinstance(error, DomunetError) else f"{verb.name}: {error.strerror or error}"
-            raise ApplyError(f"{what}; {rolled}") from None
-        log.error("%s: %s", verb.name, rolled)
+            raise ApplyError(journal.failed(what)) from None
+        log.error("%s: %s", verb.name, journal.failed())
         raise
     return marked

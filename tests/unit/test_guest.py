@@ -25,8 +25,8 @@ def runner(monkeypatch, tmp_path):
     owned = {"state": State()}
     monkeypatch.setattr(pipeline, "discover", lambda kernel, xen=None: (lab_guest(), owned["state"]))
     monkeypatch.setattr(pipeline, "xen_facts", lambda kernel: Published())
-    monkeypatch.setattr(pipeline, "apply", lambda changes, kernel, strategy="auto": applied.extend(changes) or list(
-        changes))
+    monkeypatch.setattr(pipeline, "apply", lambda changes, kernel, strategy="auto", journal=None:
+                        applied.extend(changes) or list(changes))
     monkeypatch.setattr(pipeline, "write_table_names", lambda path, tables: None)
 
     class Links:
