@@ -11,7 +11,7 @@ in-process (no service). Issue 23's measures:
 
 Everything runs in two network namespaces made and deleted here (dom0 with an uplink and the
 vifs, veth pairs whose other ends sit in a guest namespace), with a stand-in xenstore (a folder;
-domunet/demo_xenstore.sh) for both scripts. The driver runs inside dom0's namespace, so each call
+domunet.lab.xenstore_tools) for both scripts. The driver runs inside dom0's namespace, so each call
 costs what libxl's would: the script and what it starts, nothing else.
 
     ./benchmarks/run                            (everything, Debian's python3)
@@ -146,17 +146,13 @@ def bench_hotplug(vifs: int = 500, concurrency: int = 8, sample: int = 15, syste
     """`system_nftables`: Debian's python3-nftables for an interpreter that lacks it (a PyPI venv),
     as a venv made with --system-site-packages has it (README: installing from source)."""
     sys.path.insert(0, str(ROOT))
-    from domunet.demo import XENSTORE_STANDIN
-    from tests.labs import run_batch
+    from tests.labs import run_batch, xenstore_tools
 
     vif_route = xen_vif_route()
     tag = os.urandom(4).hex()
     ns, peer = f"dn-{tag}-dom0", f"dn-{tag}-guest"
     workdir = Path(f"/tmp/domunet-bench-{tag}")
-    (workdir / "bin").mkdir(parents=True)
-    for name in ("xenstore-read", "xenstore-write", "xenstore-list", "xenstore-rm"):
-        (workdir / "bin" / name).write_text(f'#!/bin/sh\nexec sh "{XENSTORE_STANDIN}" {name} "$@"\n')
-        (workdir / "bin" / name).chmod(0o755)
+    xenstore_tools(workdir / "bin")
     paths = [str(ROOT)]
     if system_nftables:
         (workdir / "nft").mkdir()

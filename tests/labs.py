@@ -1,5 +1,5 @@
 """Lab scaffolding the tests and the benchmarks share, kept out of the shipped package: the demo's
-lab (domunet.demo) with what only tests need (a guest config, ifupdown, dumps, a statically routed
+scenario (domunet.lab) with what only tests need (a guest config, ifupdown, dumps, a statically routed
 dom0), a guest with many NICs and addresses, and dom0's state dump."""
 
 from __future__ import annotations
@@ -7,18 +7,16 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import shutil
+import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
-from domunet import demo
-from domunet.demo import (  # noqa: F401 (the tests' one place to import the lab's facts from)
+from domunet import lab as scenario
+from domunet.lab import (  # noqa: F401 (the tests' one place to import the lab's facts from)
     DOM0_UPLINK4,
     DOM0_UPLINK6,
     NICS,
@@ -27,9 +25,11 @@ from domunet.demo import (  # noqa: F401 (the tests' one place to import the lab
     ROUTER_LAN6,
     SYSCTL_DEFAULTS,
     LabError,
+    Namespaces,
     package_root,
     run_batch,
     write_sysctls,
+    xenstore_tools,
 )
 
 #: The guest's config: the one fact domunet cannot discover, dom0's /128 as eth3's gateway.
@@ -41,8 +41,8 @@ gateway6 = {DOM0_UPLINK6}
 """
 
 
-class Lab(demo.Lab):
-    """The demo's lab, with the guest's config written and what the tests look at."""
+class Lab(scenario.Lab):
+    """The demo's scenario (domunet.lab), with the guest's config written and what the tests look at."""
 
     def _create(self) -> None:
         super()._create()
@@ -198,19 +198,15 @@ def dom0_dump(lab: Lab, skip: str | None = None) -> str:
     return "\n".join(line for line in lines if not (skip and skip in line)) + "\n"
 
 
-class ScaleLab:
+class ScaleLab(Namespaces):
     """A guest with n NICs on one /24 (eth0 holds the default route), NIC i also holding m IPv6
     addresses in a /64 of its own with its gateway in it; the other ends in a peer namespace.
     For the reliability tests and the benchmarks: big plans, no pings."""
 
     def __init__(self, nics: int, addresses6: int, tag: str | None = None) -> None:
-        tag = tag or uuid.uuid4().hex[:8]
+        super().__init__(("guest", "peer"), tag, prefix="domunet-scale")
         self.nics, self.addresses6 = nics, addresses6
-        self.ns = {"guest": f"dn-{tag}-guest", "peer": f"dn-{tag}-peer"}
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"domunet-scale-{tag}-"))
         self.config = self.workdir / "domunet.conf"
-        self.state_dir = self.workdir / "run"
-        self.created: list[str] = []
 
     @staticmethod
     def nic(i: int) -> str:
@@ -220,44 +216,21 @@ class ScaleLab:
     def prefix6(i: int) -> str:
         return f"2001:db8:{0x100 + i:x}::"
 
-    def create(self) -> ScaleLab:
-        try:
-            for name in self.ns.values():
-                subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-                self.created.append(name)
-            for role in self.ns:
-                write_sysctls(self.ns[role], SYSCTL_DEFAULTS)
-            lines = ["link set lo up"]
-            config = ["rt_tables_file = \"\"", "[interfaces]"]
-            for i in range(self.nics):
-                nic = self.nic(i)
-                lines += [f"link add {nic} type veth peer name p{i} netns {self.ns['peer']}",
-                          f"addr add 10.0.0.{10 + i}/24 dev {nic}"]
-                lines += [f"addr add {self.prefix6(i)}{j + 1:x}/64 dev {nic} nodad"
-                          for j in range(self.addresses6)]
-                lines.append(f"link set {nic} up")
-                if self.addresses6:
-                    config += [f"[[{nic}]]", f"gateway6 = {self.prefix6(i)}ffff"]
-            lines.append("route add default via 10.0.0.1 dev eth0")
-            run_batch(self.ns["guest"], lines)
-            run_batch(self.ns["peer"], [f"link set p{i} up" for i in range(self.nics)])
-            self.config.write_text("\n".join(config) + "\n")
-        except BaseException:
-            self.destroy()
-            raise
-        return self
-
-    def destroy(self) -> None:
-        for name in reversed(self.created):
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
-        self.created.clear()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> ScaleLab:
-        return self.create()
-
-    def __exit__(self, *exc: object) -> None:
-        self.destroy()
+    def _create(self) -> None:
+        lines = ["link set lo up"]
+        config = ["rt_tables_file = \"\"", "[interfaces]"]
+        for i in range(self.nics):
+            nic = self.nic(i)
+            lines += [f"link add {nic} type veth peer name p{i} netns {self.ns['peer']}",
+                      f"addr add 10.0.0.{10 + i}/24 dev {nic}"]
+            lines += [f"addr add {self.prefix6(i)}{j + 1:x}/64 dev {nic} nodad" for j in range(self.addresses6)]
+            lines.append(f"link set {nic} up")
+            if self.addresses6:
+                config += [f"[[{nic}]]", f"gateway6 = {self.prefix6(i)}ffff"]
+        lines.append("route add default via 10.0.0.1 dev eth0")
+        self.batch("guest", lines)
+        self.batch("peer", [f"link set p{i} up" for i in range(self.nics)])
+        self.config.write_text("\n".join(config) + "\n")
 
     def argv(self, *args: str, python: str | None = None) -> list[str]:
         """The command line that runs domunet in the guest namespace."""
@@ -357,3 +330,92 @@ class Monitor:
         finally:
             self.process.terminate()
             self.process.wait()
+
+
+def assert_ok(result):
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def write_config(lab, text):
+    path = lab.workdir / "custom.conf"
+    path.write_text(text)
+    return str(path)
+
+
+def status(lab, devid):
+    """A vif's hotplug-status, as vif-domunet wrote it into the stand-in xenstore."""
+    return lab.xenstore_read(f"backend/vif/1/{devid}/hotplug-status")
+
+
+def owned(lab):
+    """domunet's rules and routes, both families (its protocol names them)."""
+    return sorted(line for line in lab.dump().splitlines() if " proto 213" in line or " proto domunet" in line)
+
+
+def foreign(lab):
+    """Everything else: what networkd and the kernel made."""
+    return sorted(line for line in lab.dump().splitlines() if " proto 213" not in line)
+
+
+def rules(lab):
+    return lab.run("guest", "ip", "rule").stdout
+
+
+CONVERGED = re.compile(r"converged: (\d+) change\(s\) in [\d.]+ ms \(run (\d+)\)")
+
+
+class Watcher:
+    """`domunet watch` in the guest namespace; its stderr is collected as it comes."""
+
+    def __init__(self, lab, config=None, extra=(), env=None, first_run=True):
+        """first_run: wait for the first run to converge (False: for a watch whose runs fail)."""
+        self.lab = lab
+        self.config = config or str(lab.workdir / "domunet.conf")
+        env = dict(os.environ, PYTHONPATH=package_root(), **(env or {}))
+        argv = ["ip", "netns", "exec", lab.ns["guest"], sys.executable, "-m", "domunet", "-v", *extra,
+                "--config", self.config, "--state-dir", str(lab.state_dir), "watch"]
+        self.process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True,
+                                        stdin=subprocess.DEVNULL)
+        self.lines = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if first_run:
+            self.until(lambda: self.runs() >= 1, "the first run")
+
+    def _read(self):
+        for line in self.process.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def runs(self):
+        return sum(1 for line in self.lines if CONVERGED.search(line))
+
+    def until(self, condition, what, timeout=30.0):
+        """Wait for a condition with a deadline. How fast watch converges is measured by
+        benchmarks/bench.py (bench_watch), not asserted here: CI machines are busy."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            assert self.process.poll() is None, "watch ended: " + "\n".join(self.lines)
+            time.sleep(0.02)
+        raise AssertionError(f"not within {timeout} s: {what}\n" + "\n".join(self.lines[-30:]))
+
+    def settle(self, quiet=0.5):
+        """Wait until no run has started for `quiet` seconds."""
+        runs, since = self.runs(), time.monotonic()
+        while time.monotonic() - since < quiet:
+            time.sleep(0.05)
+            if self.runs() != runs:
+                runs, since = self.runs(), time.monotonic()
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(5)
+        return self.process.returncode

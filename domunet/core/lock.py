@@ -90,7 +90,7 @@ def watch_running(state_dir: str) -> bool:
         return True
     claim.close()
     try:
-        with open(os.path.join(state_dir, WATCH_LOCK)) as handle:
+        with open(Layout(state_dir).watch_lock) as handle:
             fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True

@@ -290,7 +290,7 @@ class State:
 
 
 @dataclass(frozen=True)
-class VifFacts:
+class PublishedVif:
     """What dom0 published in xenstore for one of the guest's vifs (domunet.guest.published)."""
 
     backend: str
@@ -310,7 +310,7 @@ class Facts:
     #: The main table's other routes that domunet did not make: bridges, tunnels, static routes.
     main_routes: tuple[Route, ...] = ()
     #: What dom0 published in xenstore, per interface name (domunet.guest.published).
-    xen: Mapping[str, VifFacts] = field(default_factory=dict)
+    published: Mapping[str, PublishedVif] = field(default_factory=dict)
     #: IP versions this host forwards (a container host, a router): those get connection marks.
     forwarding: frozenset[int] = frozenset()
     #: Whether `nft` is installed (connection marks need it).

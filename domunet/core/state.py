@@ -41,6 +41,10 @@ class Layout:
     WATCH_LOCK = "watch.lock"
 
     @property
+    def watch_lock(self) -> Path:
+        return self.root / self.WATCH_LOCK
+
+    @property
     def blocks(self) -> Path:
         """The guest's remembered covering blocks (domunet.guest.plan.Block)."""
         return self.root / "blocks.json"

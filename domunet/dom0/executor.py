@@ -31,7 +31,7 @@ from domunet.dom0.records import (
     Unusable,
     VifPlan,
     VifRecord,
-    folder_mark,
+    folder_stamp,
     plan_online,
     read_records,
     save_record,
@@ -96,7 +96,7 @@ class Dom0:
         self.released: set[str] = set()
         #: Records as last read, by file (a long-lived service reads only what changed since).
         self._records_cache: dict[str, Any] = {}
-        #: The records after this engine's last change, and the folder's mark then (a service's).
+        #: The records after this engine's last change, and the folder's stamp then (a service's).
         self._known: tuple[list[VifRecord], list[Unusable], tuple[int, int, int, bytes]] | None = None
         #: The anti-spoofing table as this engine last loaded it (then only the changes are sent);
         #: None: unknown, load it whole.
@@ -134,7 +134,7 @@ class Dom0:
         return self._read()[0]
 
     def _read(self) -> tuple[list[VifRecord], list[Unusable]]:
-        if self.view is not None and self._known is not None and folder_mark(self.layout) == self._known[2]:
+        if self.view is not None and self._known is not None and folder_stamp(self.layout) == self._known[2]:
             self.unusable = list(self._known[1])
             return list(self._known[0]), self.unusable
         # the records are not (or no longer) as this engine left them: another run changed them
@@ -150,24 +150,24 @@ class Dom0:
         self._known = None
         write_json(self.layout.dom0_generation, os.urandom(8).hex())
         if self.view is not None:
-            self._known = (list(records), list(self.unusable), folder_mark(self.layout))
+            self._known = (list(records), list(self.unusable), folder_stamp(self.layout))
 
     def _guarded(self, records: list[VifRecord]) -> dict[str, list[IPNetwork]]:
         """The vifs to guard and their allowed sources: every usable record's, and fail closed for
         every unusable one: what could be read of it, else what the kernel's table allows it now,
         else nothing at all (its vif still guarded)."""
         guarded = {r.vif: list(r.networks()) for r in records}
-        held = [u for u in self.unusable if u.key not in {r.key for r in records}]
-        if not held:
+        unread = [u for u in self.unusable if u.key not in {r.key for r in records}]
+        if not unread:
             return guarded
         now = guard.guarded_now()
-        for unusable in held:
+        for unusable in unread:
             if unusable.salvaged is not None:
                 vif = unusable.salvaged.vif
                 guarded.setdefault(vif, [])
                 guarded[vif] += [n for n in [*unusable.salvaged.networks(), *now.get(vif, [])]
                                  if n not in guarded[vif]]
-        if any(u.salvaged is None for u in held):  # whose vif it was is unknown: keep every unnamed one
+        if any(u.salvaged is None for u in unread):  # whose vif it was is unknown: keep every unnamed one
             for vif, networks in now.items():
                 if vif not in guarded and vif not in self.released:
                     guarded[vif] = list(networks)
@@ -423,23 +423,23 @@ class Dom0:
         for key, vif_name in vifs:
             keys = keys_for(key)
             record = next((r for r in records if r.key in keys), None)
-            held = next((u for u in unusable if u.key in keys or (u.salvaged and u.salvaged.vif == key)), None)
-            if record is None and held is not None:
-                key = held.key
+            broken = next((u for u in unusable if u.key in keys or (u.salvaged and u.salvaged.vif == key)), None)
+            if record is None and broken is not None:
+                key = broken.key
             elif record is not None:
                 key = record.key
-            if held is not None:
+            if broken is not None:
                 # the vif itself goes offline: undo what could be read of its record, release its guard
                 log.warning("%s: offline of a vif whose record is unusable: undoing what could be read of it",
                             key)
-                self.released |= {name for name in (vif_name, held.salvaged and held.salvaged.vif) if name}
-                unusable = self.unusable = [u for u in unusable if u is not held]
-                set_aside(held.path, held.reason)
-                record = held.salvaged
+                self.released |= {name for name in (vif_name, broken.salvaged and broken.salvaged.vif) if name}
+                unusable = self.unusable = [u for u in unusable if u is not broken]
+                set_aside(broken.path, broken.reason)
+                record = broken.salvaged
             leaving.append(key)
             if record is None:
                 log.info("%s: offline: nothing recorded, nothing to undo", key)
-                found.append(held is not None)
+                found.append(broken is not None)
                 continue
             before, after = self._steps(None, record)
             # the online steps backward; the record itself goes after the guard's update

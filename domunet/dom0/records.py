@@ -225,9 +225,9 @@ def read_records(layout: Layout, cache: dict[str, Any] | None = None) -> tuple[l
     good, bad = read_folder(layout.dom0, Layout.VIF_RECORDS, record_from, "record", cache)
     unusable = []
     for failed in bad:
-        held = Unusable(Layout.vif_record_key(failed.path), failed.path, failed.reason, salvage(failed.data))
-        log.error("%s: %s; %s", failed.path, failed.reason, held.consequence())
-        unusable.append(held)
+        broken = Unusable(Layout.vif_record_key(failed.path), failed.path, failed.reason, salvage(failed.data))
+        log.error("%s: %s; %s", failed.path, failed.reason, broken.consequence())
+        unusable.append(broken)
     return [record for _, record in good], unusable
 
 
@@ -235,7 +235,7 @@ def save_record(layout: Layout, record: VifRecord) -> None:
     write_json(layout.vif_record(record.key), record.as_json())
 
 
-def folder_mark(layout: Layout) -> tuple[int, int, int, bytes]:
+def folder_stamp(layout: Layout) -> tuple[int, int, int, bytes]:
     """The records folder as it is now: its times and size, and the last run's token (a reader
     that keeps records in memory knows from it whether anyone changed them since)."""
     info = os.stat(layout.dom0)

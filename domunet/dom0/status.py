@@ -39,7 +39,7 @@ def rows(engine: Dom0) -> list[dict[str, Any]]:
                      "routes": [r.as_json() for r in record.routes], "proxies": record.proxies,
                      "dom0_addresses": record.dom0_addresses, "kernel_matches": not missing,
                      "missing": missing})
-    for held in unusable:
-        found.append({"vif": held.salvaged.vif if held.salvaged else None, "key": held.key, "unusable": held.reason,
-                     "kernel_matches": None, "missing": []})
+    for broken in unusable:
+        found.append({"vif": broken.salvaged.vif if broken.salvaged else None, "key": broken.key,
+                      "unusable": broken.reason, "kernel_matches": None, "missing": []})
     return found

@@ -30,7 +30,7 @@ class KernelView:
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
         self._events: Events | None = None
-        self._held: set[tuple[int, Any]] | None = None  # (ifindex, address)
+        self._addresses: set[tuple[int, Any]] | None = None  # (ifindex, address)
         self._count: dict[Any, int] = {}  # address -> on how many interfaces
         self._defaults: list[Route] | None = None
 
@@ -40,9 +40,9 @@ class KernelView:
         try:
             messages = self._events.read()
         except EventsLost:
-            self._held, self._defaults, messages = None, None, []
-        if self._held is None:
-            self._held, self._count = set(), {}
+            self._addresses, self._defaults, messages = None, None, []
+        if self._addresses is None:
+            self._addresses, self._count = set(), {}
             for msg in self.kernel.address_messages():
                 self._note(msg, True)
         for msg in messages:
@@ -53,16 +53,16 @@ class KernelView:
             elif kind in (RTM_NEWADDR, RTM_DELADDR):
                 self._note(msg, kind == RTM_NEWADDR)
 
-    def _note(self, msg: Any, held: bool) -> None:
+    def _note(self, msg: Any, present: bool) -> None:
         address = address_of(msg)
-        if address is None or self._held is None:
+        if address is None or self._addresses is None:
             return
         entry = (msg["index"], address)
-        if held and entry not in self._held:
-            self._held.add(entry)
+        if present and entry not in self._addresses:
+            self._addresses.add(entry)
             self._count[address] = self._count.get(address, 0) + 1
-        elif not held and entry in self._held:
-            self._held.discard(entry)
+        elif not present and entry in self._addresses:
+            self._addresses.discard(entry)
             self._count[address] -= 1
             if not self._count[address]:
                 del self._count[address]

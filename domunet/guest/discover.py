@@ -20,8 +20,7 @@ from domunet.core.errors import KernelError
 from domunet.core.kernel import Kernel
 from domunet.core.model import TABLE_MAIN, Facts, Interface, IPInterface, State, valid_ifname
 from domunet.guest.owned import foreign_tables, main_route_of_ours, owned_state
-from domunet.guest.published import Published
-from domunet.guest.published import discover as discover_xen
+from domunet.guest.published import Published, read_published
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +59,7 @@ def parse_netifaces(entries: dict[int, list[dict[str, str]]]) -> tuple[IPInterfa
     return tuple(addresses)
 
 
-def xen_facts(kernel: Kernel) -> Published:
+def published_for(kernel: Kernel) -> Published:
     """What dom0 published, read on its own (before the lock is taken: xenstore may be slow);
     only the links' names, MACs and vif ids are needed for it, not their addresses. Without
     xenstore's tools there is nothing to read, and the links are not even dumped."""
@@ -69,12 +68,12 @@ def xen_facts(kernel: Kernel) -> Published:
     links = [Interface(name=link.name, index=link.index, mac=link.mac, up=link.up,
                        xen_devid=xen_devid(link.name), loopback=link.loopback)
              for link in kernel.links(refresh=True).values()]
-    return discover_xen(links)
+    return read_published(links)
 
 
 def discover(kernel: Kernel, xen: Published | None = None) -> tuple[Facts, State]:
     """Read interfaces, addresses and routes once; return the facts and what domunet owns.
-    `xen`: xenstore's facts read earlier (xen_facts), else read here."""
+    `xen`: xenstore's facts read earlier (published_for), else read here."""
     interfaces = []
     links = kernel.links(refresh=True)
     labels = kernel.address_labels()
@@ -112,6 +111,6 @@ def discover(kernel: Kernel, xen: Published | None = None) -> tuple[Facts, State
     forwarding = frozenset(v for v, key in ((4, "net/ipv4/ip_forward"), (6, "net/ipv6/conf/all/forwarding"))
                            if sysctl.read(key) == "1")
     facts = Facts(interfaces=tuple(interfaces), main_defaults=main_defaults, main_routes=main_routes,
-                  xen=(discover_xen(interfaces) if xen is None else xen).vifs, forwarding=forwarding,
+                  published=(read_published(interfaces) if xen is None else xen).vifs, forwarding=forwarding,
                   nft=bool(forwarding) and nftables.available(), foreign_tables=foreign_tables(routes))
     return facts, owned_state(routes, rules)

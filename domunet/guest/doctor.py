@@ -20,7 +20,7 @@ from domunet.core.errors import UsageError
 from domunet.core.kernel import Kernel
 from domunet.core.lock import watch_running
 from domunet.core.model import Facts, Interface, IPAddress, ManagedInterface, Route, Rule, State
-from domunet.guest.discover import discover, xen_facts
+from domunet.guest.discover import discover, published_for
 from domunet.guest.owned import foreign_rule, within_reach
 from domunet.guest.pipeline import remembered_blocks
 from domunet.guest.plan import ignored, plan
@@ -82,7 +82,7 @@ def parse_addresses(texts: Sequence[str]) -> list[str]:
 
 def gather(kernel: Kernel, config: Config, state_dir: str, addresses: Sequence[str], probe: bool = False) -> Evidence:
     """Read everything once. No lock is taken: a setup or watch running now is not held up."""
-    xen = xen_facts(kernel)
+    xen = published_for(kernel)
     facts, owned = discover(kernel, xen)
     desired = plan(config, facts)
     owned = within_reach(owned, config, remembered_blocks(state_dir))
@@ -187,7 +187,7 @@ def walk(evidence: Evidence, address: str) -> Verdict:
 def _outward(evidence: Evidence, interface: Interface) -> bool:
     """Whether replies from this NIC's addresses must leave by it: a Xen NIC (dom0's guard and
     rp_filter judge the source), or the NIC of one of main's default routes."""
-    return interface.xen_devid is not None or interface.name in evidence.facts.xen \
+    return interface.xen_devid is not None or interface.name in evidence.facts.published \
         or any(route.dev == interface.name for route in evidence.facts.main_defaults)
 
 
@@ -321,7 +321,7 @@ def _state_step(evidence: Evidence, managed: ManagedInterface) -> Step:
 
 
 def _xenstore_step(evidence: Evidence, interface: Interface, ip: IPAddress, managed: ManagedInterface | None) -> Step:
-    published = evidence.facts.xen.get(interface.name)
+    published = evidence.facts.published.get(interface.name)
     if published is None:
         return Step("xenstore", True, f"nothing published for {interface.name} (not a Xen vif, or no xenstore)")
     if published.addresses and not any(ip in network for network in published.addresses):

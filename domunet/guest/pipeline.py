@@ -18,7 +18,7 @@ from domunet.core.state import CorruptState, Layout, read_json, set_aside, write
 from domunet.guest.apply import Journal, apply, forget
 from domunet.guest.connmark import Marks
 from domunet.guest.diff import Change, Scope, after, diff, scope_for
-from domunet.guest.discover import discover, xen_facts
+from domunet.guest.discover import discover, published_for
 from domunet.guest.ifupdown import HookCall, load_hints, save_hints
 from domunet.guest.names import table_names_after, write_table_names
 from domunet.guest.owned import Block, blocks_in_use, within_reach
@@ -39,12 +39,17 @@ class Verb:
     names_exist: bool
     #: Makes what is missing: a run that reads xenstore only in part keeps what it cannot judge.
     adds: bool
+    #: Returns the status report instead of changes.
+    reports: bool = False
+    #: Undoes what a running watch would make again at its next change (it is worth a warning).
+    undoes_watch: bool = False
 
 
 SETUP = Verb("setup", changes=True, plans=True, reads_xenstore=True, names_exist=True, adds=True)
-TEARDOWN = Verb("teardown", changes=True, plans=False, reads_xenstore=False, names_exist=False, adds=False)
+TEARDOWN = Verb("teardown", changes=True, plans=False, reads_xenstore=False, names_exist=False, adds=False,
+                undoes_watch=True)
 PLAN = Verb("plan", changes=False, plans=True, reads_xenstore=True, names_exist=True, adds=False)
-STATUS = Verb("status", changes=False, plans=True, reads_xenstore=True, names_exist=False, adds=False)
+STATUS = Verb("status", changes=False, plans=True, reads_xenstore=True, names_exist=False, adds=False, reports=True)
 VERBS = {verb.name: verb for verb in (SETUP, TEARDOWN, PLAN, STATUS)}
 
 
@@ -139,12 +144,12 @@ def run(verb: str, config: configuration.Config, state_dir: str, names: Sequence
 def _locked(job: Job, kernel: Kernel) -> Outcome:
     """xenstore first (a hung one costs at most its deadline, and never while others wait for the
     lock; teardown needs none of it), then everything else under the lock."""
-    xen = xen_facts(kernel) if job.verb.reads_xenstore else Published()
+    xen = published_for(kernel) if job.verb.reads_xenstore else Published()
     with locked(job.state_dir, shared=not job.verb.changes):
         return _run(job, kernel, xen)
 
 
-def _run(job: Job, kernel: Kernel, xen: Published, again: bool = True) -> Outcome:
+def _run(job: Job, kernel: Kernel, xen: Published, may_retry: bool = True) -> Outcome:
     verb, config = job.verb, job.config
     facts, owned = discover(kernel, xen)
     blocks = remembered_blocks(job.state_dir)
@@ -154,7 +159,7 @@ def _run(job: Job, kernel: Kernel, xen: Published, again: bool = True) -> Outcom
         if missing:
             raise UsageError(f"no such interface: {', '.join(missing)}")
     desired = plan(config, facts) if verb.plans else State()
-    if verb is STATUS:
+    if verb.reports:
         from domunet.guest.status import report
 
         held = tuple(desired.held.items())
@@ -165,21 +170,21 @@ def _run(job: Job, kernel: Kernel, xen: Published, again: bool = True) -> Outcom
     marks = Marks(job.state_dir)
     if not verb.changes:
         return Outcome(desired, changes, marks=marks.changes(desired.marks, desired.fwmask))
-    if verb is TEARDOWN and changes and watch_running(job.state_dir):
+    if verb.undoes_watch and changes and watch_running(job.state_dir):
         log.warning("domunet watch is running and will set this up again at the next change: "
                     "systemctl stop domunet-watch first")
     journal = Journal(kernel, config.gateway_strategy)
     try:
         done = apply(changes, kernel, config.gateway_strategy, journal)
     except ApplyError as error:
-        now = discover(kernel, xen)[0].interfaces if again and verb.adds else facts.interfaces
+        now = discover(kernel, xen)[0].interfaces if may_retry and verb.adds else facts.interfaces
         if now != facts.interfaces:
             # an address (or a NIC) came or went while this run applied: what was made is rolled
             # back; converge with what is there now, as for a NIC that vanishes
             gone = sorted({i.name for i in facts.interfaces} - {i.name for i in now})
             what = f"{', '.join(gone)} vanished" if gone else "the interfaces changed"
             log.warning("%s during this run (%s); converging with what is there now", what, error)
-            return _run(dataclasses.replace(job, stanza=None), kernel, xen, again=False)
+            return _run(dataclasses.replace(job, stanza=None), kernel, xen, may_retry=False)
         raise
     marked = _after_apply(job, kernel, desired, owned, done, blocks, marks, journal)
     write_table_names(config.rt_tables_file, table_names_after(owned, done))

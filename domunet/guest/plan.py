@@ -27,10 +27,10 @@ from domunet.core.model import (
     IPAddress,
     IPNetwork,
     ManagedInterface,
+    PublishedVif,
     Route,
     Rule,
     State,
-    VifFacts,
     default_network,
     host_network,
 )
@@ -109,7 +109,7 @@ def _main_gateway(facts: Facts, interface: Interface) -> ipaddress.IPv4Address |
 
 
 def _gateway4(settings: InterfaceConfig, facts: Facts, interface: Interface,
-              published: VifFacts | None) -> tuple[ipaddress.IPv4Address | None, str | None]:
+              published: PublishedVif | None) -> tuple[ipaddress.IPv4Address | None, str | None]:
     """config or ifupdown, else main's default gateway in the subnet, else what dom0 published."""
     if settings.gateway:
         return settings.gateway, settings.source("gateway")
@@ -126,7 +126,7 @@ class _Held(Exception):
 
 
 def _source_of(config: Config, interface: Interface, key: str, source: str | None,
-               published: VifFacts | None) -> str:
+               published: PublishedVif | None) -> str:
     """Where a gateway came from, as the admin finds it: the file and key, or the xenstore path."""
     if source == "xenstore" and published is not None:
         return f"xenstore {published.backend}/domunet-{key}"
@@ -136,7 +136,7 @@ def _source_of(config: Config, interface: Interface, key: str, source: str | Non
 
 
 def _check_gateway(config: Config, interface: Interface, key: str, gateway: IPAddress | None,
-                   source: str | None = None, published: VifFacts | None = None) -> None:
+                   source: str | None = None, published: PublishedVif | None = None) -> None:
     if gateway is None:
         return
     where = _source_of(config, interface, key, source, published)
@@ -196,7 +196,7 @@ def _candidates(config: Config, facts: Facts, usable: list[Interface], shared_ne
 def _candidate(config: Config, facts: Facts, interface: Interface, shared_networks: set[IPNetwork],
                with_ipv4: int) -> _Candidate | None:
     settings = config.for_interface(interface.name)
-    published = facts.xen.get(interface.name)
+    published = facts.published.get(interface.name)
     families: list[int] = []
     reasons: list[str] = []
     gateway = gateway6 = None

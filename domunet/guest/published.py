@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
 from domunet.core import xenstore
-from domunet.core.model import Interface, IPAddress, IPNetwork, VifFacts, parse_address, parse_network
+from domunet.core.model import Interface, IPAddress, IPNetwork, PublishedVif, parse_address, parse_network
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +45,14 @@ def _networks(value: str | None, key: str) -> tuple[IPNetwork, ...]:
         return ()
 
 
-def vif_facts(backend: str, read: Callable[[str], str | None]) -> VifFacts:
+def vif_facts(backend: str, read: Callable[[str], str | None]) -> PublishedVif:
     def key(name: str) -> str:
         return f"{backend}/{name}"
 
     routed = read(key(xenstore.ROUTED))
     if routed not in (None, "", "0", "1"):
         log.warning("xenstore %s: %r is neither 0 nor 1; ignored", key(xenstore.ROUTED), routed[:80])
-    return VifFacts(
+    return PublishedVif(
         backend=backend,
         gateway=_address(read(key(xenstore.GATEWAY)), 4, key(xenstore.GATEWAY)),  # type: ignore[arg-type]
         gateway6=_address(read(key(xenstore.GATEWAY6)), 6, key(xenstore.GATEWAY6)),  # type: ignore[arg-type]
@@ -82,11 +82,11 @@ class Published:
     """What dom0 published, per interface name. `complete` is False when xenstore ran out of time:
     what is not here may still be published, so nothing made from earlier answers is to be removed."""
 
-    vifs: Mapping[str, VifFacts] = field(default_factory=dict)
+    vifs: Mapping[str, PublishedVif] = field(default_factory=dict)
     complete: bool = True
 
 
-def discover(interfaces: Iterable[Interface], read: Callable[[str], str | None] | None = None,
+def read_published(interfaces: Iterable[Interface], read: Callable[[str], str | None] | None = None,
              listing: Callable[[str], list[str]] | None = None, deadline: float = DEADLINE) -> Published:
     """Facts per interface name, for the NICs that are Xen vifs with a readable backend."""
     clock = None
@@ -97,7 +97,7 @@ def discover(interfaces: Iterable[Interface], read: Callable[[str], str | None] 
         read, listing = _safe(clock.bound(xenstore.read)), _safe_list(clock.bound(xenstore.directory))
     listing = listing or (lambda path: [])
     by_mac: dict[str, int] | None = None
-    found: dict[str, VifFacts] = {}
+    found: dict[str, PublishedVif] = {}
     for interface in interfaces:
         if interface.loopback:
             continue

@@ -103,7 +103,7 @@ def event_from(message: Any, kernel: Any) -> Event | None:
 
 class Watch:
     """The loop. `converge` runs the engine once and returns the changes it made; `reload`
-    returns a fresh config (raising ConfigError for a bad one)."""
+    re-reads the config (a bad one raises ConfigError, and the last good one stays)."""
 
     def __init__(self, events: Any, kernel: Any, converge: Callable[[], list[Change]],
                  reload: Callable[[], None], nft_events: Any = None, tables: frozenset[str] = frozenset()) -> None:

@@ -38,12 +38,6 @@ def domunet(lab):
     return run
 
 
-def write_config(lab, text):
-    path = lab.workdir / "custom.conf"
-    path.write_text(text)
-    return str(path)
-
-
 @pytest.fixture
 def service(lab):
     """Start `domunet dom0 serve` in the lab's dom0 (any number of times); each is killed at the end."""

@@ -14,8 +14,7 @@ import uuid
 
 import pytest
 
-from tests.labs import NICS, OUTSIDE4, OUTSIDE6
-from tests.netns.test_guest import assert_ok
+from tests.labs import NICS, OUTSIDE4, OUTSIDE6, assert_ok
 from tests.vpns import OPENVPN_DEF1_IPV6, WIREGUARD_HALVES6, WIREGUARD_PUBLIC4
 
 GUEST4 = [nic.address for nic in NICS if nic.version == 4]

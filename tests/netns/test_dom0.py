@@ -6,13 +6,9 @@ import subprocess
 
 import pytest
 
-from tests.labs import NICS, dom0_dump, wait_until
+from tests.labs import NICS, dom0_dump, status, wait_until
 
 ALL = [nic.address for nic in NICS]
-
-
-def status(lab, devid):
-    return lab.xenstore_read(f"backend/vif/1/{devid}/hotplug-status")
 
 
 @pytest.fixture

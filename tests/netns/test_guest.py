@@ -3,15 +3,9 @@
 import json
 import sys
 
-from tests.labs import GUEST_CONFIG, NICS, Monitor, package_root
-from tests.netns.conftest import write_config
+from tests.labs import GUEST_CONFIG, NICS, Monitor, assert_ok, package_root, write_config
 
 ALL = [nic.address for nic in NICS]
-
-
-def assert_ok(result):
-    assert result.returncode == 0, result.stderr
-    assert "Traceback" not in result.stderr
 
 
 def test_every_address_answers_after_setup_and_not_before(routed_lab, domunet):

@@ -7,10 +7,7 @@ import sys
 
 import pytest
 
-from tests.labs import NICS, dom0_dump, package_root, wait_until
-from tests.netns.conftest import write_config
-from tests.netns.test_dom0 import status
-from tests.netns.test_guest import assert_ok
+from tests.labs import NICS, assert_ok, dom0_dump, package_root, status, wait_until, write_config
 
 ALL = [nic.address for nic in NICS]
 ZONED = "2001:db8:4309:2388::50%eth0"

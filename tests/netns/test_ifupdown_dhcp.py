@@ -7,9 +7,8 @@ import shutil
 
 import pytest
 
-from tests.labs import Lab, wait_until
+from tests.labs import Lab, Watcher, wait_until
 from tests.netns.test_ifupdown import INTERFACES
-from tests.netns.test_watch import Watcher
 from tests.shipped import shipped
 from tests.stacks import LEASED, ROUTED64, dhcp4, dynamic6, ra_and_dhcp6, route_leases, route_the_advertised_prefix
 

@@ -8,8 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.labs import DOM0_UPLINK6, NICS, Lab, wait_until
-from tests.netns.test_watch import Watcher
+from tests.labs import DOM0_UPLINK6, NICS, Lab, Watcher, foreign, owned, rules, wait_until
 from tests.shipped import shipped
 from tests.stacks import (
     LEASED,
@@ -70,16 +69,6 @@ def stack():
         finally:
             for networkd in started:
                 networkd.stop()
-
-
-def owned(lab):
-    """domunet's rules and routes, both families (its protocol names them)."""
-    return sorted(line for line in lab.dump().splitlines() if " proto 213" in line or " proto domunet" in line)
-
-
-def foreign(lab):
-    """Everything else: what networkd and the kernel made."""
-    return sorted(line for line in lab.dump().splitlines() if " proto 213" not in line)
 
 
 def test_the_shipped_dropin_is_what_networkd_reads():
@@ -200,10 +189,6 @@ def test_a_dhcp_lease_granted_renewed_and_changed_is_followed_by_watch(stack):
             watcher.stop()
     finally:
         server.stop()
-
-
-def rules(lab):
-    return lab.run("guest", "ip", "rule").stdout
 
 
 # --- SLAAC and DHCPv6: dom0 routes a /64 to the vif and advertises it ---------------------------

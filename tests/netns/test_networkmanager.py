@@ -10,9 +10,7 @@ import shutil
 
 import pytest
 
-from tests.labs import DOM0_UPLINK6, NICS, Lab, wait_until
-from tests.netns.test_networkd import foreign, owned, rules
-from tests.netns.test_watch import Watcher
+from tests.labs import DOM0_UPLINK6, NICS, Lab, Watcher, foreign, owned, rules, wait_until
 from tests.shipped import shipped
 from tests.stacks import (
     LEASED,

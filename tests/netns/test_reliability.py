@@ -12,8 +12,7 @@ import pytest
 
 from domunet.core import config as configuration
 from domunet.core.errors import ConfigError
-from tests.labs import GUEST_CONFIG, NICS, Monitor, ScaleLab, dom0_dump
-from tests.netns.conftest import write_config
+from tests.labs import GUEST_CONFIG, NICS, Monitor, ScaleLab, dom0_dump, write_config
 
 CLI_CONFIGS = 30
 INTERRUPTIONS = 12

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from domunet.demo import XENSTORE_STANDIN
-from tests.labs import package_root, run_batch, wait_until
+from tests.labs import package_root, run_batch, wait_until, xenstore_tools
 from tests.shipped import shipped
 
 VIFS = 500
@@ -33,13 +32,7 @@ class StormLab:
         self.store = self.workdir / "xenstore"
         self.state = self.workdir / "run"
         self.state.mkdir()
-        (self.workdir / "bin").mkdir()
-        for name in ("xenstore-read", "xenstore-write", "xenstore-list", "xenstore-rm"):
-            (self.workdir / "bin" / name).write_text(f'#!/bin/sh\nexec sh "{XENSTORE_STANDIN}" {name} "$@"\n')
-            (self.workdir / "bin" / name).chmod(0o755)
-        (self.workdir / "bin" / "domunet").write_text(
-            f'#!/bin/sh\nPYTHONPATH="{ROOT}" exec "{sys.executable}" -m domunet "$@"\n')
-        (self.workdir / "bin" / "domunet").chmod(0o755)
+        xenstore_tools(self.workdir / "bin", {"domunet": f'PYTHONPATH="{ROOT}" exec "{sys.executable}" -m domunet'})
         (self.workdir / "empty.conf").write_text("")
         self.env = {"PATH": f"{self.workdir / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin", "XENSTORE_DIR": str(self.store),
                     "XENSTORE_HOME": "local/domain/0", "DOMUNET_CONFIG": str(self.workdir / "empty.conf"),

@@ -1,79 +1,17 @@
 """`domunet watch` in the lab: every change converges, with real traffic through strict rp_filter."""
 
-import os
-import re
 import signal
 import socket
-import subprocess
 import sys
 import threading
-import time
 
 import pytest
 
-from tests.labs import NICS, Monitor, package_root
+from tests.labs import NICS, Monitor, Watcher, assert_ok
 from tests.netns.test_coexistence import CONTAINER4, GUEST4, Neighbours
-from tests.netns.test_guest import assert_ok
-
-CONVERGED = re.compile(r"converged: (\d+) change\(s\) in [\d.]+ ms \(run (\d+)\)")
-
 
 #: Tries to kill watch while its temporary main route is in place (it is there for a few ms).
 KILL_ATTEMPTS = 20
-
-
-class Watcher:
-    """`domunet watch` in the guest namespace; its stderr is collected as it comes."""
-
-    def __init__(self, lab, config=None, extra=(), env=None):
-        self.lab = lab
-        self.config = config or str(lab.workdir / "domunet.conf")
-        env = dict(os.environ, PYTHONPATH=package_root(), **(env or {}))
-        argv = ["ip", "netns", "exec", lab.ns["guest"], sys.executable, "-m", "domunet", "-v", *extra,
-                "--config", self.config, "--state-dir", str(lab.state_dir), "watch"]
-        self.process = subprocess.Popen(argv, env=env, stderr=subprocess.PIPE, text=True,
-                                        stdin=subprocess.DEVNULL)
-        self.lines = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        self.until(lambda: self.runs() >= 1, "the first run")
-
-    def _read(self):
-        for line in self.process.stderr:
-            self.lines.append(line.rstrip("\n"))
-
-    def runs(self):
-        return sum(1 for line in self.lines if CONVERGED.search(line))
-
-    def until(self, condition, what, timeout=30.0):
-        """Wait for a condition with a deadline. How fast watch converges is measured by
-        benchmarks/bench.py (bench_watch), not asserted here: CI machines are busy."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            assert self.process.poll() is None, "watch ended: " + "\n".join(self.lines)
-            time.sleep(0.02)
-        raise AssertionError(f"not within {timeout} s: {what}\n" + "\n".join(self.lines[-30:]))
-
-    def settle(self, quiet=0.5):
-        """Wait until no run has started for `quiet` seconds."""
-        runs, since = self.runs(), time.monotonic()
-        while time.monotonic() - since < quiet:
-            time.sleep(0.05)
-            if self.runs() != runs:
-                runs, since = self.runs(), time.monotonic()
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._reader.join(5)
-        return self.process.returncode
 
 
 @pytest.fixture

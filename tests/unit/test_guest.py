@@ -24,7 +24,7 @@ def runner(monkeypatch, tmp_path):
     applied = []
     owned = {"state": State()}
     monkeypatch.setattr(pipeline, "discover", lambda kernel, xen=None: (lab_guest(), owned["state"]))
-    monkeypatch.setattr(pipeline, "xen_facts", lambda kernel: Published())
+    monkeypatch.setattr(pipeline, "published_for", lambda kernel: Published())
     monkeypatch.setattr(pipeline, "apply", lambda changes, kernel, strategy="auto", journal=None:
                         applied.extend(changes) or list(changes))
     monkeypatch.setattr(pipeline, "write_table_names", lambda path, tables: None)
@@ -65,7 +65,7 @@ def test_when_xenstore_ran_out_of_time_setup_adds_but_removes_nothing(runner, mo
 
     run, applied, owned = runner
     late = Published({}, complete=False)
-    monkeypatch.setattr(pipeline, "xen_facts", lambda kernel: late)
+    monkeypatch.setattr(pipeline, "published_for", lambda kernel: late)
     stale = Rule(6, 10030, 1003, oif="eth9")
     owned["state"] = State(frozenset(), frozenset({stale}))
     run("setup")

@@ -133,11 +133,11 @@ def test_a_bad_gateway_from_xenstore_names_its_xenstore_path(published, why):
     """Issue 21 (N4): dom0 published a bad gateway for one vif; only that NIC is held."""
     from dataclasses import replace
 
-    from domunet.core.model import Interface, VifFacts
+    from domunet.core.model import Interface, PublishedVif
 
     facts = lab_guest()
     extra = Interface("eth4", 9, "00:16:3e:00:00:09", True, (ipaddress.ip_interface("192.168.0.203/24"),))
-    facts = replace(facts, interfaces=(*facts.interfaces, extra), xen={"eth4": VifFacts(
+    facts = replace(facts, interfaces=(*facts.interfaces, extra), published={"eth4": PublishedVif(
         backend="/local/domain/0/backend/vif/1/4", gateway=ip(published), routed=True)})
     settings = config.parse(b"[interfaces]\n[[eth4]]\nmanage = yes\n")
     facts = replace(facts, main_defaults=())

@@ -158,3 +158,32 @@ def test_one_function_maps_exceptions_to_exit_codes():
 
     errors = (UsageError("u"), ConfigError("f", "k", "m"), KernelError("k"), KeyboardInterrupt(), ZeroDivisionError())
     assert [cli.exit_code(e) for e in errors] == [2, 2, 1, 130, 1]
+
+
+def test_no_module_of_domunet_is_over_500_lines():
+    """Issue 35: a module that grows past this holds more than one job; split it by job."""
+    assert {m: n for m, p in _modules() if (n := len(p.read_text().splitlines())) > 500} == {}
+
+
+def test_no_test_imports_the_demos_lab():
+    """Issue 35: the demo is the product's (domunet.demo: only the demo); the tests build on the
+    namespace lab (domunet.lab) and their own scaffolding (tests/labs.py), never on the demo."""
+    found = []
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module == "domunet.demo":
+                found += [f"{path.relative_to(root)}: {a.name}" for a in node.names if a.name != "demo"]
+            if isinstance(node, ast.ImportFrom) and node.module == "domunet" and \
+                    any(a.name == "demo" for a in node.names):
+                found.append(f"{path.relative_to(root)}: the module domunet.demo")
+    assert found == []
+
+
+def test_the_client_names_dom0_sock_as_layout_does(tmp_path):
+    """The one path under /run that Layout does not build (the client imports nothing of domunet's)."""
+    from domunet.core.state import Layout
+    from domunet.dom0 import client
+
+    assert client.socket_path({"DOMUNET_STATE_DIR": str(tmp_path)}) == str(Layout(tmp_path).dom0_socket)
+    assert client.socket_path({}) == str(Layout("/run/domunet").dom0_socket)

@@ -123,3 +123,53 @@ def test_a_table_that_keeps_changing_is_checked_again_later_not_in_a_loop():
         watch._run_once()
     assert len(runs) == MAX_RECHECKS + 1
     assert watch.not_before is not None  # one more run, a while later
+
+
+def test_failed_runs_back_off_2_4_8_16_s_on_a_fake_clock_whatever_events_come(monkeypatch):
+    """Issue 35: the backoff, without a wall clock (the real one is a benchmark's business). Every
+    failed run is followed at once by an event (the echo of its rollback, as on a real kernel);
+    still the next run waits its turn: runs at 0, 2, 6, 14 and 30 s, and none in between."""
+    from domunet.core.errors import ApplyError
+    from domunet.guest import watch as watching
+
+    clock = {"now": 0.0}
+    runs = []
+
+    class Events:
+        pending = False
+
+        def fileno(self):
+            return 0
+
+        def read(self):
+            messages, self.pending = ([{"header": {"type": 16}}] if self.pending else []), False
+            return messages
+
+    events = Events()
+
+    class Clock:
+        @staticmethod
+        def monotonic():
+            return clock["now"]
+
+    class Select:
+        @staticmethod
+        def select(sockets, _w, _x, timeout):
+            if events.pending:
+                return [events], [], []
+            assert timeout is not None, "watch waits forever: no retry planned"
+            clock["now"] += timeout
+            return [], [], []
+
+    def converge():
+        runs.append(clock["now"])
+        events.pending = True  # the echo of the rollback
+        if len(runs) == 5:
+            loop.stopping = True
+        raise ApplyError("the kernel refused a route (injected)")
+
+    monkeypatch.setattr(watching, "time", Clock)
+    monkeypatch.setattr(watching, "select", Select)
+    loop = watching.Watch(events, kernel=None, converge=converge, reload=lambda: None)
+    loop.loop()
+    assert runs == [0.0, 2.0, 6.0, 14.0, 30.0]
