@@ -67,10 +67,9 @@ def _summary(samples: list[float]) -> dict[str, float | int]:
 
 
 def bench_stacks(repeats: int = 10) -> dict[str, dict[str, float | int]]:
-    from tests.labs import Lab, wait_until
+    from tests.labs import Lab, Watcher, wait_until
     from tests.netns.test_ifupdown import INTERFACES
     from tests.netns.test_networkd import NETWORKS, dropin
-    from tests.netns.test_watch import Watcher
     from tests.shipped import shipped
     from tests.stacks import LEASED, NETWORKD, NETWORKMANAGER, Networkd, NetworkManager, dhcp4, route_leases
 
