@@ -250,12 +250,15 @@ class ScaleLab(Namespaces):
         return "".join(parts)
 
 
-def wait_until(condition: object, what: str, timeout: float = 30.0, every: float = 0.05) -> None:
-    """Wait for a condition with a deadline (never assert a duration: CI machines are busy)."""
+def wait_until(condition: object, what: str, timeout: float = 30.0, every: float = 0.05,
+               explain: object = None) -> None:
+    """Wait for a condition with a deadline (never assert a duration: CI machines are busy).
+    `explain`: what to say besides, when the deadline passes (the logs that tell why)."""
     deadline = time.monotonic() + timeout
     while not condition():  # type: ignore[operator]
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {what}")
+            said = f"\n{explain()}" if explain else ""  # type: ignore[operator]
+            raise AssertionError(f"not within {timeout} s: {what}{said}")
         time.sleep(every)
 
 

@@ -117,7 +117,8 @@ def test_a_dhcp_lease_granted_renewed_and_changed_is_followed(leases, watch):
             watcher.settle()
         converged, hooked = owned(lab, "-4"), hook_log(lab).count("domunet: eth1: ")  # eth3: leases of its own
         renewals = server.log().count("DHCPACK(vif1.1)")
-        wait_until(lambda: server.log().count("DHCPACK(vif1.1)") >= renewals + 2, "two renewals at T1")
+        wait_until(lambda: server.log().count("DHCPACK(vif1.1)") >= renewals + 2, "two renewals at T1",
+                   explain=lambda: renewal_evidence(lab, server, watcher))
         if watcher:
             watcher.settle()
         assert owned(lab, "-4") == converged
@@ -166,6 +167,19 @@ def test_slaac_and_dhcpv6_addresses_on_an_ifupdown_nic_are_followed_by_watch(lea
         assert answer(lab, *leased6(lab), dynamic6(lab)[0], *STATIC)
     finally:
         watcher.stop()
+
+
+def renewal_evidence(lab, server, watcher):
+    """Why renewals did not come (issue 41): the server's log, the client's leases and processes,
+    the guest's rules and eth1, dom0's guard counters, watch's last lines."""
+    leases = lab.workdir / "guest-var-lib-dhcp"
+    parts = [("dnsmasq", server.log()[-3000:]),
+             ("dhclient leases", "".join(p.read_text(errors="replace")[-1500:] for p in leases.glob("*leases*"))),
+             ("dhclient processes", lab.run("guest", "sh", "-c", "ps -o pid,etime,args -C dhclient || true").stdout),
+             ("guest rules", rules(lab)), ("guest eth1", lab.run("guest", "ip", "-4", "addr", "show", "eth1").stdout),
+             ("dom0 guard", lab.run("dom0", "nft", "list", "ruleset", check=False).stdout[-3000:]),
+             ("watch", "\n".join(watcher.lines[-20:]) if watcher else "(no watch)")]
+    return "\n".join(f"--- {name}:\n{text.rstrip()}" for name, text in parts)
 
 
 def hook_log(lab):
