@@ -175,7 +175,8 @@ def test_a_dhcp_lease_granted_renewed_and_changed_is_followed_by_watch(stack):
             converged = owned(stack)
 
             networkd.networkctl("renew", "eth1")  # by hand, then at T1 by itself
-            wait_until(lambda: server.log().count("DHCPACK(vif1.1)") >= 3, "two renewals acknowledged")
+            wait_until(lambda: server.log().count("DHCPACK(vif1.1)") >= 3, "two renewals acknowledged",
+                       explain=lambda: f"dnsmasq:\n{server.log()[-3000:]}\nnetworkd:\n{networkd.log()[-2000:]}")
             watcher.settle()
             assert owned(stack) == converged
 
