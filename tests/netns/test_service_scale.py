@@ -8,46 +8,40 @@ import concurrent.futures
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.labs import package_root, run_batch, wait_until, xenstore_tools
+from tests.labs import Namespaces, package_root, wait_until, xenstore_tools
 from tests.shipped import shipped
 
 VIFS = 500
 ROOT = Path(package_root())
 
 
-class StormLab:
+class StormLab(Namespaces):
+    """dom0 with an uplink and 500 vifs (veths whose other ends sit in a peer namespace), a
+    stand-in xenstore, and the service."""
+
     def __init__(self):
-        tag = uuid.uuid4().hex[:8]
-        self.ns, self.peer = f"dn-{tag}-dom0", f"dn-{tag}-vifs"
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"domunet-storm-{tag}-"))
+        super().__init__(("dom0", "vifs"), prefix="domunet-storm")
         self.store = self.workdir / "xenstore"
-        self.state = self.workdir / "run"
+        self.state = self.state_dir
         self.state.mkdir()
         xenstore_tools(self.workdir / "bin", {"domunet": f'PYTHONPATH="{ROOT}" exec "{sys.executable}" -m domunet'})
         (self.workdir / "empty.conf").write_text("")
         self.env = {"PATH": f"{self.workdir / 'bin'}:/usr/sbin:/usr/bin:/sbin:/bin", "XENSTORE_DIR": str(self.store),
                     "XENSTORE_HOME": "local/domain/0", "DOMUNET_CONFIG": str(self.workdir / "empty.conf"),
                     "DOMUNET_STATE_DIR": str(self.state)}
-        self.created = []
         self.service = None
 
-    def up(self):
-        for name in (self.ns, self.peer):
-            subprocess.run(["ip", "netns", "add", name], check=True)
-            self.created.append(name)
-        run_batch(self.ns, ["link set lo up", "link add eth0 type veth peer name up0", "link set eth0 up",
+    def _create(self):
+        self.batch("dom0", ["link set lo up", "link add eth0 type veth peer name up0", "link set eth0 up",
                             "addr add 192.168.0.100/24 dev eth0", "addr add 2001:db8:4309:2388::2/64 dev eth0 nodad",
                             "route add default via 192.168.0.1",
-                            *(f"link add {self.vif(i)} type veth peer name g{i} netns {self.peer}"
+                            *(f"link add {self.vif(i)} type veth peer name g{i} netns {self.ns['vifs']}"
                               for i in range(VIFS))])
         for i in range(VIFS):
             path = self.store / f"local/domain/0/backend/vif/{1 + i // 100}/{i % 100}"
@@ -65,7 +59,7 @@ class StormLab:
         return f"{v4} 2001:db8:4309:2388::{i + 16:x}" if i % 5 == 0 else v4
 
     def run(self, *argv, check=True):
-        result = subprocess.run(["ip", "netns", "exec", self.ns, *argv], capture_output=True, text=True,
+        result = subprocess.run(["ip", "netns", "exec", self.ns["dom0"], *argv], capture_output=True, text=True,
                                 env={**os.environ, **self.env}, timeout=300)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(argv)}: {result.stderr}")
@@ -73,8 +67,9 @@ class StormLab:
 
     def hotplug(self, command, i):
         env = {**self.env, "vif": self.vif(i), "XENBUS_PATH": f"backend/vif/{1 + i // 100}/{i % 100}", "netdev": ""}
-        return subprocess.run(["ip", "netns", "exec", self.ns, "sh", str(shipped("hooks/xen/vif-domunet")), command,
-                               "type_if=vif"], env=env, capture_output=True, text=True, timeout=300)
+        hook = str(shipped("hooks/xen/vif-domunet"))
+        return subprocess.run(["ip", "netns", "exec", self.ns["dom0"], "sh", hook, command, "type_if=vif"], env=env,
+                              capture_output=True, text=True, timeout=300)
 
     def status(self, i):
         path = self.store / f"local/domain/0/backend/vif/{1 + i // 100}/{i % 100}/hotplug-status"
@@ -88,7 +83,7 @@ class StormLab:
         return "".join(parts)
 
     def start_service(self):
-        self.service = subprocess.Popen(["ip", "netns", "exec", self.ns, sys.executable, "-m", "domunet",
+        self.service = subprocess.Popen(["ip", "netns", "exec", self.ns["dom0"], sys.executable, "-m", "domunet",
                                          "--state-dir", str(self.state), "dom0", "serve"],
                                         env={**os.environ, **self.env, "PYTHONPATH": str(ROOT)},
                                         stderr=subprocess.DEVNULL)
@@ -96,23 +91,17 @@ class StormLab:
                    "the service listening", timeout=60)
         assert self.service.poll() is None
 
-    def down(self):
+    def destroy(self):
         if self.service is not None and self.service.poll() is None:
             self.service.kill()
             self.service.wait(30)
-        for name in self.created:
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True)
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        super().destroy()
 
 
 @pytest.fixture
 def storm():
-    lab = StormLab()
-    try:
-        lab.up()
+    with StormLab() as lab:
         yield lab
-    finally:
-        lab.down()
 
 
 def test_500_vifs_eight_at_a_time_all_connect_match_their_records_and_go_offline_cleanly(storm):
