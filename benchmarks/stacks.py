@@ -68,10 +68,9 @@ def _summary(samples: list[float]) -> dict[str, float | int]:
 
 def bench_stacks(repeats: int = 10) -> dict[str, dict[str, float | int]]:
     from tests.labs import Lab, Watcher, wait_until
-    from tests.netns.test_ifupdown import INTERFACES
     from tests.netns.test_networkd import NETWORKS, dropin
     from tests.shipped import shipped
-    from tests.stacks import LEASED, NETWORKD, NETWORKMANAGER, Networkd, NetworkManager, dhcp4, route_leases
+    from tests.stacks import INTERFACES, LEASED, NETWORKD, NETWORKMANAGER, Networkd, NetworkManager, dhcp4, route_leases
 
     results: dict[str, dict[str, float | int]] = {}
 

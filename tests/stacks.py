@@ -22,6 +22,31 @@ from pathlib import Path
 
 from tests.labs import DOM0_UPLINK6, Lab, LabError, wait_until
 
+#: The ifupdown lab's /etc/network/interfaces: every NIC static, as the lab's addresses.
+INTERFACES = """\
+auto lo
+iface lo inet loopback
+
+auto eth0
+iface eth0 inet static
+    address 192.168.0.200/24
+    gateway 192.168.0.1
+
+auto eth1
+iface eth1 inet static
+    address 192.168.0.201/24
+
+auto eth2
+iface eth2 inet static
+    address 192.168.0.202/24
+
+auto eth3
+iface eth3 inet6 static
+    address 2001:db8:4309:2388::50/64
+    gateway 2001:db8:4309:2388::2
+"""
+
+
 NETWORKD = "/lib/systemd/systemd-networkd"
 NETWORKMANAGER = "/usr/sbin/NetworkManager"
 

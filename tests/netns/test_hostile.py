@@ -337,7 +337,7 @@ def test_a_vif_takes_no_router_advertisement_nor_redirect_from_its_guest(lab):
 
 @pytest.mark.parametrize("policy", ["restricted", "open"])
 def test_guests_reach_dom0_itself_only_for_what_they_need(routed_lab, domunet, policy, tmp_path):
-    from tests.netns.test_coexistence import _CLIENT, _SERVER
+    from tests.neighbours import TCP_CLIENT, TCP_SERVER
 
     lab = routed_lab
     config = tmp_path / "dom0.conf"
@@ -346,11 +346,11 @@ def test_guests_reach_dom0_itself_only_for_what_they_need(routed_lab, domunet, p
     assert dom0_cli(lab, "online", "--vif", "vif1.0", "--ip", "192.168.0.200", config=str(config)).returncode == 0
     assert_ok(domunet("setup"))
     assert lab.ping("192.168.0.100", role="guest")  # ICMP to dom0: always
-    server = subprocess.Popen(["ip", "netns", "exec", lab.ns["dom0"], sys.executable, "-c", _SERVER, "0.0.0.0",
+    server = subprocess.Popen(["ip", "netns", "exec", lab.ns["dom0"], sys.executable, "-c", TCP_SERVER, "0.0.0.0",
                                "2222"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "listening"
-        client = lab.run("guest", sys.executable, "-c", _CLIENT, "192.168.0.100", "2222", "192.168.0.200",
+        client = lab.run("guest", sys.executable, "-c", TCP_CLIENT, "192.168.0.100", "2222", "192.168.0.200",
                          check=False)
     finally:
         server.kill()

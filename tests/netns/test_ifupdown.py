@@ -11,33 +11,10 @@ import pytest
 
 from tests.labs import NICS, Lab, wait_until
 from tests.shipped import shipped
+from tests.stacks import INTERFACES
 
 HOOK = shipped("hooks/ifupdown/domunet")
 ALL = [nic.address for nic in NICS]
-INTERFACES = """\
-auto lo
-iface lo inet loopback
-
-auto eth0
-iface eth0 inet static
-    address 192.168.0.200/24
-    gateway 192.168.0.1
-
-auto eth1
-iface eth1 inet static
-    address 192.168.0.201/24
-
-auto eth2
-iface eth2 inet static
-    address 192.168.0.202/24
-
-auto eth3
-iface eth3 inet6 static
-    address 2001:db8:4309:2388::50/64
-    gateway 2001:db8:4309:2388::2
-"""
-
-
 @pytest.fixture
 def ifupdown_lab():
     with Lab(guest_addresses=False) as lab:

@@ -8,9 +8,17 @@ import shutil
 import pytest
 
 from tests.labs import Lab, Watcher, wait_until
-from tests.netns.test_ifupdown import INTERFACES
 from tests.shipped import shipped
-from tests.stacks import LEASED, ROUTED64, dhcp4, dynamic6, ra_and_dhcp6, route_leases, route_the_advertised_prefix
+from tests.stacks import (
+    INTERFACES,
+    LEASED,
+    ROUTED64,
+    dhcp4,
+    dynamic6,
+    ra_and_dhcp6,
+    route_leases,
+    route_the_advertised_prefix,
+)
 
 if not shutil.which("dhclient"):
     pytest.skip("isc-dhcp-client (ifupdown's DHCP client) is needed", allow_module_level=True)

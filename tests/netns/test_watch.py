@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from tests.labs import NICS, Monitor, Watcher, assert_ok
-from tests.netns.test_coexistence import CONTAINER4, GUEST4, Neighbours
+from tests.neighbours import CONTAINER4, GUEST4, Neighbours
 
 #: Tries to kill watch while its temporary main route is in place (it is there for a few ms).
 KILL_ATTEMPTS = 20
