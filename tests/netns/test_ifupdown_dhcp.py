@@ -108,8 +108,8 @@ def rules(lab, family="-4"):
 @pytest.mark.parametrize(("leases", "watch"), [("static", True), ("static", False), ("vif-domunet", True)],
                          ids=["watch", "dhclient hook", "watch, vif-domunet's guard in dom0"], indirect=["leases"])
 def test_a_dhcp_lease_granted_renewed_and_changed_is_followed(leases, watch):
-    """ifup takes the lease and its hook sets the guest up. Renewals with the same address (at
-    T1, 4 s) change nothing. When dom0's server has another address for this MAC it refuses the
+    """ifup takes the lease and its hook sets the guest up. Renewals with the same address (T1 is
+    4 s) change nothing. When dom0's server has another address for this MAC it refuses the
     renewal, dhclient starts over and binds the new address: watch, or without watch the
     dhclient hook, gives it its rule and leaves nothing for the old one. ifdown -a removes all.
     Behind vif-domunet's guard, the client's first broadcasts (from 0.0.0.0) reach the server."""
@@ -125,7 +125,13 @@ def test_a_dhcp_lease_granted_renewed_and_changed_is_followed(leases, watch):
             watcher.settle()
         converged, hooked = owned(lab, "-4"), hook_log(lab).count("domunet: eth1: ")  # eth3: leases of its own
         renewals = server.log().count("DHCPACK(vif1.1)")
-        wait_until(lambda: server.log().count("DHCPACK(vif1.1)") >= renewals + 2, "two renewals at T1",
+        # Not every renewal comes at T1: dhclient unicasts it through an unbound socket, so on a guest
+        # whose NICs share a subnet it leaves by main's first route (eth0, from .200) and dom0's server,
+        # which listens on vif1.1 only, never sees it (issue 41: counted on vif1.0). dhclient tries again
+        # after its initial-interval (10 s), broadcast on eth1 then (T2 has passed): two renewals take
+        # about 2 x (4 + 10) s, so a deadline of 30 s failed on busy machines. Either way the lease
+        # is renewed with the same address, which is what this test is about.
+        wait_until(lambda: server.log().count("DHCPACK(vif1.1)") >= renewals + 2, "two renewals", timeout=90,
                    explain=lambda: renewal_evidence(lab, server, watcher))
         if watcher:
             watcher.settle()
@@ -136,7 +142,8 @@ def test_a_dhcp_lease_granted_renewed_and_changed_is_followed(leases, watch):
         lab.serve(dhcp4(lab, LEASED[1], lab.mac))
         changed = lambda: f"from {LEASED[1]} " in rules(lab) and LEASED[0] not in "".join(owned(lab))  # noqa: E731
         what = "the new lease's rule, nothing left of the old one"
-        watcher.until(changed, what, timeout=60) if watcher else wait_until(changed, what, timeout=60)
+        # the refusal comes with the first renewal the new server sees (above: up to T1 + 10 s)
+        watcher.until(changed, what, timeout=90) if watcher else wait_until(changed, what, timeout=90)
         assert answer(lab, LEASED[1], *STATIC)
         if watcher:  # the dhclient hook ran too, and left it to watch
             assert "domunet watch runs and follows it: nothing to do" in hook_log(lab)
