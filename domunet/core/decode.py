@@ -95,12 +95,10 @@ def _ip(text: str | None) -> Any:
     return ipaddress.ip_address(text) if text else None
 
 
-def rule_details(msg: Any) -> dict[str, Any]:
-    """Any rule, whatever it selects and does (a VPN's, a container runtime's, ours): priority,
-    table (None unless it sends to one), src, dst, iif, oif, fwmark, fwmask, invert, proto, and
-    `text` as `ip rule` would say it."""
+def _rule_fields(msg: Any) -> dict[str, Any]:
+    """A rule message's fields, whatever the rule does (no text: dumps and events decode many)."""
     src, dst, fwmark = msg.get_attr("FRA_SRC"), msg.get_attr("FRA_DST"), msg.get_attr("FRA_FWMARK")
-    rule: dict[str, Any] = {
+    return {
         "priority": attr(msg, "FRA_PRIORITY", 0),
         "table": attr(msg, "FRA_TABLE", msg["table"]) if msg["action"] == FR_ACT_TO_TBL else None,
         "src": ipaddress.ip_network(f"{src}/{msg['src_len']}") if src else None,
@@ -109,6 +107,13 @@ def rule_details(msg: Any) -> dict[str, Any]:
         "fwmark": fwmark, "fwmask": attr(msg, "FRA_FWMASK", 0xFFFFFFFF) if fwmark is not None else None,
         "invert": bool(msg["flags"] & FIB_RULE_INVERT), "proto": attr(msg, "FRA_PROTOCOL", 0),
     }
+
+
+def rule_details(msg: Any) -> dict[str, Any]:
+    """Any rule, whatever it selects and does (a VPN's, a container runtime's, ours): priority,
+    table (None unless it sends to one), src, dst, iif, oif, fwmark, fwmask, invert, proto, and
+    `text` as `ip rule` would say it."""
+    rule = _rule_fields(msg)
     action = f"lookup {rule['table']}" if rule["table"] is not None else _RULE_ACTIONS.get(msg["action"], "other")
     words = rule_words(rule["priority"], rule["src"], rule["dst"], rule["fwmark"], rule["fwmask"], rule["oif"],
                        action, iif=rule["iif"], invert=rule["invert"])
@@ -120,11 +125,11 @@ def rule_from(msg: Any) -> Rule | None:
     """A rule message as a Rule; None unless it sends traffic to a table."""
     if msg["action"] != FR_ACT_TO_TBL:
         return None
-    details = rule_details(msg)
-    fwmark = details["fwmark"] or None
-    return Rule(version=4 if msg["family"] == socket.AF_INET else 6, priority=details["priority"],
-                table=details["table"], src=details["src"], dst=details["dst"], oif=details["oif"],
-                fwmark=fwmark, fwmask=details["fwmask"] if fwmark else None, proto=details["proto"])
+    fields = _rule_fields(msg)
+    fwmark = fields["fwmark"] or None
+    return Rule(version=4 if msg["family"] == socket.AF_INET else 6, priority=fields["priority"],
+                table=fields["table"], src=fields["src"], dst=fields["dst"], oif=fields["oif"],
+                fwmark=fwmark, fwmask=fields["fwmask"] if fwmark else None, proto=fields["proto"])
 
 
 def neighbour_state(msg: Any) -> str:

@@ -113,9 +113,8 @@ def forget(journal: Journal, names: Sequence[str], scope: Scope | None = None) -
     """The one way of a NIC that vanished during a run (found mid-apply, or after the run's
     changes): what this run made for it is taken back, the rest of the run stands."""
     if scope is None:
-        tables = {c.obj.table for c in journal.changes() if isinstance(c.obj, Route) and c.obj.dev in names
-                  and c.obj.table != TABLE_MAIN}
-        scope = Scope(frozenset(names), frozenset(tables))
+        made = journal.changes()
+        scope = Scope(frozenset(names), frozenset().union(*(_scope_of(name, made).tables for name in names)))
     undone, _ = journal.rollback(scope)
     log.warning("%s: the interface vanished during this run; skipped it (%d change(s) undone)",
                 ", ".join(names), undone)
